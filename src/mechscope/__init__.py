@@ -1,0 +1,9 @@
+"""mechscope: open up any Hugging Face causal LM for mechanistic interpretability.
+
+Example:
+    >>> import mechscope
+    >>> model = mechscope.load_model()              # doctest: +SKIP
+    >>> logits, cache = model.run_with_cache("The Eiffel Tower is in the city of")  # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"

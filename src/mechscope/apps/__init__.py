@@ -1,0 +1,1 @@
+"""apps layer of mechscope (see DESIGN.md for the layering)."""

@@ -1,0 +1,1 @@
+"""apps/report layer of mechscope (see DESIGN.md for the layering)."""

@@ -1,0 +1,1 @@
+"""core layer of mechscope (see DESIGN.md for the layering)."""

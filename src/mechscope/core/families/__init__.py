@@ -1,0 +1,1 @@
+"""core/families layer of mechscope (see DESIGN.md for the layering)."""

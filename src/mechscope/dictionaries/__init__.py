@@ -1,0 +1,1 @@
+"""dictionaries layer of mechscope (see DESIGN.md for the layering)."""

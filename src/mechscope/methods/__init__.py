@@ -1,0 +1,1 @@
+"""methods layer of mechscope (see DESIGN.md for the layering)."""

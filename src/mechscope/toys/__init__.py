@@ -1,0 +1,1 @@
+"""toys layer of mechscope (see DESIGN.md for the layering)."""
