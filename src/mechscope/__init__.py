@@ -7,3 +7,24 @@ Example:
 """
 
 __version__ = "0.1.0"
+
+from mechscope.core import (  # noqa: E402
+    ActivationCache,
+    HookedModel,
+    HookNameError,
+    HookPoint,
+    MechscopeError,
+    TokenBatch,
+    load_model,
+)
+
+__all__ = [
+    "ActivationCache",
+    "HookNameError",
+    "HookPoint",
+    "HookedModel",
+    "MechscopeError",
+    "TokenBatch",
+    "__version__",
+    "load_model",
+]

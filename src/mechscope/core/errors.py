@@ -1,0 +1,50 @@
+"""Exceptions raised by mechscope. Each names the problem in one sentence a user can act on."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MechscopeError(Exception):
+    """Base class of every error mechscope raises on purpose."""
+
+
+class HookNameError(MechscopeError, KeyError):
+    """An unknown hook name. The message lists the nearest valid names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelLoadError(MechscopeError):
+    """A model could not be found, reached or read."""
+
+
+class TokenizationError(MechscopeError, ValueError):
+    """Bad text input: empty prompt, multi-token answer, prompts of different lengths."""
+
+
+class HookShapeError(MechscopeError, ValueError):
+    """A hook function returned a tensor of the wrong shape."""
+
+
+def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The `n` candidates closest to `name` (difflib ratio), best first.
+
+    Example:
+        >>> nearest("blocks.0.hook_resid_pr", ["blocks.0.hook_resid_pre", "hook_embed"])
+        ['blocks.0.hook_resid_pre']
+    """
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+
+
+def unknown_name_message(kind: str, name: str, candidates: Iterable[str]) -> str:
+    """'Unknown hook name 'x'. Did you mean: a, b?' with a fallback hint when nothing is close."""
+    candidates = list(candidates)
+    close = nearest(name, candidates)
+    if close:
+        hint = "Did you mean: " + ", ".join(repr(c) for c in close) + "?"
+    else:
+        hint = f"Valid names start with: {', '.join(repr(c) for c in candidates[:4])} ..."
+    return f"Unknown {kind} {name!r}. {hint}"

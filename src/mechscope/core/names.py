@@ -1,0 +1,139 @@
+"""The hook-name vocabulary (TransformerLens names) and helpers that build them.
+
+Shapes (batch, pos, d_model, n_heads, n_kv_heads, d_head, d_mlp):
+
+| name | shape |
+| --- | --- |
+| `hook_embed`, `hook_pos_embed` | [batch, pos, d_model] |
+| `blocks.{l}.hook_resid_pre` / `hook_resid_mid` / `hook_resid_post` | [batch, pos, d_model] |
+| `blocks.{l}.ln1.hook_normalized`, `blocks.{l}.ln2.hook_normalized` | [batch, pos, d_model] |
+| `blocks.{l}.attn.hook_q` | [batch, pos, n_heads, d_head] |
+| `blocks.{l}.attn.hook_k`, `hook_v` | [batch, pos, n_kv_heads, d_head] |
+| `blocks.{l}.attn.hook_z` | [batch, pos, n_heads, d_head] |
+| `blocks.{l}.attn.hook_pattern` | [batch, n_heads, query_pos, key_pos] |
+| `blocks.{l}.attn.hook_result` | [batch, pos, n_heads, d_model] |
+| `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out` | [batch, pos, d_model] |
+| `blocks.{l}.mlp.hook_pre`, `blocks.{l}.mlp.hook_post` | [batch, pos, d_mlp] |
+| `ln_final.hook_normalized` | [batch, pos, d_model] |
+
+Example:
+    >>> resid_pre(3)
+    'blocks.3.hook_resid_pre'
+    >>> parse_layer("blocks.12.attn.hook_z")
+    12
+"""
+
+from __future__ import annotations
+
+import re
+
+EMBED = "hook_embed"
+POS_EMBED = "hook_pos_embed"
+LN_FINAL = "ln_final.hook_normalized"
+
+# Per-block hook suffixes in the order the forward pass reaches them.
+BLOCK_SUFFIXES: tuple[str, ...] = (
+    "hook_resid_pre",
+    "ln1.hook_normalized",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_result",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2.hook_normalized",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def block(layer: int, suffix: str) -> str:
+    """`blocks.{layer}.{suffix}`."""
+    return f"blocks.{layer}.{suffix}"
+
+
+def resid_pre(layer: int) -> str:
+    return block(layer, "hook_resid_pre")
+
+
+def resid_mid(layer: int) -> str:
+    return block(layer, "hook_resid_mid")
+
+
+def resid_post(layer: int) -> str:
+    return block(layer, "hook_resid_post")
+
+
+def attn_out(layer: int) -> str:
+    return block(layer, "hook_attn_out")
+
+
+def mlp_out(layer: int) -> str:
+    return block(layer, "hook_mlp_out")
+
+
+def mlp_pre(layer: int) -> str:
+    return block(layer, "mlp.hook_pre")
+
+
+def mlp_post(layer: int) -> str:
+    return block(layer, "mlp.hook_post")
+
+
+def ln1(layer: int) -> str:
+    return block(layer, "ln1.hook_normalized")
+
+
+def ln2(layer: int) -> str:
+    return block(layer, "ln2.hook_normalized")
+
+
+def q(layer: int) -> str:
+    return block(layer, "attn.hook_q")
+
+
+def k(layer: int) -> str:
+    return block(layer, "attn.hook_k")
+
+
+def v(layer: int) -> str:
+    return block(layer, "attn.hook_v")
+
+
+def z(layer: int) -> str:
+    return block(layer, "attn.hook_z")
+
+
+def pattern(layer: int) -> str:
+    return block(layer, "attn.hook_pattern")
+
+
+def result(layer: int) -> str:
+    return block(layer, "attn.hook_result")
+
+
+def parse_layer(name: str) -> int | None:
+    """The block index in a hook name, or None for names outside the blocks."""
+    match = _LAYER_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def suffix_of(name: str) -> str:
+    """The part of a block hook name after `blocks.{l}.` (the name itself otherwise)."""
+    match = _LAYER_RE.match(name)
+    return name[match.end():] if match else name
+
+
+def short_site(name: str) -> str:
+    """Accept the short site names a CLI user types: 'resid_pre' -> 'hook_resid_pre', 'z' -> 'attn.hook_z'."""
+    for suffix in BLOCK_SUFFIXES:
+        tail = suffix.split(".")[-1]
+        if name in (suffix, tail, tail.removeprefix("hook_")):
+            return suffix
+    return name

@@ -1,0 +1,52 @@
+"""The `provenance` block every JSON result carries: what model, weights, dtype and code made it."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from typing import Any
+
+import torch
+import transformers
+
+import mechscope
+
+
+def weights_hash(model: Any) -> str:
+    """sha256 over the model's parameters and buffers (names, shapes, dtypes, bytes); cached per model.
+
+    Example: `weights_hash(model)[:12]` -> '3f1c0a9be2d4'.
+    """
+    cached = getattr(model, "_weights_sha256", None)
+    if cached:
+        return cached
+    digest = hashlib.sha256()
+    hf_model = getattr(model, "hf_model", model)
+    for name, tensor in sorted(hf_model.state_dict().items()):
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        data = tensor.detach().cpu().contiguous()
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    value = digest.hexdigest()
+    model._weights_sha256 = value
+    return value
+
+
+def provenance(model: Any, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance dict for a result computed on `model` (a `HookedModel`)."""
+    block = {
+        "model": model.cfg.name,
+        "family": model.cfg.family,
+        "weights_sha256": weights_hash(model),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+        "attn_implementation": model.attn_implementation,
+        "mechscope_version": mechscope.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "python": platform.python_version(),
+        "seed": seed,
+    }
+    if getattr(model, "source", None):
+        block["source"] = {k: v for k, v in model.source.items() if k in ("source", "source_sha256", "path")}
+    block.update(extra)
+    return block

@@ -1,0 +1,196 @@
+"""Installing hooks for one run and removing them afterwards, whatever happens.
+
+`HookRun` turns `{hook name: [fn]}` into PyTorch module hooks on the sites that need them
+(and on no others), runs each `fn(activation, hook)` in order, writes a returned tensor
+back into the forward pass, and removes every handle in `__exit__`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from mechscope.core.attention import pattern_hooks
+from mechscope.core.errors import HookShapeError
+from mechscope.core.sites import Site
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """What a hook function is told about where it runs."""
+
+    name: str
+    layer: int | None
+
+
+HookFn = Callable[[Tensor, HookPoint], "Tensor | None"]
+
+
+class StopForward(Exception):
+    """Raised inside the forward pass to stop it early (`stop_at_layer`)."""
+
+
+def _output_tensor(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_output(output: Any, tensor: Tensor) -> Any:
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+class HookRun:
+    """Context manager: hooks `fwd[name]` / `bwd[name]` into the forward pass of `hf_model`."""
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        sites: dict[str, Site],
+        fwd: dict[str, list[HookFn]],
+        bwd: dict[str, list[HookFn]] | None = None,
+        stop_before: nn.Module | None = None,
+    ) -> None:
+        self.hf_model = hf_model
+        self.sites = sites
+        self.fwd = fwd
+        self.bwd = bwd or {}
+        self.stop_before = stop_before
+        self.handles: list[RemovableHandle] = []
+        self.stash: dict[tuple[str, int | None], Tensor] = {}
+        self._patterns: Any = None
+
+    # -- applying user functions ------------------------------------------------------
+    def _apply(self, site: Site, act: Tensor) -> Tensor:
+        point = HookPoint(site.name, site.layer)
+        new = act
+        for fn in self.fwd.get(site.name, ()):
+            out = fn(new, point)
+            if out is None:
+                continue
+            if not isinstance(out, Tensor):
+                raise HookShapeError(f"Hook on {site.name!r} returned {type(out).__name__}; return a tensor or None.")
+            if out.shape != new.shape:
+                raise HookShapeError(
+                    f"Hook on {site.name!r} returned shape {tuple(out.shape)}; "
+                    f"the activation there has shape {tuple(new.shape)}."
+                )
+            new = out
+        for fn in self.bwd.get(site.name, ()):
+            if new.requires_grad:
+                new.register_hook(partial(_backward_call, fn, point))
+        return new
+
+    def _run_sites(self, sites: list[Site], raw: Tensor) -> Tensor:
+        current = raw
+        for site in sites:
+            act = site.read(current)
+            new = self._apply(site, act)
+            if new is act and site.name not in self.bwd:
+                continue
+            if site.special == "result":
+                self.stash[("result", site.layer)] = new
+            elif site.special == "resid_mid":
+                self.stash[("resid_mid", site.layer)] = new
+                current = new
+            else:
+                current = site.write(current, new)
+        return current
+
+    # -- module hooks ---------------------------------------------------------------------
+    def _pre_hook(self, sites: list[Site], module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if args:
+            raw = args[0]
+            new = self._run_sites(sites, raw)
+            return None if new is raw else ((new, *args[1:]), kwargs)
+        raw = kwargs["hidden_states"]
+        new = self._run_sites(sites, raw)
+        return None if new is raw else (args, {**kwargs, "hidden_states": new})
+
+    def _post_hook(self, sites: list[Site], internal: list[str], module: nn.Module, args: tuple, output: Any) -> Any:
+        raw = _output_tensor(output)
+        current = raw
+        layer = sites[0].layer if sites else None
+        if "result_apply" in internal:
+            result = self.stash.pop(("result", self._layer_of[module]), None)
+            if result is not None:
+                bias = getattr(module, "bias", None)
+                current = result.sum(dim=-2) + (bias if bias is not None else 0)
+        if "mid_fixup" in internal:
+            layer = self._layer_of[module]
+            mid = self.stash.pop(("resid_mid", layer), None)
+            contribution = self.stash.pop(("mlp_contribution", layer), None)
+            if mid is not None and contribution is not None:
+                current = mid + contribution
+        current = self._run_sites(sites, current)
+        if "mlp_capture" in internal:
+            self.stash[("mlp_contribution", self._layer_of[module])] = current
+        return None if current is raw else _with_output(output, current)
+
+    def _stop(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        raise StopForward
+
+    # -- context manager ------------------------------------------------------------------
+    def __enter__(self) -> HookRun:
+        wanted = [self.sites[n] for n in self.sites if n in self.fwd or n in self.bwd]
+        pre: dict[nn.Module, list[Site]] = defaultdict(list)
+        post: dict[nn.Module, list[Site]] = defaultdict(list)
+        internal: dict[nn.Module, list[str]] = defaultdict(list)
+        patterns: dict[nn.Module, Callable[[Tensor], Tensor]] = {}
+        self._layer_of: dict[nn.Module, int | None] = {}
+        for site in wanted:
+            if site.event == "pattern":
+                patterns[site.module] = partial(self._apply, site)
+            else:
+                (pre if site.event == "pre" else post)[site.module].append(site)
+            if site.special == "result":
+                internal[site.module].append("result_apply")
+                self._layer_of[site.module] = site.layer
+            if site.special == "resid_mid":
+                self._add_mid_fixup(site, internal)
+        try:
+            if self.stop_before is not None:
+                self.handles.append(self.stop_before.register_forward_pre_hook(self._stop, with_kwargs=True))
+            for module, group in pre.items():
+                group.sort(key=lambda s: s.order)
+                hook = partial(self._pre_hook, group)
+                self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            for module in {**post, **internal}:
+                group = sorted(post.get(module, []), key=lambda s: s.order)
+                hook = partial(self._post_hook, group, internal.get(module, []))
+                self.handles.append(module.register_forward_hook(hook))
+            self._patterns = pattern_hooks(self.hf_model, patterns)
+            self._patterns.__enter__()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _add_mid_fixup(self, site: Site, internal: dict[nn.Module, list[str]]) -> None:
+        layer_site = self.sites[site.name.replace("hook_resid_mid", "hook_resid_post")]
+        mlp_site = self.sites[site.name.replace("hook_resid_mid", "hook_mlp_out")]
+        internal[layer_site.module].append("mid_fixup")
+        internal[mlp_site.module].append("mlp_capture")
+        self._layer_of[layer_site.module] = site.layer
+        self._layer_of[mlp_site.module] = site.layer
+
+    def _remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.stash.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._patterns is not None:
+                self._patterns.__exit__(None, None, None)
+        finally:
+            self._remove()
+
+
+def _backward_call(fn: HookFn, point: HookPoint, grad: Tensor) -> Tensor | None:
+    return fn(grad, point)

@@ -1,0 +1,151 @@
+"""Hook sites: where each hook name is read from the HF module tree and how an edit is written back.
+
+A `Site` reads its activation from a module's input (`pre`) or output (`post`) through a
+`read` view and writes a replacement back with `write`. Sites that share a module event
+run in forward order (`order`). Three names need more than a view:
+
+- `attn.hook_pattern` comes from the attention function (see `attention.py`);
+- `attn.hook_result` is computed from `hook_z` and the output projection's weight, only
+  when asked for; an edit replaces the projection's output by the sum over heads plus bias;
+- `hook_resid_mid` is read at the input of the MLP's norm; an edit also replaces the
+  residual the block carries on, so the block output becomes `edit + mlp_out`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.core import names
+from mechscope.core.config import ModelConfig
+from mechscope.core.families import Family, get_module
+
+Event = Literal["pre", "post", "pattern"]
+Reader = Callable[[Tensor], Tensor]
+Writer = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One hook point: `read(raw) -> activation`, `write(raw, activation) -> raw`."""
+
+    name: str
+    layer: int | None
+    module: nn.Module
+    event: Event
+    order: int
+    read: Reader
+    write: Writer
+    special: str = ""  # "result" or "resid_mid" for the sites described in the module docstring
+
+
+def _identity(raw: Tensor) -> Tensor:
+    return raw
+
+
+def _replace(raw: Tensor, act: Tensor) -> Tensor:
+    return act
+
+
+def _heads(n: int, d_head: int) -> tuple[Reader, Writer]:
+    def read(raw: Tensor) -> Tensor:
+        return raw.view(*raw.shape[:-1], n, d_head)
+
+    def write(raw: Tensor, act: Tensor) -> Tensor:
+        return act.reshape(raw.shape)
+
+    return read, write
+
+
+def _gpt2_slice(index: int, n: int, d_head: int) -> tuple[Reader, Writer]:
+    width = n * d_head
+
+    def read(raw: Tensor) -> Tensor:
+        return raw[..., index * width:(index + 1) * width].view(*raw.shape[:-1], n, d_head)
+
+    def write(raw: Tensor, act: Tensor) -> Tensor:
+        parts = list(raw.split(width, dim=-1))
+        parts[index] = act.reshape(*raw.shape[:-1], width)
+        return torch.cat(parts, dim=-1)
+
+    return read, write
+
+
+def _neox_slice(index: int, n: int, d_head: int) -> tuple[Reader, Writer]:
+    def read(raw: Tensor) -> Tensor:
+        return raw.view(*raw.shape[:-1], n, 3 * d_head)[..., index * d_head:(index + 1) * d_head]
+
+    def write(raw: Tensor, act: Tensor) -> Tensor:
+        parts = list(raw.view(*raw.shape[:-1], n, 3 * d_head).split(d_head, dim=-1))
+        parts[index] = act
+        return torch.cat(parts, dim=-1).reshape(raw.shape)
+
+    return read, write
+
+
+def o_proj_heads_weight(o_proj: nn.Module, cfg: ModelConfig, transposed: bool) -> Tensor:
+    """The output projection as [n_heads, d_head, d_model] (each head's W_O)."""
+    weight = o_proj.weight if transposed else o_proj.weight.T
+    return weight.reshape(cfg.n_heads, cfg.d_head, -1)
+
+
+def _result_reader(o_proj: nn.Module, cfg: ModelConfig, transposed: bool) -> Reader:
+    def read(raw: Tensor) -> Tensor:
+        z = raw.view(*raw.shape[:-1], cfg.n_heads, cfg.d_head)
+        w_o = o_proj_heads_weight(o_proj, cfg, transposed)
+        return torch.einsum("bphd,hdm->bphm", z, w_o.to(z.dtype))
+
+    return read
+
+
+def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[str, Site]:
+    """Every hook site of a model, keyed by hook name, in forward order."""
+    sites: dict[str, Site] = {}
+
+    def add(name: str, layer: int | None, module: nn.Module, event: Event, order: int,
+            rw: tuple[Reader, Writer] = (_identity, _replace), special: str = "") -> None:
+        sites[name] = Site(name, layer, module, event, order, rw[0], rw[1], special)
+
+    add(names.EMBED, None, get_module(hf_model, family.embed), "post", 0)
+    if family.pos_embed:
+        add(names.POS_EMBED, None, get_module(hf_model, family.pos_embed), "post", 0)
+    layers = get_module(hf_model, family.layers)
+    n_q, n_kv, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    for layer_index, layer in enumerate(layers):
+        def sub(path: str, _layer: nn.Module = layer) -> nn.Module:
+            return get_module(_layer, path)
+
+        def name(suffix: str, _i: int = layer_index) -> str:
+            return names.block(_i, suffix)
+
+        add(name("hook_resid_pre"), layer_index, layer, "pre", 0)
+        add(name("ln1.hook_normalized"), layer_index, sub(family.ln1), "post", 0)
+        if family.qkv == "separate":
+            add(name("attn.hook_q"), layer_index, sub(family.q_proj), "post", 0, _heads(n_q, d_head))
+            add(name("attn.hook_k"), layer_index, sub(family.k_proj), "post", 0, _heads(n_kv, d_head))
+            add(name("attn.hook_v"), layer_index, sub(family.v_proj), "post", 0, _heads(n_kv, d_head))
+        else:
+            slicer = _gpt2_slice if family.qkv == "gpt2" else _neox_slice
+            fused = sub(family.q_proj)
+            add(name("attn.hook_q"), layer_index, fused, "post", 0, slicer(0, n_q, d_head))
+            add(name("attn.hook_k"), layer_index, fused, "post", 1, slicer(1, n_q, d_head))
+            add(name("attn.hook_v"), layer_index, fused, "post", 2, slicer(2, n_q, d_head))
+        add(name("attn.hook_pattern"), layer_index, sub(family.attn), "pattern", 0)
+        o_proj = sub(family.o_proj)
+        add(name("attn.hook_z"), layer_index, o_proj, "pre", 0, _heads(n_q, d_head))
+        add(name("attn.hook_result"), layer_index, o_proj, "pre", 1,
+            (_result_reader(o_proj, cfg, family.o_proj_transposed), _replace), special="result")
+        add(name("hook_attn_out"), layer_index, sub(family.attn_out), "post", 0)
+        if not cfg.parallel_attn_mlp:
+            add(name("hook_resid_mid"), layer_index, sub(family.ln2), "pre", 0, special="resid_mid")
+        add(name("ln2.hook_normalized"), layer_index, sub(family.ln2), "post", 0)
+        add(name("mlp.hook_pre"), layer_index, sub(family.mlp_in), "post", 0)
+        add(name("mlp.hook_post"), layer_index, sub(family.mlp_down), "pre", 0)
+        add(name("hook_mlp_out"), layer_index, sub(family.mlp_out), "post", 0)
+        add(name("hook_resid_post"), layer_index, layer, "post", 1)
+    add(names.LN_FINAL, None, get_module(hf_model, family.final_norm), "post", 0)
+    return sites

@@ -1,0 +1,83 @@
+"""Turning text into token batches and back. Right padding, so positions match the unpadded prompt."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from mechscope.core.errors import MechscopeError, TokenizationError
+
+
+class TokenBatch(NamedTuple):
+    """Token ids [batch, pos], attention mask [batch, pos] (1 = real token) and lengths [batch]."""
+
+    ids: Tensor
+    attention_mask: Tensor
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.attention_mask.sum(dim=-1)
+
+    @property
+    def last_positions(self) -> Tensor:
+        """Index of each row's last real token."""
+        return self.lengths - 1
+
+
+def require_tokenizer(tokenizer: Any) -> Any:
+    if tokenizer is None:
+        raise MechscopeError("This model was wrapped without a tokenizer; pass token ids instead of text.")
+    return tokenizer
+
+
+def tokenize(tokenizer: Any, texts: str | list[str], prepend_bos: bool | None = None) -> TokenBatch:
+    """Tokenize one prompt or several, padded on the right.
+
+    `prepend_bos=None` keeps the tokenizer's own choice (what HF's model sees); True/False forces it.
+    """
+    tokenizer = require_tokenizer(tokenizer)
+    batch = [texts] if isinstance(texts, str) else list(texts)
+    if not batch:
+        raise TokenizationError("No prompts given.")
+    rows: list[list[int]] = []
+    for index, text in enumerate(batch):
+        if not isinstance(text, str) or not text:
+            where = "" if isinstance(texts, str) else f" (prompt {index})"
+            raise TokenizationError(f"Empty prompt{where}: give at least one character of text.")
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        bos = tokenizer.bos_token_id
+        if prepend_bos is True and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        elif prepend_bos is False and bos is not None and ids and ids[0] == bos:
+            ids = ids[1:]
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return TokenBatch(ids, mask)
+
+
+def str_tokens(tokenizer: Any, ids: Tensor | list[int]) -> list[str]:
+    """Each token id decoded on its own, e.g. [' The', ' Eiff', 'el']."""
+    tokenizer = require_tokenizer(tokenizer)
+    flat = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    return [tokenizer.decode([i]) for i in flat]
+
+
+def single_token(tokenizer: Any, text: str) -> int:
+    """The id of `text` when it is exactly one token; a clear error showing its tokens otherwise."""
+    tokenizer = require_tokenizer(tokenizer)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if len(ids) != 1:
+        pieces = str_tokens(tokenizer, ids)
+        raise TokenizationError(
+            f"{text!r} is {len(ids)} tokens, not one: {pieces}. Use a string that is a single token"
+            + (f", such as {pieces[0]!r}." if pieces else ".")
+        )
+    return ids[0]
