@@ -140,12 +140,13 @@ def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[s
         add(name("attn.hook_result"), layer_index, o_proj, "pre", 1,
             (_result_reader(o_proj, cfg, family.o_proj_transposed), _replace), special="result")
         add(name("hook_attn_out"), layer_index, sub(family.attn_out), "post", 0)
-        if not cfg.parallel_attn_mlp:
-            add(name("hook_resid_mid"), layer_index, sub(family.ln2), "pre", 0, special="resid_mid")
-        add(name("ln2.hook_normalized"), layer_index, sub(family.ln2), "post", 0)
-        add(name("mlp.hook_pre"), layer_index, sub(family.mlp_in), "post", 0)
-        add(name("mlp.hook_post"), layer_index, sub(family.mlp_down), "pre", 0)
-        add(name("hook_mlp_out"), layer_index, sub(family.mlp_out), "post", 0)
+        if family.has_mlp:
+            if not cfg.parallel_attn_mlp:
+                add(name("hook_resid_mid"), layer_index, sub(family.ln2), "pre", 0, special="resid_mid")
+            add(name("ln2.hook_normalized"), layer_index, sub(family.ln2), "post", 0)
+            add(name("mlp.hook_pre"), layer_index, sub(family.mlp_in), "post", 0)
+            add(name("mlp.hook_post"), layer_index, sub(family.mlp_down), "pre", 0)
+            add(name("hook_mlp_out"), layer_index, sub(family.mlp_out), "post", 0)
         add(name("hook_resid_post"), layer_index, layer, "post", 1)
     add(names.LN_FINAL, None, get_module(hf_model, family.final_norm), "post", 0)
     return sites

@@ -5,7 +5,8 @@ or to one decoder layer (the rest). `attn_out` and `mlp_out` name the module who
 is what the block adds to the residual stream (the attention module itself, or a
 post-attention norm in Gemma 2/3). `qkv` says how queries, keys and values come out:
 `separate` (q_proj, k_proj, v_proj), `gpt2` (one fused projection, [q | k | v]) or `neox`
-(one fused projection, per head [q | k | v]).
+(one fused projection, per head [q | k | v]). An attention-only model leaves the MLP
+entries (`ln2`, `mlp_in`, `mlp_down`, `mlp_out`) empty and has no MLP hook points.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Family:
     v_proj: str = ""
     pos_embed: str | None = None
     o_proj_transposed: bool = False  # GPT-2's Conv1D stores weight as [in, out]
+
+    @property
+    def has_mlp(self) -> bool:
+        return bool(self.mlp_out)
 
     def is_parallel(self, hf_config: Any) -> bool:
         """True when attention and MLP read the same residual (GPT-NeoX's parallel residual)."""
