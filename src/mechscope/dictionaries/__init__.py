@@ -1,1 +1,36 @@
-"""dictionaries layer of mechscope (see DESIGN.md for the layering)."""
+"""dictionaries layer of mechscope: sparse autoencoders and transcoders, their training and files.
+
+Architectures (registry key -> class): `relu` (ReLU + L1), `topk`, `batchtopk`, `jumprelu`,
+`gated`. Any of them is a transcoder when `d_out != d_in` (or `hook_name_out` is set).
+
+Example:
+    >>> import torch
+    >>> from mechscope.dictionaries import make_dictionary
+    >>> sae = make_dictionary("relu", d_in=16, d_sae=64, seed=0)
+    >>> sae.encode(torch.randn(3, 16)).shape
+    torch.Size([3, 64])
+"""
+
+from mechscope.dictionaries.base import (
+    Dictionary,
+    DictionaryConfig,
+    DictionaryOutput,
+    SparseCodes,
+    available_architectures,
+    dictionary_class,
+    dictionary_from_config,
+    make_dictionary,
+)
+from mechscope.dictionaries.batchtopk import BatchTopKSAE, BatchTopKSAEConfig
+from mechscope.dictionaries.errors import CheckpointError, DictionaryConfigError, DictionaryFormatError
+from mechscope.dictionaries.gated import GatedSAE, GatedSAEConfig
+from mechscope.dictionaries.jumprelu import JumpReLUSAE, JumpReLUSAEConfig
+from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+from mechscope.dictionaries.topk import TopKSAE, TopKSAEConfig
+
+__all__ = [
+    "BatchTopKSAE", "BatchTopKSAEConfig", "CheckpointError", "Dictionary", "DictionaryConfig",
+    "DictionaryConfigError", "DictionaryFormatError", "DictionaryOutput", "GatedSAE", "GatedSAEConfig",
+    "JumpReLUSAE", "JumpReLUSAEConfig", "ReluSAE", "ReluSAEConfig", "SparseCodes", "TopKSAE", "TopKSAEConfig",
+    "available_architectures", "dictionary_class", "dictionary_from_config", "make_dictionary",
+]

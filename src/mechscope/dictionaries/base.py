@@ -1,0 +1,327 @@
+"""The interface every dictionary (SAE or transcoder) shares, its config base and the registry.
+
+A dictionary reads activations `x [batch, d_in]` in the model's units, scales them by
+`cfg.input_scale` (so their mean norm is `sqrt(d_in)` during training), encodes them to
+feature activations `[batch, d_sae]` and decodes a reconstruction (or, for a transcoder, a
+prediction of another site) `[batch, d_out]`, returned in the model's units again.
+
+Example:
+    >>> import torch
+    >>> from mechscope.dictionaries import make_dictionary
+    >>> sae = make_dictionary("topk", d_in=8, d_sae=32, k=4, seed=0)
+    >>> out = sae(torch.randn(5, 8))
+    >>> out.reconstruction.shape, out.feature_acts.shape, int(out.l0)
+    (torch.Size([5, 8]), torch.Size([5, 32]), 4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.core.errors import unknown_name_message
+from mechscope.dictionaries.errors import DictionaryConfigError
+
+logger = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64,
+                                  "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class DictionaryConfig:
+    """Sizes, provenance and input scaling shared by every architecture.
+
+    Fields: `d_in` (width of the site read), `d_sae` (number of latents), `d_out` (width of the
+    site predicted; `None` means `d_in`, an SAE), `hook_name` / `hook_name_out` (TransformerLens
+    names such as `blocks.15.hook_resid_post`), `model_name`, `input_scale` / `output_scale`
+    (multipliers to the normalised units the dictionary works in; `output_scale=None` means
+    `input_scale`), `apply_b_dec_to_input` (subtract the decoder bias before encoding; `None`
+    means yes for SAEs, no for transcoders), `decoder_init_norm`, `decoder_norm` (`"unit"`: decoder
+    rows held at norm 1 during training; `"free"`; `"weighted"` for ReLU-L1), `dtype`.
+    """
+
+    d_in: int
+    d_sae: int
+    d_out: int | None = None
+    hook_name: str | None = None
+    hook_name_out: str | None = None
+    model_name: str | None = None
+    input_scale: float = 1.0
+    output_scale: float | None = None
+    apply_b_dec_to_input: bool | None = None
+    decoder_init_norm: float = 1.0
+    decoder_norm: str = "unit"
+    dtype: str = "float32"
+
+    architecture: ClassVar[str] = ""
+    decoder_norms: ClassVar[tuple[str, ...]] = ("unit", "free")
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise DictionaryConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_out is None:
+            self.d_out = self.d_in
+        if not isinstance(self.d_out, int) or self.d_out <= 0:
+            raise DictionaryConfigError(f"d_out must be a positive integer, got {self.d_out!r}")
+        if self.output_scale is None:
+            self.output_scale = self.input_scale
+        for name in ("input_scale", "output_scale", "decoder_init_norm"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value <= 0:
+                raise DictionaryConfigError(f"{name} must be a finite positive number, got {value!r}")
+            setattr(self, name, value)
+        if self.apply_b_dec_to_input is None:
+            self.apply_b_dec_to_input = self.d_out == self.d_in and self.hook_name_out is None
+        if self.apply_b_dec_to_input and self.d_out != self.d_in:
+            raise DictionaryConfigError("apply_b_dec_to_input needs d_out == d_in (it subtracts b_dec from x)")
+        if self.decoder_norm not in self.decoder_norms:
+            raise DictionaryConfigError(
+                f"decoder_norm must be one of {self.decoder_norms} for {self.architecture}, got {self.decoder_norm!r}"
+            )
+        if self.dtype not in DTYPES:
+            raise DictionaryConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True when the dictionary predicts a site other than the one it reads."""
+        return self.hook_name_out is not None or self.d_out != self.d_in
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields plus `architecture`, JSON-ready."""
+        return {"architecture": self.architecture, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DictionaryConfig:
+        """Build from `to_dict` output; unknown keys are logged and ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names - {"architecture"})
+        if unknown:
+            logger.warning("ignoring unknown %s config keys: %s", cls.__name__, unknown)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class SparseCodes(NamedTuple):
+    """Active entries of a batch of codes: token `rows[n]` uses latent `cols[n]` with `vals[n]`."""
+
+    rows: Tensor
+    cols: Tensor
+    vals: Tensor
+    batch: int
+    d_sae: int
+
+    def to_dense(self) -> Tensor:
+        """The `[batch, d_sae]` dense activations."""
+        dense = self.vals.new_zeros(self.batch, self.d_sae)
+        dense[self.rows, self.cols] = self.vals
+        return dense
+
+
+@dataclass
+class DictionaryOutput:
+    """What `forward` returns.
+
+    `reconstruction [batch, d_out]` in model units; `loss` (scalar to minimise) and its named
+    parts `losses` (`mse` = mean over the batch of the squared error summed over `d_out`, in
+    normalised units, plus the sparsity and auxiliary terms); `l0` (mean number of active latents
+    per token); `firing_counts [d_sae]` (tokens of this batch on which each latent fired);
+    `feature_acts [batch, d_sae]` (dense, built on first access when the code is sparse).
+    """
+
+    reconstruction: Tensor
+    loss: Tensor
+    losses: dict[str, Tensor]
+    l0: Tensor
+    firing_counts: Tensor
+    dense_acts: Tensor | None = None
+    sparse_acts: SparseCodes | None = field(default=None, repr=False)
+
+    @property
+    def feature_acts(self) -> Tensor:
+        """Dense feature activations `[batch, d_sae]`."""
+        if self.dense_acts is None:
+            assert self.sparse_acts is not None
+            self.dense_acts = self.sparse_acts.to_dense()
+        return self.dense_acts
+
+
+class Dictionary(nn.Module):
+    """Base class: parameters `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_out]`, `b_dec [d_out]`.
+
+    Subclasses implement `_encode_n(x_n) -> [batch, d_sae]` and
+    `_forward_n(x_n, target_n, sparsity_scale, dead_mask)` in normalised units.
+    """
+
+    config_class: ClassVar[type[DictionaryConfig]] = DictionaryConfig
+    uses_aux_k: ClassVar[bool] = False  # dead latents handled by the AuxK loss (else by resampling)
+
+    def __init__(self, cfg: DictionaryConfig, seed: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(cfg, self.config_class):
+            raise DictionaryConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}")
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        dtype = DTYPES[cfg.dtype]
+        assert cfg.d_out is not None
+        W_dec = torch.randn(cfg.d_sae, cfg.d_out, generator=gen, dtype=torch.float64)
+        W_dec = W_dec / W_dec.norm(dim=1, keepdim=True) * cfg.decoder_init_norm
+        if cfg.d_out == cfg.d_in:
+            W_enc = W_dec.t().clone()
+        else:
+            W_enc = torch.randn(cfg.d_in, cfg.d_sae, generator=gen, dtype=torch.float64)
+            W_enc = W_enc / W_enc.norm(dim=0, keepdim=True) * cfg.decoder_init_norm
+        self.W_enc = nn.Parameter(W_enc.to(dtype).contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
+        self.W_dec = nn.Parameter(W_dec.to(dtype).contiguous())
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out, dtype=dtype))
+        if cfg.decoder_norm == "unit":
+            with torch.no_grad():
+                self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+        self._init_extra(gen)
+
+    def _init_extra(self, gen: torch.Generator | None) -> None:
+        """Create architecture-specific parameters and buffers."""
+
+    # -- units -----------------------------------------------------------------------------
+    def _scale_in(self, x: Tensor) -> Tensor:
+        x = x.to(self.W_enc.dtype)
+        return x if self.cfg.input_scale == 1.0 else x * self.cfg.input_scale
+
+    def _scale_target(self, t: Tensor) -> Tensor:
+        t = t.to(self.W_dec.dtype)
+        return t if self.cfg.output_scale == 1.0 else t * self.cfg.output_scale
+
+    def _unscale_out(self, y: Tensor) -> Tensor:
+        assert self.cfg.output_scale is not None
+        return y if self.cfg.output_scale == 1.0 else y / self.cfg.output_scale
+
+    def _centered(self, x_n: Tensor) -> Tensor:
+        return x_n - self.b_dec if self.cfg.apply_b_dec_to_input else x_n
+
+    # -- public interface ----------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations: `x [batch, d_in]` (model units) -> `[batch, d_sae]`."""
+        self._check_width(x, self.cfg.d_in, "input")
+        return self._encode_n(self._scale_in(x))
+
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        """Reconstruction (model units): `feature_acts [batch, d_sae]` -> `[batch, d_out]`."""
+        self._check_width(feature_acts, self.cfg.d_sae, "feature_acts")
+        return self._unscale_out(feature_acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec)
+
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, *, sparsity_scale: float = 1.0,
+        dead_mask: Tensor | None = None,
+    ) -> DictionaryOutput:
+        """Run on `x [batch, d_in]` against `target [batch, d_out]` (default `x`) and compute the losses.
+
+        `sparsity_scale` multiplies the sparsity coefficient (its warm-up); `dead_mask [d_sae]`
+        marks dead latents for the auxiliary loss of TopK-style dictionaries.
+        """
+        self._check_width(x, self.cfg.d_in, "input")
+        if target is None:
+            if self.cfg.is_transcoder:
+                raise DictionaryConfigError("a transcoder needs a target batch [batch, d_out]")
+            target = x
+        self._check_width(target, self.cfg.d_out, "target")  # type: ignore[arg-type]
+        x_n = self._scale_in(x)
+        t_n = x_n if target is x and self.cfg.output_scale == self.cfg.input_scale else self._scale_target(target)
+        out = self._forward_n(x_n, t_n, sparsity_scale, dead_mask)
+        out.reconstruction = self._unscale_out(out.reconstruction)
+        return out
+
+    def loss(self, x: Tensor, target: Tensor | None = None, *, sparsity_scale: float = 1.0) -> Tensor:
+        """The scalar training loss of `forward`."""
+        return self.forward(x, target, sparsity_scale=sparsity_scale).loss
+
+    # -- hooks the trainer calls -----------------------------------------------------------------
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """With unit-norm decoder rows, remove the gradient component along each row."""
+        g = self.W_dec.grad
+        if self.cfg.decoder_norm == "unit" and g is not None:
+            g.sub_((g * self.W_dec).sum(1, keepdim=True) * self.W_dec)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, reduce_min: Any = None) -> None:
+        """Re-impose constraints and update running statistics after a step.
+
+        With unit-norm decoder rows, project them back onto the unit sphere.
+        `reduce_min(tensor) -> tensor` combines a statistic across data-parallel ranks.
+        """
+        if self.cfg.decoder_norm == "unit":
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    @staticmethod
+    def _mse(recon_n: Tensor, target_n: Tensor) -> Tensor:
+        """Mean over the batch of `||recon - target||^2` (summed over features)."""
+        return (recon_n - target_n).pow(2).sum(-1).mean()
+
+    def _dense_output(self, recon_n: Tensor, target_n: Tensor, acts: Tensor, extra: dict[str, Tensor]) -> DictionaryOutput:
+        mse = self._mse(recon_n, target_n)
+        losses = {"mse": mse, **extra}
+        with torch.no_grad():
+            active = acts > 0
+            counts = active.sum(0)
+            l0 = counts.sum() / acts.shape[0]
+        return DictionaryOutput(recon_n, sum(losses.values()), losses, l0, counts, dense_acts=acts)  # type: ignore[arg-type]
+
+    def _check_width(self, t: Tensor, width: int | None, what: str) -> None:
+        if t.ndim != 2 or t.shape[-1] != width:
+            raise DictionaryConfigError(
+                f"{type(self).__name__} expects {what} of shape [batch, {width}], got {tuple(t.shape)}"
+            )
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"architecture={c.architecture!r}, d_in={c.d_in}, d_sae={c.d_sae}, d_out={c.d_out}"
+
+
+_REGISTRY: dict[str, type[Dictionary]] = {}
+
+
+def register(cls: type[Dictionary]) -> type[Dictionary]:
+    """Class decorator: register `cls` under `cls.config_class.architecture`."""
+    name = cls.config_class.architecture
+    if not name or name in _REGISTRY:
+        raise DictionaryConfigError(f"architecture {name!r} is empty or already registered")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def available_architectures() -> list[str]:
+    """Registered architecture names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def dictionary_class(architecture: str) -> type[Dictionary]:
+    """The class registered for `architecture` (a clear error with the nearest names otherwise)."""
+    try:
+        return _REGISTRY[architecture]
+    except KeyError:
+        raise DictionaryConfigError(unknown_name_message("architecture", architecture, _REGISTRY)) from None
+
+
+def make_dictionary(architecture: str, *, seed: int | None = None, **config: Any) -> Dictionary:
+    """Build a dictionary from its architecture name and config fields.
+
+    Example:
+        >>> make_dictionary("relu", d_in=4, d_sae=16).cfg.d_sae
+        16
+    """
+    cls = dictionary_class(architecture)
+    return cls(cls.config_class(**config), seed=seed)
+
+
+def dictionary_from_config(cfg: DictionaryConfig, seed: int | None = None) -> Dictionary:
+    """Build the dictionary whose class matches `cfg.architecture`."""
+    return dictionary_class(cfg.architecture)(cfg, seed=seed)

@@ -1,0 +1,112 @@
+"""JumpReLU sparse autoencoder with an L0 penalty (Rajamanoharan et al. 2024).
+
+`pre = (x - b_dec) @ W_enc + b_enc`, `f = pre * H(pre - theta)` with a learned per-latent
+threshold `theta = exp(log_threshold)`, `x_hat = f @ W_dec + b_dec`.
+Loss = `mse + l0_coefficient * sparsity_scale * mean_b sum_i H(pre_i - theta_i)`.
+
+The step function `H` has no useful gradient; both `JumpReLUFunction` and `StepFunction`
+give `theta` a straight-through pseudo-gradient with kernel
+`K(u) = 1 if |u| < 1/2 else 0` and bandwidth `eps`:
+`d f / d theta = -(theta / eps) K((pre - theta) / eps)` and `d H / d theta = -(1 / eps) K((pre - theta) / eps)`.
+`pre` gets the ordinary gradient `H(pre - theta)` through `f` and none through `H`.
+
+Example:
+    >>> import torch
+    >>> sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=8, d_sae=32), seed=0)
+    >>> sorted(sae(torch.randn(4, 8)).losses)
+    ['l0', 'mse']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput, register
+from mechscope.dictionaries.errors import DictionaryConfigError
+
+
+def _kernel(pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    return (((pre - theta) / bandwidth).abs() < 0.5).to(pre.dtype)
+
+
+class JumpReLUFunction(torch.autograd.Function):
+    """`pre * H(pre - theta)` with the straight-through threshold gradient. Shapes `[batch, d_sae]`, `[d_sae]`."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+        pre, theta = ctx.saved_tensors
+        grad_pre = grad * (pre > theta)
+        grad_theta = -(theta / ctx.bandwidth) * (_kernel(pre, theta, ctx.bandwidth) * grad).sum(0)
+        return grad_pre, grad_theta, None
+
+
+class StepFunction(torch.autograd.Function):
+    """`H(pre - theta)` with the straight-through threshold gradient; no gradient to `pre`."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+        pre, theta = ctx.saved_tensors
+        grad_theta = -(1.0 / ctx.bandwidth) * (_kernel(pre, theta, ctx.bandwidth) * grad).sum(0)
+        return None, grad_theta, None
+
+
+@dataclass
+class JumpReLUSAEConfig(DictionaryConfig):
+    """`l0_coefficient`, straight-through `bandwidth`, initial threshold `threshold_init` (normalised units)."""
+
+    l0_coefficient: float = 1e-3
+    bandwidth: float = 0.05
+    threshold_init: float = 0.1
+
+    architecture = "jumprelu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.l0_coefficient < 0 or self.bandwidth <= 0 or self.threshold_init <= 0:
+            raise DictionaryConfigError("need l0_coefficient >= 0, bandwidth > 0 and threshold_init > 0")
+
+
+@register
+class JumpReLUSAE(Dictionary):
+    """JumpReLU sparse autoencoder (or transcoder when `d_out != d_in`)."""
+
+    config_class = JumpReLUSAEConfig
+    cfg: JumpReLUSAEConfig
+
+    def _init_extra(self, gen: torch.Generator | None) -> None:
+        init = torch.full((self.cfg.d_sae,), math.log(self.cfg.threshold_init), dtype=self.W_enc.dtype)
+        self.log_threshold = nn.Parameter(init)
+
+    @property
+    def threshold(self) -> Tensor:
+        """Per-latent threshold `exp(log_threshold)`, `[d_sae]`."""
+        return self.log_threshold.exp()
+
+    def _encode_n(self, x_n: Tensor) -> Tensor:
+        pre = torch.addmm(self.b_enc, self._centered(x_n), self.W_enc)
+        return pre * (pre > self.threshold)
+
+    def _forward_n(self, x_n: Tensor, target_n: Tensor, sparsity_scale: float, dead_mask: Tensor | None) -> DictionaryOutput:
+        pre = torch.addmm(self.b_enc, self._centered(x_n), self.W_enc)
+        theta = self.threshold
+        acts = JumpReLUFunction.apply(pre, theta, self.cfg.bandwidth)
+        recon = torch.addmm(self.b_dec, acts, self.W_dec)
+        l0 = StepFunction.apply(pre, theta, self.cfg.bandwidth).sum(-1).mean()
+        return self._dense_output(recon, target_n, acts, {"l0": self.cfg.l0_coefficient * sparsity_scale * l0})

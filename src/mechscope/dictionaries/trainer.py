@@ -1,0 +1,335 @@
+"""Train any dictionary on a stream of activation batches (single process or under torchrun/DDP).
+
+Batches are tensors `[batch, d_in]` (SAEs) or pairs `([batch, d_in], [batch, d_out])`
+(transcoders). The trainer: estimates once the input scale that gives a mean norm of
+`sqrt(d_in)` (stored in the dictionary config, so outputs stay in model units); initialises
+`b_dec` at the geometric median or mean of a sample; runs Adam with linear LR warm-up and a
+linear decay to zero over the last `lr_decay_fraction` of the steps; warms the sparsity
+coefficient up linearly; clips gradients; tracks dead latents (no firing in the last
+`dead_window_tokens` tokens), fed to the AuxK loss of TopK-style dictionaries or resampled for
+the others; logs L0, explained variance and dead fraction to a tqdm bar, a JSONL file and
+(optionally) wandb; and writes resumable checkpoints. A resumed run ends bit-identical to an
+uninterrupted one given the same batches and seed.
+
+Example:
+    >>> import torch
+    >>> from mechscope.dictionaries import make_dictionary
+    >>> sae = make_dictionary("topk", d_in=8, d_sae=32, k=2, seed=0)
+    >>> batches = (torch.randn(64, 8) for _ in range(5))
+    >>> result = Trainer(sae, TrainerConfig(total_steps=5, progress=False)).fit(batches)
+    >>> result.steps
+    5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mechscope.dictionaries import checkpoint as ckpt
+from mechscope.dictionaries.base import Dictionary
+from mechscope.dictionaries.errors import CheckpointError, DictionaryConfigError
+from mechscope.dictionaries.initialisation import decoder_bias_init
+from mechscope.dictionaries.metrics import dead_fraction, explained_variance, fixed_norm_scale
+from mechscope.dictionaries.resampling import resample_dead_latents
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation settings. `total_steps` counts optimizer steps (one batch each)."""
+
+    total_steps: int
+    lr: float = 3e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    lr_warmup_steps: int = 0
+    lr_decay_fraction: float = 0.2
+    sparsity_warmup_steps: int = 0
+    b_dec_init: str = "geometric_median"
+    normalize_input: bool = True
+    init_batches: int = 4
+    dead_window_tokens: int = 1_000_000
+    resample_every: int | None = None
+    grad_clip_norm: float | None = 1.0
+    seed: int = 0
+    shard_batches: bool = True
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    log_path: str | None = None
+    log_every: int = 10
+    progress: bool = True
+    wandb_project: str | None = None
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
+        if self.total_steps <= 0 or self.lr <= 0 or self.init_batches <= 0 or self.log_every <= 0:
+            raise DictionaryConfigError("total_steps, lr, init_batches and log_every must be positive")
+        if not 0 <= self.lr_decay_fraction <= 1:
+            raise DictionaryConfigError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise DictionaryConfigError(f"b_dec_init must be geometric_median, mean or zeros, got {self.b_dec_init!r}")
+        if self.checkpoint_every is not None and (self.checkpoint_every <= 0 or not self.checkpoint_dir):
+            raise DictionaryConfigError("checkpoint_every needs a positive value and a checkpoint_dir")
+        if self.resample_every is not None and self.resample_every <= 0:
+            raise DictionaryConfigError("resample_every must be positive")
+
+    def lr_at(self, step: int) -> float:
+        """LR of 0-based `step`: `lr * min(1, (step+1)/warmup) * min(1, (total-step)/(decay_fraction*total))`."""
+        warm = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
+        decay_len = self.lr_decay_fraction * self.total_steps
+        decay = min(1.0, (self.total_steps - step) / decay_len) if decay_len > 0 else 1.0
+        return self.lr * warm * decay
+
+    def sparsity_scale_at(self, step: int) -> float:
+        """Sparsity-coefficient multiplier: `min(1, (step+1)/sparsity_warmup_steps)`."""
+        return min(1.0, (step + 1) / self.sparsity_warmup_steps) if self.sparsity_warmup_steps else 1.0
+
+
+@dataclass
+class TrainResult:
+    """`steps` done in total, and the metrics of the last logged step."""
+
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _split(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch, None
+
+
+class Trainer:
+    """Trains `dictionary` in place. Under `torchrun`, wraps it in DistributedDataParallel (gloo on CPU)."""
+
+    def __init__(self, dictionary: Dictionary, config: TrainerConfig) -> None:
+        self.dictionary = dictionary
+        self.config = config
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.tokens_since_fired = torch.zeros(dictionary.cfg.d_sae, dtype=torch.int64)
+        self.step = 0
+        self.optimizer = torch.optim.Adam(dictionary.parameters(), lr=config.lr,
+                                          betas=config.adam_betas, eps=config.adam_eps)
+        self._model: torch.nn.Module = dictionary
+        self._log_file: Any = None
+        self._wandb: Any = None
+
+    # -- data ---------------------------------------------------------------------------------
+    def _local(self, batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+        x, t = _split(batch)
+        if self.distributed and self.config.shard_batches:
+            if x.shape[0] % self.world:
+                raise DictionaryConfigError(f"global batch {x.shape[0]} not divisible by world size {self.world}")
+            n = x.shape[0] // self.world
+            sl = slice(self.rank * n, (self.rank + 1) * n)
+            x, t = x[sl], (t[sl] if t is not None else None)
+        return x, t
+
+    def _gather(self, t: Tensor) -> Tensor:
+        """All ranks' rows of `t`, in rank order (the global batch when shards are contiguous)."""
+        if not self.distributed:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def _initialise(self, first: list[tuple[Tensor, Tensor | None]]) -> None:
+        d = self.dictionary
+        xs = self._gather(torch.cat([x for x, _ in first]))
+        ts = xs if first[0][1] is None else self._gather(torch.cat([t for _, t in first]))  # type: ignore[misc]
+        for name, value in (("input", xs), ("target", ts)):
+            if not torch.isfinite(value).all():
+                raise DictionaryConfigError(f"the first {name} batches contain NaN or Inf activations")
+        if self.config.normalize_input:
+            d.cfg.input_scale = fixed_norm_scale(xs)
+            d.cfg.output_scale = d.cfg.input_scale if first[0][1] is None else fixed_norm_scale(ts)
+        with torch.no_grad():
+            sample = (ts.to(d.b_dec.dtype) * d.cfg.output_scale)  # type: ignore[operator]
+            d.b_dec.copy_(decoder_bias_init(sample, self.config.b_dec_init))
+        logger.info("input scale %.6g, output scale %.6g", d.cfg.input_scale, d.cfg.output_scale)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "dictionary_config": self.dictionary.cfg.to_dict(),
+            "trainer_config": dataclasses.asdict(self.config),
+            "tokens_since_fired": self.tokens_since_fired.tolist(),
+            "generator_state": ckpt.generator_state_to_json(self.generator),
+            "world_size": self.world,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 only); returns its folder."""
+        path = None
+        if self.rank == 0:
+            assert self.config.checkpoint_dir is not None
+            path = ckpt.save_checkpoint(self.config.checkpoint_dir, self.step, self.dictionary,
+                                        self.optimizer, self._state())
+            logger.info("checkpoint written to %s", path)
+        if self.distributed:
+            dist.barrier()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, optimizer, counters and generator from a checkpoint folder."""
+        weights, opt_state, state = ckpt.load_checkpoint(path)
+        saved = dict(state["dictionary_config"])
+        mine = self.dictionary.cfg.to_dict()
+        for key in ("architecture", "d_in", "d_sae", "d_out"):
+            if saved.get(key) != mine.get(key):
+                raise CheckpointError(f"checkpoint has {key}={saved.get(key)!r}, this dictionary {mine.get(key)!r}")
+        self.dictionary.cfg.input_scale = float(saved["input_scale"])
+        self.dictionary.cfg.output_scale = float(saved["output_scale"])
+        self.dictionary.load_state_dict(weights)
+        self.optimizer.load_state_dict(opt_state)
+        self.tokens_since_fired = torch.tensor(state["tokens_since_fired"], dtype=torch.int64)
+        self.generator.set_state(ckpt.generator_state_from_json(state["generator_state"]))
+        self.step = int(state["step"])
+
+    # -- training -----------------------------------------------------------------------------
+    def fit(self, batches: Iterable[Any], resume_from: str | Path | None = None,
+            skip_consumed: bool = True) -> TrainResult:
+        """Train until `total_steps`. With `resume_from`, restore that checkpoint first and (with
+        `skip_consumed`) skip the batches it already used, so pass the same stream from its start."""
+        cfg = self.config
+        raw: Iterator[Any] = iter(batches)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+            if skip_consumed:
+                raw = itertools.islice(raw, self.step, None)
+            stream: Iterator[tuple[Tensor, Tensor | None]] = map(self._local, raw)
+        else:
+            if cfg.checkpoint_dir and ckpt.list_checkpoints(cfg.checkpoint_dir):
+                raise CheckpointError(f"{cfg.checkpoint_dir} already holds checkpoints: pass resume_from "
+                                      "to continue that run, or choose another checkpoint_dir")
+            first = [self._local(b) for b in itertools.islice(raw, cfg.init_batches)]
+            if not first:
+                raise DictionaryConfigError("the batch stream is empty")
+            self._initialise(first)
+            stream = itertools.chain(first, map(self._local, raw))
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._model = DistributedDataParallel(self.dictionary)
+        self._open_logs()
+        bar = self._progress()
+        metrics: dict[str, float] = {}
+        try:
+            while self.step < cfg.total_steps:
+                try:
+                    x, t = next(stream)
+                except StopIteration:
+                    logger.warning("batch stream ended after %d steps (of %d)", self.step, cfg.total_steps)
+                    break
+                step_metrics = self._train_step(x, t)
+                if step_metrics:
+                    metrics = step_metrics
+                    self._log(metrics, bar)
+                if bar is not None:
+                    bar.update(1)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+        return TrainResult(self.step, metrics)
+
+    def _train_step(self, x: Tensor, t: Tensor | None) -> dict[str, float]:
+        cfg, d = self.config, self.dictionary
+        step = self.step
+        lr = cfg.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        dead_mask = self.tokens_since_fired >= cfg.dead_window_tokens if d.uses_aux_k else None
+        out = self._model(x, t, sparsity_scale=cfg.sparsity_scale_at(step), dead_mask=dead_mask)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"non-finite loss at step {step}: {float(out.loss)} (check the inputs for NaN/Inf)")
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        d.before_optimizer_step()
+        if cfg.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip_norm)
+        self.optimizer.step()
+        d.after_optimizer_step(self._reduce_min if self.distributed else None)
+        counts = out.firing_counts.to(torch.int64)
+        n_tokens = x.shape[0]
+        if self.distributed:
+            dist.all_reduce(counts)
+            n_tokens *= self.world
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[counts > 0] = 0
+        self.step += 1
+        if cfg.resample_every and not d.uses_aux_k and self.step % cfg.resample_every == 0:
+            dead = self.tokens_since_fired >= cfg.dead_window_tokens
+            if bool(dead.any()):
+                n = resample_dead_latents(d, self.optimizer, dead, x, t, self.generator)
+                self.tokens_since_fired[dead] = 0
+                logger.info("step %d: resampled %d dead latents", self.step, n)
+        if self.step % cfg.log_every and self.step != cfg.total_steps:
+            return {}
+        target = x if t is None else t
+        return {
+            "step": float(self.step), "lr": lr, "loss": float(out.loss.detach()),
+            **{k: float(v.detach()) for k, v in out.losses.items()},
+            "l0": float(out.l0), "explained_variance": explained_variance(target, out.reconstruction.detach()),
+            "dead_fraction": dead_fraction(self.tokens_since_fired, cfg.dead_window_tokens),
+        }
+
+    @staticmethod
+    def _reduce_min(value: Tensor) -> Tensor:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return value
+
+    # -- logging ------------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        cfg = self.config
+        if self.rank != 0:
+            return
+        if cfg.log_path:
+            Path(cfg.log_path).parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(cfg.log_path, "a")  # noqa: SIM115 - closed at the end of fit
+        if cfg.wandb_project and self._wandb is None:
+            try:
+                import wandb  # type: ignore[import-not-found]
+            except ImportError:
+                logger.warning("wandb_project is set but wandb is not installed; logging to JSONL only")
+            else:
+                self._wandb = wandb.init(project=cfg.wandb_project, config=dataclasses.asdict(cfg))
+
+    def _progress(self) -> Any:
+        if not self.config.progress or self.rank != 0:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.total_steps, initial=self.step, desc=f"train {self.dictionary.cfg.architecture}")
+
+    def _log(self, metrics: dict[str, float], bar: Any) -> None:
+        if self.rank != 0:
+            return
+        if bar is not None:
+            bar.set_postfix(l0=f"{metrics['l0']:.1f}", ev=f"{metrics['explained_variance']:.3f}",
+                            dead=f"{metrics['dead_fraction']:.3f}")
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(metrics) + "\n")
+            self._log_file.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=int(metrics["step"]))
