@@ -4,7 +4,8 @@ Shapes (batch, pos, d_model, n_heads, n_kv_heads, d_head, d_mlp):
 
 | name | shape |
 | --- | --- |
-| `hook_embed`, `hook_pos_embed` | [batch, pos, d_model] |
+| `hook_embed` | [batch, pos, d_model] |
+| `hook_pos_embed` (GPT-2) | [1, pos, d_model], broadcast over the batch as HF computes it |
 | `blocks.{l}.hook_resid_pre` / `hook_resid_mid` / `hook_resid_post` | [batch, pos, d_model] |
 | `blocks.{l}.ln1.hook_normalized`, `blocks.{l}.ln2.hook_normalized` | [batch, pos, d_model] |
 | `blocks.{l}.attn.hook_q` | [batch, pos, n_heads, d_head] |
@@ -15,6 +16,9 @@ Shapes (batch, pos, d_model, n_heads, n_kv_heads, d_head, d_mlp):
 | `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out` | [batch, pos, d_model] |
 | `blocks.{l}.mlp.hook_pre`, `blocks.{l}.mlp.hook_post` | [batch, pos, d_mlp] |
 | `ln_final.hook_normalized` | [batch, pos, d_model] |
+
+`*.hook_normalized` is a norm module's output, its weight (and bias) applied: what the
+attention, the MLP or the unembedding reads. (TransformerLens takes it before the weight.)
 
 Example:
     >>> resid_pre(3)

@@ -1,0 +1,61 @@
+"""Cross-check against TransformerLens on a tiny GPT-2 and a tiny Llama (GQA).
+
+TransformerLens is built from the same HF weights with its own conversion functions and
+no weight processing. Tolerance: 1e-4 relative to each activation's largest magnitude
+(TransformerLens computes attention and norms in its own order of float operations).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import tiny_ids, tiny_model
+
+pytest.importorskip("transformer_lens", reason="transformer-lens is a dev dependency")
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights  # noqa: E402
+from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights  # noqa: E402
+
+RTOL = 1e-4
+
+
+def _tl_model(kind: str, model) -> HookedTransformer:
+    c = model.cfg
+    common = dict(n_layers=c.n_layers, d_model=c.d_model, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
+                  d_vocab=c.d_vocab, n_ctx=128, use_attn_result=True, default_prepend_bos=False)
+    if kind == "gpt2":
+        cfg = HookedTransformerConfig(**common, act_fn="gelu_new", normalization_type="LN", eps=1e-5)
+        state = convert_gpt2_weights(model.hf_model, cfg)
+    else:
+        cfg = HookedTransformerConfig(**common, act_fn="silu", normalization_type="RMS", eps=1e-6,
+                                      positional_embedding_type="rotary", rotary_dim=c.d_head,
+                                      n_key_value_heads=c.n_kv_heads, gated_mlp=True, final_rms=True,
+                                      rotary_adjacent_pairs=False, rotary_base=10000)
+        state = convert_llama_weights(model.hf_model, cfg)
+    tl = HookedTransformer(cfg)
+    tl.load_state_dict(state, strict=False)
+    return tl.eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@torch.no_grad()
+def test_same_activations_as_transformer_lens(kind: str) -> None:
+    model = tiny_model(kind)
+    tl = _tl_model(kind, model)
+    ids = tiny_ids(batch=2, pos=9)
+    logits, ours = model.run_with_cache(ids)
+    tl_logits, theirs = tl.run_with_cache(ids)
+    compared = 0
+    for name, act in ours.items():
+        if name not in theirs.cache_dict or "hook_normalized" in name:
+            continue  # TransformerLens takes norms before their weight and bias; mechscope after (names.py)
+        reference = theirs[name]
+        if name == "hook_pos_embed":  # HF computes it once and broadcasts over the batch
+            act = act.expand_as(reference)
+        assert act.shape == reference.shape, f"{name}: {tuple(act.shape)} vs {tuple(reference.shape)}"
+        scale = max(1.0, reference.abs().max().item())
+        diff = (act - reference).abs().max().item()
+        assert diff <= RTOL * scale, f"{name}: max abs diff {diff:.3g} (scale {scale:.3g})"
+        compared += 1
+    assert compared >= 10 * model.cfg.n_layers, f"only {compared} hook points in common"
+    assert (logits - tl_logits).abs().max().item() <= RTOL * max(1.0, tl_logits.abs().max().item())
