@@ -1,0 +1,27 @@
+"""Options shared by subcommands: which model, where results go."""
+
+from __future__ import annotations
+
+import argparse
+
+from mechscope.core.hooked import HookedModel
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="model: smollm2-135m (default), gemma3-270m, a .gguf file, a saved folder or a hub id")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+
+
+def add_output_options(parser: argparse.ArgumentParser, png: bool = True) -> None:
+    parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the result as JSON")
+    if png:
+        parser.add_argument("--png", dest="png_path", default=None, metavar="PATH", help="write a plot as PNG")
+    parser.add_argument("--force", action="store_true", help="overwrite files that mechscope did not write")
+
+
+def load(args: argparse.Namespace) -> HookedModel:
+    from mechscope.core.loading import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)

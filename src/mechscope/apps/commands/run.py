@@ -1,0 +1,37 @@
+"""`mechscope run "PROMPT"`: the model's top next-token predictions."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mechscope.apps.commands.common import add_model_option, add_output_options, load
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="top next-token predictions for a prompt")
+    parser.add_argument("prompt")
+    parser.add_argument("--top-k", type=int, default=10)
+    add_model_option(parser)
+    add_output_options(parser, png=False)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mechscope.apps.output import write_json
+    from mechscope.apps.report.core_sections import top_predictions
+    from mechscope.core.provenance import provenance
+
+    model = load(args)
+    with torch.no_grad():
+        logits = model(args.prompt)
+    top = top_predictions(model, logits, args.top_k)
+    width = max(len(repr(t["token"])) for t in top)
+    for rank, entry in enumerate(top, 1):
+        print(f"{rank:>3}  {entry['token']!r:<{width}}  p={entry['prob']:.4f}  logit={entry['logit']:.3f}")
+    if args.json_path:
+        result = {"prompt": args.prompt, "tokens": model.to_str_tokens(args.prompt), "top": top,
+                  "provenance": provenance(model)}
+        write_json(args.json_path, result, force=args.force)
+    return 0
