@@ -102,8 +102,8 @@ def iter_pydoc_topics() -> Iterator[str]:
     """Yield the interpreter's documentation topics, sorted by topic name.
 
     Example:
-        >>> next(iter_pydoc_topics()).startswith("assert")
-        True
+        >>> next(iter_pydoc_topics()).splitlines()[0]
+        'The "assert" statement'
     """
     from pydoc_data.topics import topics
 
@@ -537,7 +537,7 @@ def token_contexts(
 
     Example:
         >>> ids = token_contexts(tok, "pydoc", 64, max_contexts=10)   # doctest: +SKIP
-        >>> ids.shape
+        >>> ids.shape                                                  # doctest: +SKIP
         torch.Size([10, 64])
     """
     batches = list(iter_token_contexts(tokenizer, source, context_length, **kwargs))
