@@ -25,14 +25,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol, Union
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
 
 Reduce = Literal["mean", "none"]
-Tokens = Union[int, Sequence[int], Tensor]
-Positions = Union[int, Sequence[int], Tensor]
+Tokens = int | Sequence[int] | Tensor
+Positions = int | Sequence[int] | Tensor
 
 
 class Metric(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,8 +20,8 @@ from mechscope.core.errors import TokenizationError
 from mechscope.core.tokens import TokenBatch
 from mechscope.methods.metrics import METRICS, LogitDiff, Metric, PositionMetric
 
-Prompts = Union[str, Sequence[str], Tensor, TokenBatch]
-Answers = Union[str, int, Sequence[str], Sequence[int], Tensor]
+Prompts = str | Sequence[str] | Tensor | TokenBatch
+Answers = str | int | Sequence[str] | Sequence[int] | Tensor
 
 
 @dataclass(frozen=True)

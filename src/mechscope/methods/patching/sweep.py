@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,7 +48,7 @@ BY_CHOICES = {
     "block": (("layer",), ("layer", "pos")),
     "head": (("layer", "head"), ("layer", "head", "pos"), ("layer",), ("layer", "pos")),
 }
-By = Union[str, Sequence[str]]
+By = str | Sequence[str]
 
 
 def parse_by(by: By) -> tuple[str, ...]:
