@@ -15,7 +15,7 @@ Metrics, with `u_i` the true unit features and `w_j` the decoder rows normalised
 Default setting (used by the test suite): `d_model=32`, `n_features=64`, `d_sae=128`,
 `p` log-spaced from 0.08 to 0.01 (about 2.3 active features per token), 8 correlated pairs
 with `pair_prob=0.5`, `noise_std=0.01`; 1500 Adam steps of 512 tokens, seed 0; architecture
-settings in `ARCHITECTURE_DEFAULTS` (TopK / BatchTopK `k=3`). On this setting TopK, BatchTopK and
+settings in `ARCHITECTURE_DEFAULTS` (TopK / BatchTopK `k=3`, BatchTopK AuxK coefficient 0.25). On this setting TopK, BatchTopK and
 JumpReLU recover at least 90% of the features, ReLU-L1 at least 80%.
 
 Example:
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "relu": {"l1_coefficient": 1.0},
     "topk": {"k": 3},
-    "batchtopk": {"k": 3},
+    "batchtopk": {"k": 3, "aux_k_coefficient": 0.25},
     "jumprelu": {"l0_coefficient": 2.0, "bandwidth": 0.05, "threshold_init": 0.1},
     "gated": {"l1_coefficient": 3.0},
 }

@@ -123,6 +123,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.tokens_since_fired = torch.zeros(dictionary.cfg.d_sae, dtype=torch.int64)
         self.step = 0
+        self.local_tokens = 0  # tokens this process trained on (its slices of the global batches)
         self.optimizer = torch.optim.Adam(dictionary.parameters(), lr=config.lr,
                                           betas=config.adam_betas, eps=config.adam_eps)
         self._model: torch.nn.Module = dictionary
@@ -271,6 +272,7 @@ class Trainer:
         d.after_optimizer_step(self._reduce_min if self.distributed else None)
         counts = out.firing_counts.to(torch.int64)
         n_tokens = x.shape[0]
+        self.local_tokens += n_tokens
         if self.distributed:
             dist.all_reduce(counts)
             n_tokens *= self.world
