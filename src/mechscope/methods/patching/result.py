@@ -144,7 +144,7 @@ class PatchResult:
 
         fig = self.figure(title)
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=dpi)
+        fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": "mechscope"})
         plt.close(fig)
         return buffer.getvalue()
 
