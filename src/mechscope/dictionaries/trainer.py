@@ -237,7 +237,7 @@ class Trainer:
                 except StopIteration:
                     logger.warning("batch stream ended after %d steps (of %d)", self.step, cfg.total_steps)
                     break
-                step_metrics = self._train_step(x, t)
+                step_metrics = self.train_step(x, t)
                 if step_metrics:
                     metrics = step_metrics
                     self._log(metrics, bar)
@@ -253,7 +253,8 @@ class Trainer:
                 self._log_file = None
         return TrainResult(self.step, metrics)
 
-    def _train_step(self, x: Tensor, t: Tensor | None) -> dict[str, float]:
+    def train_step(self, x: Tensor, t: Tensor | None = None) -> dict[str, float]:
+        """One optimizer step on a local batch `x [batch, d_in]` (and `t [batch, d_out]`); metrics on logging steps."""
         cfg, d = self.config, self.dictionary
         step = self.step
         lr = cfg.lr_at(step)
