@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mechscope.dictionaries import make_dictionary
 from mechscope.dictionaries.synthetic import (
     SyntheticData,
     fraction_recovered,
@@ -14,6 +15,7 @@ from mechscope.dictionaries.synthetic import (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture,minimum", [("relu", 0.8), ("jumprelu", 0.9), ("gated", 0.8)])
 def test_penalised_dictionaries_recover_features(architecture, minimum):
     result = run_synthetic(architecture, seed=0)
@@ -39,3 +41,15 @@ def test_synthetic_data_is_sparse_superposed_and_seeded():
     assert torch.equal(SyntheticData(seed=3).sample(2000), x)
     assert not torch.equal(SyntheticData(seed=4).sample(2000), x)
     assert data.probs.max() == pytest.approx(0.08) and data.probs.min() == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+def test_short_run_reports_and_beats_the_untrained_decoder(architecture):
+    result = run_synthetic(architecture, seed=1, steps=300, batch_size=256)
+    untrained = make_dictionary(architecture, d_in=32, d_sae=128, seed=1, **result["dictionary_kwargs"])
+    before = mean_max_cosine_similarity(SyntheticData(seed=1).features, untrained.W_dec.detach())
+    assert {"architecture", "mmcs", "fraction_recovered", "l0", "explained_variance", "steps"} <= set(result)
+    assert result["architecture"] == architecture and result["steps"] == 300
+    assert 0.0 <= result["fraction_recovered"] <= 1.0
+    assert result["mmcs"] > before, (result["mmcs"], before)
+    assert result["explained_variance"] > 0.5, result

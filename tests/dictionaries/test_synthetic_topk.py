@@ -7,6 +7,7 @@ import pytest
 from mechscope.dictionaries.synthetic import run_synthetic
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
 def test_topk_family_recovers_at_least_90_percent(architecture):
     result = run_synthetic(architecture, seed=0)
