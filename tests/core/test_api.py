@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_ids, tiny_model
 
 import mechscope
 from mechscope.core import names
 from mechscope.core.errors import HookNameError, HookShapeError, ModelLoadError
+from tiny_models import tiny_ids, tiny_model
 
 
 def _our_hooks(model) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import CONFIGS, tiny_ids, tiny_model
 
 from mechscope.core import names
+from tiny_models import CONFIGS, tiny_ids, tiny_model
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import CONFIGS, tiny_ids, tiny_model
 
 from mechscope.core.verify import run_checks
+from tiny_models import CONFIGS, tiny_ids, tiny_model
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_ids, tiny_model
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
-pytest.importorskip("transformer_lens", reason="transformer-lens is a dev dependency")
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
-from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights  # noqa: E402
-from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights  # noqa: E402
+from tiny_models import tiny_ids, tiny_model
 
 RTOL = 1e-4
 

@@ -83,7 +83,7 @@ def using_implementation(model: nn.Module, implementation: str) -> Iterator[None
     try:
         yield
     finally:
-        for config, impl in zip(configs, previous):
+        for config, impl in zip(configs, previous, strict=True):
             config._attn_implementation = impl
 
 

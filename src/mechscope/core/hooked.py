@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,7 @@ from mechscope.core.sites import build_sites
 
 NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
 Inputs = Union[str, Sequence[str], Tensor, tok.TokenBatch]
-HookSpec = Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]]
+HookSpec = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 
 
 class HookedModel(nn.Module):

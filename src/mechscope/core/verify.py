@@ -78,9 +78,12 @@ def run_checks(model: HookedModel, ids: Tensor, padded_texts: list[str] | None =
     checks.append(Check("unembed(resid_post[-1]) == logits",
                         _diff(model.unembed(cache[names.resid_post(n - 1)]), plain.logits),
                         atol * _scale(plain.logits)))
-    attn_scale = max(_scale(cache[names.attn_out(i)]) for i in range(n))
-    checks.append(Check("sum of hook_result + bias == attn_out", _result_sum_diff(model, cache),
-                        atol * attn_scale))
+    checks.append(Check("sum of hook_result + bias == o_proj(hook_z) (relative)", _result_sum_diff(model, cache),
+                        atol))
+    if model.family.attn_out == model.family.attn:
+        worst = max(_diff(get_module(model.layers[i], model.family.o_proj)(cache[names.z(i)].flatten(-2)),
+                          cache[names.attn_out(i)]) for i in range(n))
+        checks.append(Check("o_proj(hook_z) == hook_attn_out", worst, 0.0))
     layer = n // 2
     _, early = model.run_with_cache(ids, names=lambda x: x in not_pattern and (names.parse_layer(x) or 0) < layer,
                                    stop_at_layer=layer)
@@ -97,16 +100,15 @@ def run_checks(model: HookedModel, ids: Tensor, padded_texts: list[str] | None =
 
 
 def _result_sum_diff(model: HookedModel, cache: Any) -> float:
+    """Largest |sum_h result_h + b_O - o_proj(z)| over layers, relative to max|o_proj(z)|."""
     worst = 0.0
     for layer in range(model.cfg.n_layers):
-        block = model.layers[layer]
-        o_proj = get_module(block, model.family.o_proj)
+        o_proj = get_module(model.layers[layer], model.family.o_proj)
+        projected = o_proj(cache[names.z(layer)].flatten(-2))
         total = cache[names.result(layer)].sum(dim=2)
         if getattr(o_proj, "bias", None) is not None:
             total = total + o_proj.bias
-        if model.family.attn_out != model.family.attn:  # a norm after attention (Gemma 2/3)
-            total = get_module(block, model.family.attn_out)(total)
-        worst = max(worst, _diff(total, cache[names.attn_out(layer)]))
+        worst = max(worst, _diff(total, projected) / _scale(projected))
     return worst
 
 

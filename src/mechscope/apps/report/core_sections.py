@@ -13,7 +13,6 @@ import torch  # noqa: E402
 
 from mechscope.apps.output import figure_png, png_data_uri  # noqa: E402
 from mechscope.apps.report.document import Section  # noqa: E402
-from mechscope.core import names  # noqa: E402
 from mechscope.core.hooked import HookedModel  # noqa: E402
 
 
@@ -30,7 +29,7 @@ def top_predictions(model: HookedModel, logits: torch.Tensor, k: int) -> list[di
 def tokens_section(model: HookedModel, context: dict[str, Any]) -> Section:
     ids = model.to_tokens(context["prompt"])[0]
     pieces = model.to_str_tokens(ids)
-    cells = " ".join(f"<span class='tok' title='id {int(i)}'>{html.escape(p)}</span>" for p, i in zip(pieces, ids))
+    cells = " ".join(f"<span class='tok' title='id {int(i)}'>{html.escape(p)}</span>" for p, i in zip(pieces, ids, strict=True))
     return Section("tokens", "Tokens", f"<p>{len(pieces)} tokens: {cells}</p>",
                    {"tokens": pieces, "ids": ids.tolist()})
 

@@ -1,0 +1,108 @@
+"""Cost of caching activations, side by side in one run, on the default model.
+
+Batch 8 x 64 tokens, float32, CPU. Every time is a ratio to the plain Hugging Face forward
+pass. TransformerLens is built from the same weights (its HookedTransformer, no weight
+processing); nnsight wraps the same HF model. Run: `python benchmarks/forward_overhead.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import mechscope
+from common import print_table, time_interleaved
+from mechscope.core.attention import using_implementation
+
+
+def transformer_lens_model(model: mechscope.HookedModel):
+    """TransformerLens's HookedTransformer with the default model's weights, or None with a reason."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+        from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+    except ImportError as err:
+        return None, f"not installed ({err})"
+    c, hf = model.cfg, model.hf_model.config
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layers, d_model=c.d_model, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
+        d_vocab=c.d_vocab, n_ctx=2048, act_fn="silu", normalization_type="RMS", eps=hf.rms_norm_eps,
+        positional_embedding_type="rotary", rotary_dim=c.d_head, n_key_value_heads=c.n_kv_heads,
+        gated_mlp=True, final_rms=True, rotary_adjacent_pairs=False,
+        rotary_base=hf.rope_parameters["rope_theta"], dtype=torch.float32,
+    )
+    tl = HookedTransformer(cfg)
+    tl.load_state_dict(convert_llama_weights(model.hf_model, cfg), strict=False)
+    return tl.eval(), ""
+
+
+def nnsight_model(model: mechscope.HookedModel):
+    try:
+        from nnsight import LanguageModel
+    except ImportError as err:
+        return None, f"not installed ({err})"
+    return LanguageModel(model.hf_model, tokenizer=model.tokenizer), ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pos", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = mechscope.load_model(dtype=torch.float32, device="cpu")
+    ids = torch.randint(100, model.cfg.d_vocab, (args.batch, args.pos))
+    hf = model.hf_model
+    resid = [n for n in model.hook_names() if n.endswith("hook_resid_post")]
+    no_pattern = [n for n in model.hook_names() if not n.endswith("hook_pattern")]
+
+    def hf_eager() -> object:
+        with using_implementation(hf, "eager"):
+            return hf(input_ids=ids, use_cache=False)
+
+    candidates = {
+        "HF forward (sdpa)": lambda: hf(input_ids=ids, use_cache=False),
+        "HF forward (eager attention)": hf_eager,
+        "mechscope run_with_cache, residual stream only": lambda: model.run_with_cache(ids, names=resid),
+        "mechscope run_with_cache, every hook but patterns": lambda: model.run_with_cache(ids, names=no_pattern),
+        "mechscope run_with_cache, every hook point": lambda: model.run_with_cache(ids),
+    }
+    tl, why_not_tl = transformer_lens_model(model)
+    if tl is not None:
+        candidates["TransformerLens run_with_cache, residual only"] = lambda: tl.run_with_cache(
+            ids, names_filter=lambda n: n.endswith("hook_resid_post"))
+        candidates["TransformerLens run_with_cache, every hook"] = lambda: tl.run_with_cache(ids)
+    nn_model, why_not_nn = nnsight_model(model)
+    if nn_model is not None:
+        layers = nn_model.model.layers
+
+        def nnsight_resid() -> object:
+            saved: list[object] = []  # nnsight re-runs the block; results must land in an outer object
+            with nn_model.trace(ids):
+                for layer in layers:
+                    saved.append(layer.output.save())
+            return saved
+
+        candidates["nnsight trace, residual only"] = nnsight_resid
+    times = time_interleaved(candidates, repeats=args.repeats)
+    print_table(f"forward overhead, {model.cfg.name}, batch {args.batch} x {args.pos} tokens, float32, "
+                f"{torch.get_num_threads()} threads", times, "HF forward (sdpa)")
+    if tl is None:
+        print(f"TransformerLens: {why_not_tl}")
+    if nn_model is None:
+        print(f"nnsight: {why_not_nn}")
+    # The cached values themselves must agree with HF before any time means anything.
+    _, cache = model.run_with_cache(ids, names=resid)
+    hidden = hf(input_ids=ids, output_hidden_states=True).hidden_states
+    diff = max((cache[resid[i]] - hidden[i + 1]).abs().max().item() for i in range(model.cfg.n_layers - 1))
+    print(f"\nmax |mechscope resid_post - HF hidden_states| = {diff:.3g}")
+    if tl is not None:
+        _, tl_cache = tl.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_post"))
+        diff = max((cache[n] - tl_cache[n]).abs().max().item() / max(1.0, tl_cache[n].abs().max().item())
+                   for n in resid)
+        print(f"max relative |mechscope - TransformerLens| on resid_post = {diff:.3g}")
+
+
+if __name__ == "__main__":
+    main()
