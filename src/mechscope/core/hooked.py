@@ -32,8 +32,8 @@ from mechscope.core.families import Family, family_for_model_type, get_module
 from mechscope.core.runner import HookFn, HookRun, StopForward
 from mechscope.core.sites import build_sites
 
-NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
-Inputs = Union[str, Sequence[str], Tensor, tok.TokenBatch]
+NameFilter = str | Sequence[str] | Callable[[str], bool] | None
+Inputs = str | Sequence[str] | Tensor | tok.TokenBatch
 HookSpec = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 
 

@@ -22,7 +22,7 @@ def top_predictions(model: HookedModel, logits: torch.Tensor, k: int) -> list[di
     values, ids = probs.topk(k)
     return [
         {"token": model.to_str_tokens([int(i)])[0], "id": int(i), "prob": float(p), "logit": float(logits[0, -1, i])}
-        for p, i in zip(values, ids)
+        for p, i in zip(values, ids, strict=True)
     ]
 
 
