@@ -1,0 +1,142 @@
+"""Read an activation store (see :mod:`mechscope.dictionaries.store`) as shuffled training batches.
+
+Only shards listed in the manifest are read. Shuffling is two-level and seeded: the shard
+order is permuted each epoch, and rows are mixed in a buffer that spans several shards.
+
+Example:
+    >>> reader = open_store("out/acts")                       # doctest: +SKIP
+    >>> for x in reader.batches(4096, seed=0):                # doctest: +SKIP
+    ...     x.shape
+    torch.Size([4096, 576])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from mechscope.dictionaries.errors import DictionaryFormatError
+from mechscope.dictionaries.store import STORE_DTYPES, _rebatch, _sha256, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StoreReader:
+    """A completed (or partial) activation store on disk.
+
+    Attributes: `folder`, `manifest` (the parsed JSON), `d` (activation width), `n_tokens`
+    (rows in the listed shards), `hook_name`.
+    """
+
+    folder: Path
+    manifest: dict[str, Any]
+
+    @property
+    def d(self) -> int:
+        """Activation width."""
+        return int(self.manifest["d"])
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of activation rows in the completed shards."""
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def hook_name(self) -> str:
+        """The hook site the activations were read at."""
+        return str(self.manifest["hook_name"])
+
+    def shard_files(self) -> list[Path]:
+        """Paths of the completed shards, in corpus order."""
+        return [self.folder / s["file"] for s in self.manifest["shards"]]
+
+    def load_shard(self, index: int, key: str = "acts") -> Tensor:
+        """Tensor `key` (`"acts"` [n, d] or `"tokens"` [n]) of shard `index`; clear errors on a bad file."""
+        entry = self.manifest["shards"][index]
+        path = self.folder / entry["file"]
+        if not path.is_file():
+            raise DictionaryFormatError(f"{path}: shard listed in the manifest is missing")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                t = f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DictionaryFormatError(f"{path}: unreadable shard ({exc})") from exc
+        if t.shape[0] != entry["n_tokens"]:
+            raise DictionaryFormatError(f"{path}: holds {t.shape[0]} rows, the manifest says {entry['n_tokens']}")
+        return t
+
+    def verify(self) -> None:
+        """Check every listed shard against the sha256 in the manifest (raises `DictionaryFormatError`)."""
+        for entry, path in zip(self.manifest["shards"], self.shard_files(), strict=True):
+            if not path.is_file() or _sha256(path) != entry["sha256"]:
+                raise DictionaryFormatError(f"{path}: missing or its sha256 does not match the manifest")
+
+    def all_activations(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Every row `[n_tokens, d]` in corpus order (for small stores and tests)."""
+        return torch.cat([self.load_shard(i).to(dtype) for i in range(len(self.manifest["shards"]))])
+
+    def batches(self, batch_size: int, *, seed: int = 0, shuffle: bool = True, buffer_tokens: int = 262_144,
+                epochs: int | None = 1, dtype: torch.dtype = torch.float32,
+                drop_last: bool = True) -> Iterator[Tensor]:
+        """Batches `[batch_size, d]` of activations, shuffled across shards with a seeded buffer.
+
+        `epochs=None` repeats forever (each epoch with a new shard order and mixing). The same
+        `seed` gives the same batches, so a resumed trainer can skip the ones it used.
+
+        Example:
+            >>> next(reader.batches(1024, seed=0)).shape   # doctest: +SKIP
+            torch.Size([1024, 576])
+        """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        gen = torch.Generator().manual_seed(seed)
+        n_shards = len(self.manifest["shards"])
+        if n_shards == 0:
+            raise DictionaryFormatError(f"{self.folder}: the store has no completed shards")
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            order = torch.randperm(n_shards, generator=gen).tolist() if shuffle else range(n_shards)
+            chunks = (self.load_shard(i).to(dtype) for i in order)
+            yield from _rebatch(chunks, batch_size, buffer_tokens if shuffle else 0, gen, drop_last=drop_last)
+            epoch += 1
+
+    def throughput(self, batch_size: int = 4096, n_batches: int = 50, **kwargs: Any) -> float:
+        """Measured reading rate in tokens per second over `n_batches` batches (repeating epochs).
+
+        Example:
+            >>> reader.throughput() > 1e5   # doctest: +SKIP
+            True
+        """
+        it = self.batches(batch_size, epochs=None, **kwargs)
+        next(it)
+        start = time.perf_counter()
+        for _ in range(n_batches):
+            next(it)
+        return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def open_store(folder: str | os.PathLike[str]) -> StoreReader:
+    """Open the activation store in `folder` (reads and checks its manifest).
+
+    Example:
+        >>> open_store("out/acts").n_tokens   # doctest: +SKIP
+        500000
+    """
+    path = Path(folder)
+    manifest = read_manifest(path)
+    if manifest.get("dtype") not in STORE_DTYPES:
+        raise DictionaryFormatError(f"{path}: unknown store dtype {manifest.get('dtype')!r}")
+    if not manifest.get("complete"):
+        logger.warning("%s is incomplete (%d of %d tokens); reading the completed shards", path,
+                       manifest["n_tokens"], manifest.get("target_tokens", 0))
+    return StoreReader(path, manifest)
