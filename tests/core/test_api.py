@@ -112,3 +112,11 @@ def test_text_errors_on_the_default_model(default_model) -> None:
     with pytest.raises(TokenizationError, match="tokens, not one"):
         default_model.to_single_token(" Eiffel Tower")
     assert default_model.to_str_tokens(default_model.to_single_token(" Paris") * torch.ones(1, dtype=torch.long)) == [" Paris"]
+
+
+def test_unreachable_hub_id_is_one_clear_sentence(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty HF cache
+    with pytest.raises(ModelLoadError, match="cannot be reached") as info:
+        mechscope.load_model("some-org/some-model")
+    assert str(info.value).count(". ") == 0 and "load_model('DIR')" in str(info.value)

@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -139,20 +141,39 @@ def _load_folder(folder: Path, name: str, device: str, dtype: torch.dtype) -> Ho
     return model
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint, so an offline machine fails in seconds, not minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _unreachable(hub_id: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"The Hugging Face hub cannot be reached from here to fetch {hub_id!r}; on a machine that can reach it, "
+        f"save the model and tokenizer with save_pretrained('DIR') and load that folder: load_model('DIR')."
+    )
+
+
 def _load_hub(hub_id: str, device: str, dtype: torch.dtype) -> HookedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        hf_model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(hub_id)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"Could not load {hub_id!r} from the Hugging Face hub (no such local path, and the hub "
-            f"could not be reached or has no such model); on a machine with access run "
-            f"AutoModelForCausalLM.from_pretrained({hub_id!r}).save_pretrained('DIR') and the same for "
-            f"its tokenizer, then load_model('DIR')."
-        ) from err
-    return HookedModel(hf_model, tokenizer, name=hub_id)
+    for local_only in (True, False):  # the user's HF cache first, then the network
+        if not local_only and not _hub_reachable():
+            raise _unreachable(hub_id)
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(hub_id, local_files_only=local_only)
+            return HookedModel(hf_model.to(device), tokenizer, name=hub_id)
+        except (OSError, ValueError) as err:
+            if not local_only:
+                raise ModelLoadError(f"Could not load {hub_id!r} from the Hugging Face hub: {err}") from err
+    raise _unreachable(hub_id)
 
 
 def load_model(name: str | os.PathLike[str] | None = None, device: str | torch.device | None = None,
