@@ -59,6 +59,8 @@ def test_interface_shapes_and_width_errors(arch):
     out = d(x)
     assert out.reconstruction.shape == (6, 10) and out.feature_acts.shape == (6, 24)
     assert out.firing_counts.shape == (24,) and out.loss.ndim == 0 and "mse" in out.losses
+    assert torch.equal(out.fired, out.firing_counts > 0) and bool(out.fired.any())
+    assert float(out.l0) == pytest.approx(float((out.feature_acts > 0).sum()) / 6)
     assert torch.allclose(out.loss, sum(out.losses.values()))
     d.eval()
     torch.testing.assert_close(d.decode(d.encode(x)), d(x).reconstruction)

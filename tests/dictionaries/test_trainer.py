@@ -97,7 +97,7 @@ def test_resampling_revives_dead_latents():
     cfg = TrainerConfig(total_steps=20, lr=1e-3, progress=False, dead_window_tokens=256, resample_every=10)
     trainer = Trainer(sae, cfg)
     trainer.fit(_stream(20))
-    assert float(sae.b_enc[:8].min()) > -1e3  # re-initialised (b_enc = 0, then trained)
+    assert float(sae.b_enc.detach()[:8].min()) > -1e3  # re-initialised (b_enc = 0, then trained)
     assert int((trainer.tokens_since_fired[:8] < 256).sum()) == 8
 
 

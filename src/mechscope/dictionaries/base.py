@@ -131,16 +131,16 @@ class DictionaryOutput:
 
     `reconstruction [batch, d_out]` in model units; `loss` (scalar to minimise) and its named
     parts `losses` (`mse` = mean over the batch of the squared error summed over `d_out`, in
-    normalised units, plus the sparsity and auxiliary terms); `l0` (mean number of active latents
-    per token); `firing_counts [d_sae]` (tokens of this batch on which each latent fired);
-    `feature_acts [batch, d_sae]` (dense, built on first access when the code is sparse).
+    normalised units, plus the sparsity and auxiliary terms); `fired [d_sae]` (bool: the latent
+    was active on at least one token of the batch). Computed on access: `feature_acts
+    [batch, d_sae]` (dense), `firing_counts [d_sae]` (tokens on which each latent fired) and `l0`
+    (mean number of active latents per token).
     """
 
     reconstruction: Tensor
     loss: Tensor
     losses: dict[str, Tensor]
-    l0: Tensor
-    firing_counts: Tensor
+    fired: Tensor
     dense_acts: Tensor | None = None
     sparse_acts: SparseCodes | None = field(default=None, repr=False)
 
@@ -151,6 +151,20 @@ class DictionaryOutput:
             assert self.sparse_acts is not None
             self.dense_acts = self.sparse_acts.to_dense()
         return self.dense_acts
+
+    @property
+    def firing_counts(self) -> Tensor:
+        """Number of tokens of the batch on which each latent was active, `[d_sae]` (int64)."""
+        with torch.no_grad():
+            if self.dense_acts is None and self.sparse_acts is not None:
+                codes = self.sparse_acts
+                return torch.bincount(codes.cols[codes.vals > 0], minlength=codes.d_sae)
+            return torch.count_nonzero(self.feature_acts, dim=0)
+
+    @property
+    def l0(self) -> Tensor:
+        """Mean number of active latents per token (scalar)."""
+        return self.firing_counts.sum() / self.reconstruction.shape[0]
 
 
 class Dictionary(nn.Module):
@@ -205,6 +219,16 @@ class Dictionary(nn.Module):
 
     def _centered(self, x_n: Tensor) -> Tensor:
         return x_n - self.b_dec if self.cfg.apply_b_dec_to_input else x_n
+
+    def _preact(self, x_n: Tensor, bias: Tensor) -> Tensor:
+        """`(x_n - b_dec) @ W_enc + bias`, computed as `x_n @ W_enc + (bias - b_dec @ W_enc)`.
+
+        The same value, but the decoder bias's gradient through the encoder is a vector-matrix
+        product instead of a `[batch, d_sae] x [d_sae, d_in]` matmul (`x_n` needs no gradient).
+        """
+        if self.cfg.apply_b_dec_to_input:
+            bias = bias - self.b_dec @ self.W_enc
+        return torch.addmm(bias, x_n, self.W_enc)
 
     # -- public interface ----------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -266,14 +290,14 @@ class Dictionary(nn.Module):
         """Mean over the batch of `||recon - target||^2` (summed over features)."""
         return (recon_n - target_n).pow(2).sum(-1).mean()
 
-    def _dense_output(self, recon_n: Tensor, target_n: Tensor, acts: Tensor, extra: dict[str, Tensor]) -> DictionaryOutput:
+    def _dense_output(self, recon_n: Tensor, target_n: Tensor, acts: Tensor, extra: dict[str, Tensor],
+                      fired: Tensor | None = None) -> DictionaryOutput:
         mse = self._mse(recon_n, target_n)
         losses = {"mse": mse, **extra}
-        with torch.no_grad():
-            active = acts > 0
-            counts = active.sum(0)
-            l0 = counts.sum() / acts.shape[0]
-        return DictionaryOutput(recon_n, sum(losses.values()), losses, l0, counts, dense_acts=acts)  # type: ignore[arg-type]
+        if fired is None:
+            with torch.no_grad():
+                fired = acts.amax(0) > 0
+        return DictionaryOutput(recon_n, sum(losses.values()), losses, fired, dense_acts=acts)  # type: ignore[arg-type]
 
     def _check_width(self, t: Tensor, width: int | None, what: str) -> None:
         if t.ndim != 2 or t.shape[-1] != width:

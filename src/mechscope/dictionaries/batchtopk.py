@@ -55,11 +55,12 @@ class BatchTopKSAE(TopKSAE):
 
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         flat = pre.relu().reshape(-1)
-        vals, idx = flat.topk(self.cfg.k * pre.shape[0], sorted=False)
-        return idx // pre.shape[1], idx % pre.shape[1], vals
+        _, idx = flat.topk(self.cfg.k * pre.shape[0], sorted=False)
+        idx = idx.sort().values  # row-major order: rows ascending, as sparse patterns need
+        return idx // pre.shape[1], idx % pre.shape[1], flat[idx]
 
     def _encode_n(self, x_n: Tensor) -> Tensor:
-        pre = torch.addmm(self.b_enc, self._centered(x_n), self.W_enc)
+        pre = self._preact(x_n, self.b_enc)
         if self.training:
             rows, cols, vals = self._select(pre)
             return SparseCodes(rows, cols, vals, pre.shape[0], pre.shape[1]).to_dense()

@@ -55,7 +55,7 @@ class GatedSAE(Dictionary):
         self.r_mag = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.W_enc.dtype))
 
     def _paths(self, x_n: Tensor) -> tuple[Tensor, Tensor]:
-        z = self._centered(x_n) @ self.W_enc
+        z = self._preact(x_n, torch.zeros_like(self.b_enc))
         return z + self.b_enc, z * self.r_mag.exp() + self.b_mag
 
     def _encode_n(self, x_n: Tensor) -> Tensor:

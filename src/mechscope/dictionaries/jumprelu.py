@@ -100,11 +100,11 @@ class JumpReLUSAE(Dictionary):
         return self.log_threshold.exp()
 
     def _encode_n(self, x_n: Tensor) -> Tensor:
-        pre = torch.addmm(self.b_enc, self._centered(x_n), self.W_enc)
+        pre = self._preact(x_n, self.b_enc)
         return pre * (pre > self.threshold)
 
     def _forward_n(self, x_n: Tensor, target_n: Tensor, sparsity_scale: float, dead_mask: Tensor | None) -> DictionaryOutput:
-        pre = torch.addmm(self.b_enc, self._centered(x_n), self.W_enc)
+        pre = self._preact(x_n, self.b_enc)
         theta = self.threshold
         acts = JumpReLUFunction.apply(pre, theta, self.cfg.bandwidth)
         recon = torch.addmm(self.b_dec, acts, self.W_dec)

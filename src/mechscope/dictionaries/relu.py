@@ -50,13 +50,14 @@ class ReluSAE(Dictionary):
     cfg: ReluSAEConfig
 
     def _encode_n(self, x_n: Tensor) -> Tensor:
-        return torch.relu(torch.addmm(self.b_enc, self._centered(x_n), self.W_enc))
+        return torch.relu(self._preact(x_n, self.b_enc))
 
     def _forward_n(self, x_n: Tensor, target_n: Tensor, sparsity_scale: float, dead_mask: Tensor | None) -> DictionaryOutput:
         acts = self._encode_n(x_n)
         recon = torch.addmm(self.b_dec, acts, self.W_dec)
         per_latent = acts.sum(0)
+        fired = per_latent.detach() > 0
         if self.cfg.decoder_norm == "weighted":
             per_latent = per_latent * self.W_dec.norm(dim=1)
         l1 = per_latent.sum() * (self.cfg.l1_coefficient * sparsity_scale / acts.shape[0])
-        return self._dense_output(recon, target_n, acts, {"l1": l1})
+        return self._dense_output(recon, target_n, acts, {"l1": l1}, fired)

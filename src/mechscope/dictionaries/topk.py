@@ -3,8 +3,9 @@
 `f = TopK_k(ReLU-free pre-activations) then ReLU`, `x_hat = f @ W_dec + b_dec`. No sparsity
 penalty: exactly `k` latents are active per token. Training is sparse: pre-activations are
 computed densely once without gradients, the `k` winners are re-attached to autograd through
-`sparse_ops.gather_preacts`, and decoding sums `k` decoder rows (`sparse_ops.sparse_decode`),
-so the decoder forward and both weight gradients cost `O(batch * k * d)`.
+`sparse_ops.gather_preacts`, and decoding is a CSR sparse-dense matmul (`sparse_ops.sparse_decode`),
+so the decoder forward and both weight gradients cost `O(batch * k * d)`; only the encoder forward
+is dense.
 
 AuxK (dead latents only, `dead_mask` given): the `aux_k` largest dead pre-activations
 reconstruct the residual `e = target - x_hat` (detached);
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from mechscope.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput, SparseCodes, register
 from mechscope.dictionaries.errors import DictionaryConfigError
-from mechscope.dictionaries.sparse_ops import gather_preacts, sparse_decode
+from mechscope.dictionaries.sparse_ops import SparsePattern, gather_preacts, sparse_decode
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TopKSAE(Dictionary):
     @torch.no_grad()
     def _preacts(self, x_n: Tensor) -> Tensor:
         """Dense pre-activations `[batch, d_sae]`, without gradients."""
-        return torch.addmm(self.b_enc, self._centered(x_n), self.W_enc)
+        return self._preact(x_n, self.b_enc)
 
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Chosen entries `(rows, cols, values)` of the pre-activations."""
@@ -69,12 +70,12 @@ class TopKSAE(Dictionary):
         return rows, cols.reshape(-1), vals.reshape(-1)
 
     def _encode_n(self, x_n: Tensor) -> Tensor:
-        pre = torch.addmm(self.b_enc, self._centered(x_n), self.W_enc)
+        pre = self._preact(x_n, self.b_enc)
         vals, cols = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, cols, vals.relu())
 
-    def _sparse_acts(self, x_n: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
-        pre = gather_preacts(x_n, self.b_dec, self.W_enc, self.b_enc, rows, cols, values,
+    def _sparse_acts(self, x_n: Tensor, pattern: SparsePattern, values: Tensor) -> Tensor:
+        pre = gather_preacts(x_n, self.b_dec, self.W_enc, self.b_enc, values, pattern,
                              bool(self.cfg.apply_b_dec_to_input))
         return torch.relu(pre)
 
@@ -82,18 +83,18 @@ class TopKSAE(Dictionary):
         batch = x_n.shape[0]
         pre = self._preacts(x_n)
         rows, cols, values = self._select(pre)
-        acts = self._sparse_acts(x_n, rows, cols, values)
-        recon = sparse_decode(rows, cols, acts, self.W_dec, batch) + self.b_dec
+        pattern = SparsePattern.build(rows, cols, batch, self.cfg.d_sae)
+        acts = self._sparse_acts(x_n, pattern, values)
+        recon = sparse_decode(pattern, acts, self.W_dec) + self.b_dec
         mse = self._mse(recon, target_n)
         losses = {"mse": mse}
         if dead_mask is not None and self.training:
             losses["aux_k"] = self._aux_k_loss(x_n, pre, dead_mask, (target_n - recon).detach())
         with torch.no_grad():
-            fired = acts > 0
-            counts = torch.bincount(cols[fired], minlength=self.cfg.d_sae)
-            l0 = fired.sum() / batch
+            fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=acts.device)
+            fired[cols[acts > 0]] = True
         codes = SparseCodes(rows, cols, acts, batch, self.cfg.d_sae)
-        return DictionaryOutput(recon, sum(losses.values()), losses, l0, counts, sparse_acts=codes)  # type: ignore[arg-type]
+        return DictionaryOutput(recon, sum(losses.values()), losses, fired, sparse_acts=codes)  # type: ignore[arg-type]
 
     def _aux_k_loss(self, x_n: Tensor, pre: Tensor, dead_mask: Tensor, residual: Tensor) -> Tensor:
         n_dead = int(dead_mask.sum())
@@ -102,7 +103,8 @@ class TopKSAE(Dictionary):
         k_aux = min(int(self.cfg.aux_k), n_dead)  # type: ignore[arg-type]
         vals, cols = pre.masked_fill(~dead_mask, float("-inf")).topk(k_aux, dim=-1, sorted=False)
         rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k_aux)
-        acts = self._sparse_acts(x_n, rows, cols.reshape(-1), vals.reshape(-1))
-        e_hat = sparse_decode(rows, cols.reshape(-1), acts, self.W_dec, pre.shape[0])
+        pattern = SparsePattern.build(rows, cols.reshape(-1), pre.shape[0], self.cfg.d_sae)
+        acts = self._sparse_acts(x_n, pattern, vals.reshape(-1))
+        e_hat = sparse_decode(pattern, acts, self.W_dec)
         denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
         return self.cfg.aux_k_coefficient * self._mse(e_hat, residual) / denom

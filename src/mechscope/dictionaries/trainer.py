@@ -271,7 +271,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip_norm)
         self.optimizer.step()
         d.after_optimizer_step(self._reduce_min if self.distributed else None)
-        counts = out.firing_counts.to(torch.int64)
+        counts = out.fired.to(torch.int64)
         n_tokens = x.shape[0]
         self.local_tokens += n_tokens
         if self.distributed:
