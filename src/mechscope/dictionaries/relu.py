@@ -50,7 +50,7 @@ class ReluSAE(Dictionary):
     cfg: ReluSAEConfig
 
     def _encode_n(self, x_n: Tensor) -> Tensor:
-        return torch.relu(self._preact(x_n, self.b_enc))
+        return self._preact(x_n, self.b_enc).relu_()  # in place: addmm does not keep its output
 
     def _forward_n(self, x_n: Tensor, target_n: Tensor, sparsity_scale: float, dead_mask: Tensor | None) -> DictionaryOutput:
         acts = self._encode_n(x_n)
