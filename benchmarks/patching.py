@@ -100,7 +100,10 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true", help="skip the one-forward-per-cell loop")
     parser.add_argument("--png", default=None, help="write the resid_pre heatmap here")
     parser.add_argument("--json", default=None, help="write timings and differences here")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = mechscope.load_model()
     clean_ids, corrupt_ids = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
