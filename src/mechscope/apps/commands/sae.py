@@ -1,0 +1,322 @@
+"""`mechscope sae`: cache activations, train, evaluate and benchmark sparse autoencoders.
+
+Example:
+    $ mechscope sae cache --layer 15 --site resid_post --tokens 500000 --out out/acts-l15
+    $ mechscope sae train --acts out/acts-l15 --arch topk --k 32 --expansion 16 --out out/sae-l15
+    $ mechscope sae eval out/sae-l15 --json out/sae-l15/eval.json --png out/sae-l15/density.png
+    $ mechscope sae synthetic --arch topk --seed 0 --json out/synthetic-topk.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mechscope.apps.commands.common import add_model_option, add_output_options, load
+from mechscope.core.errors import MechscopeError
+
+logger = logging.getLogger(__name__)
+
+_SITE_ALIASES = {"mlp_pre": "mlp.hook_pre", "mlp_post": "mlp.hook_post", "embed": "hook_embed"}
+
+
+def site_hook_name(site: str, layer: int | None) -> str:
+    """A full hook name from `--site` (short or full) and `--layer`: ('resid_post', 15) -> 'blocks.15.hook_resid_post'."""
+    from mechscope.core import names
+
+    if site.startswith("blocks.") or site in (names.EMBED, names.POS_EMBED, names.LN_FINAL):
+        return site
+    if site in ("embed", "hook_embed"):
+        return names.EMBED
+    if layer is None:
+        raise MechscopeError(f"--site {site} needs --layer")
+    return names.block(layer, _SITE_ALIASES.get(site) or names.short_site(site))
+
+
+def _corpus_args(parser: argparse.ArgumentParser, split: str) -> None:
+    parser.add_argument("--corpus", default="default",
+                        help="text source: default, pydoc, stdlib, a .txt/.jsonl/.parquet file or folder, hf:NAME[:SPLIT]")
+    parser.add_argument("--packages", default="",
+                        help="comma-separated installed packages whose docstrings extend the corpus (e.g. numpy)")
+    parser.add_argument("--split", default=split, choices=["train", "held_out", "all"],
+                        help=f"documents to use (default {split}; eval reads held_out)")
+    parser.add_argument("--text-field", default="text", help="field of the text in .jsonl/.parquet/datasets")
+    parser.add_argument("--context-length", type=int, default=128, help="tokens per packed context (BOS first)")
+
+
+def _corpus_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"source": args.corpus, "packages": tuple(p for p in args.packages.split(",") if p),
+            "split": None if args.split == "all" else args.split, "text_field": args.text_field,
+            "context_length": args.context_length}
+
+
+def _site_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--layer", type=int, default=None, help="block index of the site")
+    parser.add_argument("--site", default=None if not required else "resid_post",
+                        help="site: resid_pre|resid_mid|resid_post|attn_out|mlp_out|mlp_post|z|... or a full hook name")
+    parser.add_argument("--tokens", type=int, default=None, help="number of activation rows (tokens)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("sae", help="sparse autoencoders: cache activations, train, evaluate, synthetic")
+    sub = parser.add_subparsers(dest="sae_command", required=True, metavar="SAE_COMMAND")
+
+    cache = sub.add_parser("cache", help="cache activations of a hook site over a corpus to sharded safetensors")
+    _site_args(cache, required=True)
+    _corpus_args(cache, "train")
+    cache.add_argument("--out", required=True, help="store folder (re-running resumes it)")
+    cache.add_argument("--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    cache.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass")
+    cache.add_argument("--shard-tokens", type=int, default=65_536, help="rows per shard (rounded to whole contexts)")
+    cache.add_argument("--keep-bos", action="store_true", help="keep BOS positions (left out by default)")
+    add_model_option(cache)
+    add_output_options(cache, png=False)
+    cache.set_defaults(func=run_cache)
+
+    train = sub.add_parser("train", help="train a dictionary on a store (--acts) or straight from the model")
+    train.add_argument("--acts", default=None, help="activation store folder (else stream from the model)")
+    _site_args(train, required=False)
+    _corpus_args(train, "train")
+    train.add_argument("--arch", default="topk", help="relu, topk, batchtopk, jumprelu, gated")
+    train.add_argument("--k", type=int, default=32, help="active latents per token (topk, batchtopk)")
+    train.add_argument("--expansion", type=int, default=16, help="d_sae = expansion * d_in")
+    train.add_argument("--d-sae", type=int, default=None, help="number of latents (overrides --expansion)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="other dictionary config fields, e.g. l1_coefficient=5 (repeatable)")
+    train.add_argument("--batch-size", type=int, default=4096, help="tokens per optimizer step")
+    train.add_argument("--epochs", type=float, default=1.0, help="passes over the store (when --steps is not given)")
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--warmup-steps", type=int, default=None, help="LR warm-up (default 5%% of the steps)")
+    train.add_argument("--dead-window", type=int, default=None,
+                       help="tokens without firing after which a latent is dead (default min(1M, total/4))")
+    train.add_argument("--shuffle-buffer", type=int, default=262_144, help="rows mixed across shards")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
+    train.add_argument("--progress", action="store_true", help="show a progress bar")
+    train.add_argument("--out", required=True, help="folder for the dictionary (SAELens layout) and its logs")
+    add_model_option(train)
+    add_output_options(train, png=False)
+    train.set_defaults(func=run_train)
+
+    ev = sub.add_parser("eval", help="evaluate a dictionary on held-out text (reconstruction, sparsity, CE loss)")
+    ev.add_argument("sae_dir", help="dictionary folder (cfg.json + sae_weights.safetensors)")
+    _corpus_args(ev, "held_out")
+    ev.add_argument("--tokens", type=int, default=16_384, help="held-out tokens to evaluate on")
+    ev.add_argument("--batch-size", type=int, default=8, help="contexts per forward pass")
+    add_model_option(ev)
+    add_output_options(ev, png=True)
+    ev.set_defaults(func=run_eval)
+
+    syn = sub.add_parser("synthetic", help="train on the synthetic ground-truth benchmark and report recovery")
+    syn.add_argument("--arch", required=True, help="relu, topk, batchtopk, jumprelu, gated")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    add_output_options(syn, png=False)
+    syn.set_defaults(func=run_synthetic)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from mechscope.apps.output import write_json
+    from mechscope.core.provenance import provenance
+    from mechscope.dictionaries.store import cache_activations
+    from mechscope.dictionaries.store_reader import open_store
+
+    if not args.tokens or args.tokens <= 0:
+        raise MechscopeError("--tokens must be a positive number of tokens")
+    model = load(args)
+    hook = site_hook_name(args.site, args.layer)
+    kw = _corpus_kwargs(args)
+    folder = cache_activations(model, hook, args.out, n_tokens=args.tokens, source=kw["source"],
+                               packages=kw["packages"], split=kw["split"], text_field=kw["text_field"],
+                               context_length=kw["context_length"], dtype=args.store_dtype,
+                               batch_size=args.batch_size, shard_tokens=args.shard_tokens, keep_bos=args.keep_bos)
+    reader = open_store(folder)
+    man = reader.manifest
+    print(f"{folder}: {reader.n_tokens:,} tokens of {hook} (d={reader.d}, {man['dtype']}) "
+          f"in {len(man['shards'])} shards")
+    if args.json_path:
+        summary = {k: v for k, v in man.items() if k != "shards"}
+        write_json(args.json_path, {**summary, "n_shards": len(man["shards"]), "folder": str(folder),
+                                    "provenance": provenance(model)}, force=args.force)
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise MechscopeError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _store_provenance(man: dict[str, Any], seed: int) -> dict[str, Any]:
+    import torch
+
+    import mechscope
+
+    return {"model": man["model_name"], "weights_sha256": man["weights_sha256"], "activation_dtype": man["dtype"],
+            "corpus_fingerprint": man["corpus_fingerprint"], "mechscope_version": mechscope.__version__,
+            "torch_version": torch.__version__, "python": platform.python_version(), "seed": seed}
+
+
+def _repeat(make: Any) -> Iterator[Any]:
+    while True:
+        got_any = False
+        for batch in make():
+            got_any = True
+            yield batch
+        if not got_any:
+            return
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mechscope.apps.output import write_json
+    from mechscope.dictionaries import Trainer, TrainerConfig, make_dictionary, save_dictionary
+    from mechscope.dictionaries.checkpoint import latest_checkpoint
+
+    out = Path(args.out)
+    model = None
+    if args.acts:
+        from mechscope.dictionaries.store_reader import open_store
+
+        reader = open_store(args.acts)
+        man = reader.manifest
+        hook, d_in, model_name, total_rows = reader.hook_name, reader.d, man["model_name"], reader.n_tokens
+
+        def batches() -> Iterator[Any]:
+            return reader.batches(args.batch_size, seed=args.seed, buffer_tokens=args.shuffle_buffer, epochs=None)
+
+        prov = _store_provenance(man, args.seed)
+        source_info: dict[str, Any] = {"acts": str(args.acts), "store_tokens": total_rows}
+    else:
+        if args.layer is None and not (args.site or "").startswith("blocks."):
+            raise MechscopeError("give --acts DIR, or --layer L --site SITE --tokens N to stream from the model")
+        if not args.tokens:
+            raise MechscopeError("streaming from the model needs --tokens N")
+        from mechscope.core.provenance import provenance
+        from mechscope.dictionaries.store import iter_site_batches
+
+        model = load(args)
+        hook = site_hook_name(args.site or "resid_post", args.layer)
+        kw = _corpus_kwargs(args)
+        source, ctx = kw.pop("source"), kw.pop("context_length")
+        probe = next(iter_site_batches(model, hook, source=source, context_length=ctx, batch_size=1, **kw))
+        d_in, model_name, total_rows = probe.shape[1], model.cfg.name, args.tokens
+
+        def batches() -> Iterator[Any]:
+            return iter_site_batches(model, hook, source=source, context_length=ctx, batch_size=args.batch_size,
+                                     shuffle_buffer=min(args.shuffle_buffer, 16 * args.batch_size), seed=args.seed,
+                                     max_tokens=args.tokens, **kw)
+
+        prov = provenance(model, seed=args.seed)
+        source_info = {"stream": True, "tokens": args.tokens}
+
+    steps = args.steps or max(1, math.floor(args.epochs * total_rows / args.batch_size))
+    d_sae = args.d_sae or args.expansion * d_in
+    extra = _parse_sets(args.set)
+    if args.arch in ("topk", "batchtopk"):
+        extra.setdefault("k", args.k)
+    sae = make_dictionary(args.arch, d_in=d_in, d_sae=d_sae, hook_name=hook, model_name=model_name,
+                          seed=args.seed, **extra)
+    total_tokens = steps * args.batch_size
+    tcfg = TrainerConfig(
+        total_steps=steps, lr=args.lr, seed=args.seed, progress=args.progress,
+        lr_warmup_steps=args.warmup_steps if args.warmup_steps is not None else steps // 20,
+        dead_window_tokens=args.dead_window or max(args.batch_size, min(1_000_000, total_tokens // 4)),
+        log_path=str(out / "train_log.jsonl"), log_every=max(1, min(50, steps // 20)),
+        checkpoint_dir=str(out / "checkpoints") if (args.checkpoint_every or args.resume) else None,
+        checkpoint_every=args.checkpoint_every,
+    )
+    resume_from = None
+    if args.resume:
+        resume_from = latest_checkpoint(out / "checkpoints")
+        if resume_from is None:
+            raise MechscopeError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    elif (out / "train_log.jsonl").exists():
+        (out / "train_log.jsonl").unlink()
+    stream = _repeat(batches) if args.acts is None else batches()
+    result = Trainer(sae, tcfg).fit(stream, resume_from=resume_from)
+    save_dictionary(sae, out, overwrite=True)
+    summary = {"architecture": args.arch, "hook_name": hook, "d_in": d_in, "d_sae": d_sae, "steps": result.steps,
+               "batch_size": args.batch_size, "tokens_trained": result.steps * args.batch_size, "lr": args.lr,
+               "final_metrics": result.metrics, "dictionary_config": sae.cfg.to_dict(), **source_info,
+               "provenance": prov}
+    write_json(out / "training.json", summary, force=True)
+    if args.json_path:
+        write_json(args.json_path, summary, force=args.force)
+    m = result.metrics
+    print(f"{out}: {args.arch} d_sae={d_sae} on {hook}, {result.steps} steps; "
+          f"last batch L0 {m.get('l0', float('nan')):.1f}, EV {m.get('explained_variance', float('nan')):.3f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from mechscope.apps.output import figure_png, write_bytes, write_json
+    from mechscope.core.provenance import provenance
+    from mechscope.dictionaries import load_dictionary
+    from mechscope.dictionaries.evaluate import density_figure, evaluate_dictionary
+
+    sae = load_dictionary(args.sae_dir)
+    model = load(args)
+    if sae.cfg.model_name and sae.cfg.model_name != model.cfg.name:
+        logger.warning("the dictionary was trained on %s, evaluating on %s", sae.cfg.model_name, model.cfg.name)
+    kw = _corpus_kwargs(args)
+    source, ctx = kw.pop("source"), kw.pop("context_length")
+    result = evaluate_dictionary(sae, model, source=source, context_length=ctx, n_tokens=args.tokens,
+                                 batch_size=args.batch_size, **kw)
+    data = result.to_dict()
+    for key in ("n_tokens", "l0", "explained_variance", "mse", "dead_fraction", "dense_fraction",
+                "ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "kl"):
+        value = data[key]
+        print(f"{key:>20}  {value:.4f}" if isinstance(value, float) else f"{key:>20}  {value}")
+    if args.json_path:
+        write_json(args.json_path, {"sae": str(args.sae_dir), **data, "provenance": provenance(model)},
+                   force=args.force)
+    if args.png_path:
+        write_bytes(args.png_path, figure_png(density_figure(result)), force=args.force)
+    return 0
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    import torch
+
+    import mechscope
+    from mechscope.apps.output import write_json
+    from mechscope.dictionaries import available_architectures
+    from mechscope.dictionaries import run_synthetic as synthetic
+
+    if args.arch not in available_architectures():
+        raise MechscopeError(f"unknown architecture {args.arch!r}; choose one of {available_architectures()}")
+    result = synthetic(args.arch, seed=args.seed, steps=args.steps)
+    print(f"{args.arch}: MMCS {result['mmcs']:.3f}, recovered {result['fraction_recovered']:.3f} "
+          f"(L0 {result['l0']:.2f}, EV {result['explained_variance']:.3f})")
+    if args.json_path:
+        prov = {"model": None, "mechscope_version": mechscope.__version__, "torch_version": torch.__version__,
+                "python": platform.python_version(), "seed": args.seed}
+        write_json(args.json_path, {**result, "provenance": prov}, force=args.force)
+    return 0
