@@ -185,6 +185,8 @@ def evaluate_lenses(model: HookedModel, lens: TunedLens, ids: Tensor, batch_size
     `ids`: held-out token contexts [n, pos]. The last row is the final residual, where both lenses
     equal the model (KL 0). Example: `evaluate_lenses(model, lens, token_contexts(tok, split="held_out"))`.
     """
+    if ids.numel() == 0:
+        raise MechscopeError("No held-out contexts to evaluate the lenses on (is the corpus's held-out split empty?).")
     sites = [*lens.sites, names.resid_post(model.cfg.n_layers - 1)]
     totals = {s: torch.zeros(4, dtype=torch.float64) for s in sites}
     count = 0

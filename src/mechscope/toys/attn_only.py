@@ -50,8 +50,12 @@ class AttnOnlyConfig(PretrainedConfig):
         intermediate_size: int = 0,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        positions: str = "learned",
+        rope_theta: float = 10000.0,
         **kwargs: Any,
     ) -> None:
+        if positions not in ("learned", "rotary"):
+            raise ValueError(f"positions must be 'learned' or 'rotary', got {positions!r}")
         if hidden_size % num_attention_heads:
             raise ValueError(
                 f"hidden_size={hidden_size} is not a multiple of num_attention_heads={num_attention_heads}"
@@ -66,6 +70,8 @@ class AttnOnlyConfig(PretrainedConfig):
         self.intermediate_size = intermediate_size
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
+        self.positions = positions
+        self.rope_theta = rope_theta
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
@@ -87,6 +93,16 @@ def eager_attention_forward(
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
     return torch.matmul(pattern, value).transpose(1, 2).contiguous(), pattern
+
+
+def rotate(x: Tensor, theta: float) -> Tensor:
+    """Rotary position embedding of x [batch, heads, pos, d_head]: pairs (x_i, x_{i+d/2}) turn by pos * theta^(-2i/d)."""
+    half = x.shape[-1] // 2
+    freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * freqs
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
 
 
 class AttnOnlyAttention(nn.Module):
@@ -112,6 +128,8 @@ class AttnOnlyAttention(nn.Module):
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        if self.config.positions == "rotary":
+            query, key = rotate(query, self.config.rope_theta), rotate(key, self.config.rope_theta)
         impl = self.config._attn_implementation
         attend = eager_attention_forward if impl in (None, "eager") else ALL_ATTENTION_FUNCTIONS[impl]
         out, _ = attend(self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0)
@@ -191,7 +209,9 @@ class AttnOnlyModel(AttnOnlyPreTrainedModel):
                 f"{pos} positions; this model has max_position_embeddings={self.config.max_position_embeddings}"
             )
         positions = torch.arange(pos, device=input_ids.device)[None]
-        hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
+        hidden = self.embed_tokens(input_ids)
+        if self.config.positions == "learned":
+            hidden = hidden + self.embed_positions(positions)
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden,

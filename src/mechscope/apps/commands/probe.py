@@ -1,0 +1,93 @@
+"""`mechscope probe DATA.jsonl --site resid_post`: linear probes per layer with a control task.
+
+Each JSONL line holds `text`, `label` and optionally `token` (the substring whose last token
+is read; default the last token of the text).
+
+Example:
+    $ mechscope probe sentiment.jsonl --site resid_post --json probe.json --png probe.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechscope.apps.commands.common import add_model_option, add_output_options, load
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("probe", help="linear probes per layer on a labelled JSONL dataset")
+    parser.add_argument("data", help="JSONL file: one {text, label[, token]} object per line")
+    parser.add_argument("--site", default="resid_post", help="site read at every layer (resid_pre, resid_mid, "
+                        "resid_post, attn_out, mlp_out)")
+    parser.add_argument("--task", default="auto", choices=["auto", "classification", "regression"])
+    parser.add_argument("--regularisation", type=float, default=None, help="L2 strength (logistic) or ridge alpha")
+    parser.add_argument("--held-out", type=float, default=0.2, help="held-out fraction")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    add_model_option(parser)
+    add_output_options(parser)
+    parser.set_defaults(func=run)
+
+
+def site_names(model: Any, site: str) -> dict[int, str]:
+    """Layer -> hook name of `site` (a short name like 'resid_post' or a suffix like 'hook_resid_post')."""
+    from mechscope.core import names
+
+    suffix = names.short_site(site) if not site.startswith("blocks.") else names.suffix_of(site)
+    return {layer: model.check_name(names.block(layer, suffix)) for layer in range(model.cfg.n_layers)}
+
+
+def collect_activations(model: Any, texts: list[str], positions: list[int], hook_names: dict[int, str],
+                        batch_size: int = 16) -> dict[int, Tensor]:
+    """Activations [n, d_model] per layer, read at each text's position (one forward pass per batch)."""
+    chunks: dict[int, list[Tensor]] = {layer: [] for layer in hook_names}
+    last_layer = max(hook_names) + 1
+    for start in range(0, len(texts), batch_size):
+        batch = model.tokenize(texts[start:start + batch_size])
+        where = torch.tensor(positions[start:start + batch_size])
+        too_far = where >= batch.lengths
+        if too_far.any():
+            raise ValueError(f"read position beyond the text at example {start + int(too_far.nonzero()[0])}")
+        _, cache = model.run_with_cache(batch, names=list(hook_names.values()),
+                                        stop_at_layer=last_layer if last_layer < model.cfg.n_layers else None)
+        rows = torch.arange(len(where))
+        for layer, name in hook_names.items():
+            chunks[layer].append(cache[name][rows, where.to(cache[name].device)].float().cpu())
+    return {layer: torch.cat(parts) for layer, parts in chunks.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from mechscope.apps.output import figure_png, write_bytes, write_json
+    from mechscope.core.provenance import provenance
+    from mechscope.methods.probe_data import load_probe_dataset
+    from mechscope.methods.probe_plots import plot_probe_report
+    from mechscope.methods.probes import fit_probes_by_layer
+
+    model = load(args)
+    dataset = load_probe_dataset(args.data)
+    positions = dataset.read_positions(model.tokenizer)
+    acts = collect_activations(model, dataset.texts, positions, site_names(model, args.site), args.batch_size)
+    report = fit_probes_by_layer(acts, dataset.labels, dataset.word_types(model.tokenizer), task=args.task,
+                                 regularisation=args.regularisation, held_out_fraction=args.held_out, seed=args.seed)
+    data = report.to_dict()
+    data["site"] = args.site
+    data["data"] = str(args.data)
+    data["provenance"] = {**provenance(model, seed=args.seed), **data.get("provenance", {})}
+    if args.json_path:
+        write_json(args.json_path, data, force=args.force)
+    if args.png_path:
+        fig = plot_probe_report(report, title=f"{args.site} probes on {model.cfg.name}")
+        write_bytes(args.png_path, figure_png(fig), force=args.force)
+    metric = report.metric
+    print(f"{len(dataset)} examples, {report.task}; held-out {metric} per layer (control, selectivity):")
+    for layer, row in sorted(report.layers.items()):
+        control = "" if row.control_score is None else f"  control {row.control_score:.3f}  selectivity {row.selectivity:+.3f}"
+        print(f"  layer {layer:3d}  {metric} {row.score:.3f}{control}")
+    return 0

@@ -1,0 +1,219 @@
+"""Induction toy: a 2-layer attention-only transformer trained from scratch to copy repeated spans.
+
+Training data: `<bos>`, then L tokens drawn uniformly from `n_tokens` ids, then the same L
+tokens again, with L drawn per batch from `span_min..span_max`, so no fixed offset predicts
+the copy. The loss is the mean next-token cross-entropy over all positions. The textbook
+circuit for this task is an induction head (a layer-0 previous-token head composing with a
+layer-1 head that attends to the token after the earlier copy); which circuit a given run
+learns is for `mechscope.methods.heads` to find (this format also admits solutions that use
+the position within the sequence, so check with the detectors and head ablation).
+
+Tracked through training on a fixed set of repeated random sequences `[bos, r, r]`
+(`eval_span` tokens each copy): the loss on the second copy. It sits at chance,
+`ln(n_tokens)`, until the induction circuit forms, then falls quickly (the phase change);
+`phase_change_step` is the first evaluation step where it is below half of chance.
+
+Example:
+    >>> result = train_induction_toy(InductionToyConfig(steps=1500), out_dir="induction-toy")  # doctest: +SKIP
+    >>> model = mechscope.load_model("induction-toy")                                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechscope.core.hooked import HookedModel
+from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+
+log = logging.getLogger(__name__)
+
+BOS_ID = 0
+HISTORY_FILE = "training_history.json"
+
+
+@dataclass
+class InductionToyConfig:
+    """Model shape and training schedule of the induction toy."""
+
+    n_tokens: int = 64  # random-token ids 1..n_tokens; id 0 is <bos>
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    seq_len: int = 64
+    span_min: int = 8
+    span_max: int = 31
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    eval_every: int = 25
+    eval_span: int = 20
+    eval_batch: int = 64
+    seed: int = 0
+    threads: int | None = 1  # torch threads while training; small matrices run fastest on one
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.span_min <= self.span_max or 2 * self.span_max + 1 > self.seq_len:
+            raise ValueError(f"need 2 <= span_min <= span_max and 2 * span_max + 1 <= seq_len; got {self}")
+        if 2 * self.eval_span + 1 > self.seq_len or self.eval_span > self.n_tokens:
+            raise ValueError(
+                f"eval_span={self.eval_span} does not fit seq_len={self.seq_len} / n_tokens={self.n_tokens}"
+            )
+
+    def model_config(self) -> AttnOnlyConfig:
+        return AttnOnlyConfig(
+            vocab_size=self.n_tokens + 1,
+            hidden_size=self.d_model,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            max_position_embeddings=self.seq_len,
+            bos_token_id=BOS_ID,
+        )
+
+
+@dataclass
+class InductionToyResult:
+    """The trained model, the loss curves and where the phase change happened."""
+
+    model: HookedModel
+    history: list[dict[str, float]] = field(default_factory=list)
+    phase_change_step: int | None = None
+    chance_loss: float = 0.0
+    seconds: float = 0.0
+
+
+def training_batch(cfg: InductionToyConfig, generator: torch.Generator) -> Tensor:
+    """Ids [batch, 1 + 2 L]: `<bos>`, L uniform random tokens, the same L tokens again (L per batch)."""
+    span = int(torch.randint(cfg.span_min, cfg.span_max + 1, (1,), generator=generator))
+    half = torch.randint(1, cfg.n_tokens + 1, (cfg.batch_size, span), generator=generator)
+    return torch.cat([torch.full((cfg.batch_size, 1), BOS_ID), half, half], dim=1)
+
+
+def repeated_sequences(n_tokens: int, span: int, batch: int, seed: int) -> Tensor:
+    """Ids [batch, 1 + 2 * span]: `<bos>`, `span` distinct random tokens, the same tokens again."""
+    generator = torch.Generator().manual_seed(seed)
+    half = torch.stack([torch.randperm(n_tokens, generator=generator)[:span] + 1 for _ in range(batch)])
+    return torch.cat([torch.full((batch, 1), BOS_ID), half, half], dim=1)
+
+
+def copy_losses(model: torch.nn.Module, ids: Tensor) -> tuple[float, float]:
+    """Mean next-token loss on the first copy (predicting r_2..r_L) and on the second copy."""
+    span = (ids.shape[1] - 1) // 2
+    with torch.no_grad():
+        logits = model(ids).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    return float(nll[:, 1:span].mean()), float(nll[:, span + 1 : 2 * span].mean())
+
+
+def toy_tokenizer(n_tokens: int) -> Any:
+    """A word-level tokenizer: '<bos>' is id 0, 't1'..'tN' are ids 1..N; text is space-separated tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<bos>": BOS_ID, **{f"t{i}": i for i in range(1, n_tokens + 1)}}
+    inner = Tokenizer(models.WordLevel(vocab, unk_token="<bos>"))
+    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    inner.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", BOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=inner, bos_token="<bos>", unk_token="<bos>", pad_token="<bos>"
+    )
+
+
+def train_induction_toy(
+    cfg: InductionToyConfig | None = None, out_dir: str | Path | None = None, progress: bool = False
+) -> InductionToyResult:
+    """Train the toy from scratch (AdamW, constant rate); save it to `out_dir` if given.
+
+    `out_dir` receives `config.json`, `model.safetensors`, the tokenizer and
+    `training_history.json` (the config, loss curves and phase-change step).
+    """
+    cfg = cfg or InductionToyConfig()
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, out_dir, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(cfg: InductionToyConfig, out_dir: str | Path | None, progress: bool) -> InductionToyResult:
+    torch.manual_seed(cfg.seed)
+    model = AttnOnlyForCausalLM(cfg.model_config()).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    eval_ids = repeated_sequences(cfg.n_tokens, cfg.eval_span, cfg.eval_batch, seed=cfg.seed + 2)
+    chance = math.log(cfg.n_tokens)
+    history: list[dict[str, float]] = []
+    phase_step: int | None = None
+    bar = _progress(cfg.steps, progress)
+    start = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        ids = training_batch(cfg, generator)
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            first, second = copy_losses(model, eval_ids)
+            history.append(
+                {
+                    "step": step,
+                    "train_loss": value,
+                    "first_copy_loss": first,
+                    "second_copy_loss": second,
+                }
+            )
+            if phase_step is None and second < chance / 2:
+                phase_step = step
+            log.info("step %d: train loss %.3f, repeated-copy loss %.3f", step, value, second)
+            if bar is not None:
+                bar.set_postfix(loss=f"{value:.3f}", repeated=f"{second:.3f}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    hooked = HookedModel(model, toy_tokenizer(cfg.n_tokens), name="induction-toy")
+    result = InductionToyResult(hooked, history, phase_step, chance, time.perf_counter() - start)
+    if out_dir is not None:
+        save_toy(result, cfg, out_dir)
+    return result
+
+
+def save_toy(result: InductionToyResult, cfg: InductionToyConfig, out_dir: str | Path) -> Path:
+    """Write the model (safetensors + config.json), tokenizer and training history to `out_dir`."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.model.hf_model.save_pretrained(folder)
+    if result.model.tokenizer is not None:
+        result.model.tokenizer.save_pretrained(folder)
+    record = {
+        "config": asdict(cfg),
+        "history": result.history,
+        "phase_change_step": result.phase_change_step,
+        "chance_loss": result.chance_loss,
+        "seconds": round(result.seconds, 2),
+    }
+    (folder / HISTORY_FILE).write_text(json.dumps(record, indent=2))
+    return folder
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="induction toy", unit="step")
