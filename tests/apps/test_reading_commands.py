@@ -52,3 +52,16 @@ def test_lens_train_then_tuned_view(tmp_path):
     assert (out / "lens.safetensors").exists() and (out / "train_state.json").exists()
     assert main(["lens", "t1 t8 t15", "--model", model, "--tuned", str(out), "--json", str(tmp_path / "t.json")]) == 0
     assert json.loads((tmp_path / "t.json").read_text())["lens"] == "tuned"
+
+
+def test_report_sections(tmp_path):
+    import mechscope
+    from mechscope.apps.report.reading_sections import READING_SECTIONS, heads_section, lens_section
+
+    model = mechscope.load_model(_toy(tmp_path / "toy"))
+    lens = lens_section(model, {"prompt": "t1 t2 t3", "answer": "t4"})
+    assert lens.key == "logit_lens" and "data:image/png;base64," in lens.html
+    assert len(lens.data["layers"]) == 3 and "t4" in lens.data["targets"]
+    heads = heads_section(model, {"heads_seq_len": 6, "heads_batch": 2})
+    assert len(heads.data["heads"]) == 8 and "<table>" in heads.html
+    assert READING_SECTIONS == [lens_section, heads_section]
