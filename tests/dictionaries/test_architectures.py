@@ -211,3 +211,20 @@ def test_transcoder_needs_target_and_predicts_other_width(arch):
     out = d(x, y)
     assert out.reconstruction.shape == (5, 7)
     torch.testing.assert_close(out.losses["mse"], ((out.reconstruction - y) ** 2).sum(-1).mean())
+
+
+@pytest.mark.parametrize("norm", ["unit", "weighted"])
+def test_relu_fused_l1_gradients_match_plain_autograd(norm):
+    d = _make("relu", decoder_norm=norm, l1_coefficient=0.7)
+    _perturb(d)
+    with torch.no_grad():
+        d.W_dec.mul_(torch.linspace(0.5, 2.0, 24, dtype=torch.float64)[:, None])
+    x = torch.randn(8, 10, dtype=torch.float64)
+    f = torch.relu((x - d.b_dec) @ d.W_enc + d.b_enc)
+    w = d.W_dec.norm(dim=1) if norm == "weighted" else torch.ones(24, dtype=torch.float64)
+    ref = ((f @ d.W_dec + d.b_dec - x) ** 2).sum(-1).mean() + 0.7 * 0.5 * (f * w).sum(-1).mean()
+    ref_grads = torch.autograd.grad(ref, list(d.parameters()))
+    out = d(x, sparsity_scale=0.5)
+    torch.testing.assert_close(out.loss, ref, atol=1e-10, rtol=0)
+    for (name, _), g, r in zip(d.named_parameters(), torch.autograd.grad(out.loss, list(d.parameters())), ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-10, rtol=0, msg=lambda m, n=name: f"grad of {n}: {m}")

@@ -5,6 +5,9 @@ vary in how many latents they use, `k` on average) and tracks a threshold: the r
 `theta <- (1 - threshold_lr) * theta + threshold_lr * m` of `m`, the smallest activation kept in
 each batch. At evaluation (`model.eval()`) the dictionary is a JumpReLU with that threshold:
 `f = pre * (pre > theta)`, per token and independent of the batch. AuxK as in `topk`.
+Under DistributedDataParallel each rank selects within its own slice of the batch (so the
+selection equals a single process with the per-rank batch size); the threshold statistic is the
+minimum over ranks.
 
 Example:
     >>> import torch

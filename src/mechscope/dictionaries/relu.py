@@ -19,12 +19,36 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from mechscope.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput, register
 from mechscope.dictionaries.errors import DictionaryConfigError
+
+
+class ReluL1Function(torch.autograd.Function):
+    """`ReLU(pre)` in place; its backward also adds the L1 gradient `l1_grad [d_sae]` before masking.
+
+    `grad_pre = (grad_acts + l1_grad) * [pre > 0]`, computed in place on the incoming gradient, so
+    the penalty costs no extra `[batch, d_sae]` buffer. The caller adds the penalty's value with
+    the activations detached.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, l1_grad: Tensor) -> Tensor:
+        acts = pre.relu_()
+        ctx.mark_dirty(pre)
+        ctx.save_for_backward(acts, l1_grad)
+        return acts
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+        acts, l1_grad = ctx.saved_tensors
+        grad = grad.contiguous() if grad.is_contiguous() else grad.clone(memory_format=torch.contiguous_format)
+        grad.add_(l1_grad)
+        return torch.ops.aten.threshold_backward.grad_input(grad, acts, 0.0, grad_input=grad), None
 
 
 @dataclass
@@ -53,11 +77,14 @@ class ReluSAE(Dictionary):
         return self._preact(x_n, self.b_enc).relu_()  # in place: addmm does not keep its output
 
     def _forward_n(self, x_n: Tensor, target_n: Tensor, sparsity_scale: float, dead_mask: Tensor | None) -> DictionaryOutput:
-        acts = self._encode_n(x_n)
+        coef = self.cfg.l1_coefficient * sparsity_scale / x_n.shape[0]
+        weights = self.W_dec.norm(dim=1) if self.cfg.decoder_norm == "weighted" else None
+        l1_grad = (weights.detach() * coef) if weights is not None else self.b_enc.new_full((self.cfg.d_sae,), coef)
+        acts = ReluL1Function.apply(self._preact(x_n, self.b_enc), l1_grad)
         recon = torch.addmm(self.b_dec, acts, self.W_dec)
-        per_latent = acts.sum(0)
-        fired = per_latent.detach() > 0
-        if self.cfg.decoder_norm == "weighted":
-            per_latent = per_latent * self.W_dec.norm(dim=1)
-        l1 = per_latent.sum() * (self.cfg.l1_coefficient * sparsity_scale / acts.shape[0])
+        with torch.no_grad():
+            per_latent = acts.sum(0)
+        fired = per_latent > 0
+        # value of coef * sum_b sum_i f_bi * w_i; its gradient in f comes from ReluL1Function, in W_dec from here
+        l1 = coef * (per_latent @ weights if weights is not None else per_latent.sum())
         return self._dense_output(recon, target_n, acts, {"l1": l1}, fired)

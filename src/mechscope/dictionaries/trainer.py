@@ -105,6 +105,15 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def _adam(params: list[torch.nn.Parameter], config: TrainerConfig) -> torch.optim.Adam:
+    """Adam with the fused single-pass kernel where the device supports it (several times faster on CPU)."""
+    kwargs: dict[str, Any] = {"lr": config.lr, "betas": config.adam_betas, "eps": config.adam_eps}
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, **kwargs)
+
+
 def _split(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
     if isinstance(batch, (tuple, list)):
         return batch[0], batch[1]
@@ -124,8 +133,7 @@ class Trainer:
         self.tokens_since_fired = torch.zeros(dictionary.cfg.d_sae, dtype=torch.int64)
         self.step = 0
         self.local_tokens = 0  # tokens this process trained on (its slices of the global batches)
-        self.optimizer = torch.optim.Adam(dictionary.parameters(), lr=config.lr,
-                                          betas=config.adam_betas, eps=config.adam_eps)
+        self.optimizer = _adam(list(dictionary.parameters()), config)
         self._model: torch.nn.Module = dictionary
         self._log_file: Any = None
         self._wandb: Any = None
