@@ -159,12 +159,12 @@ def _replace(act: Tensor, hook: Any, *, keep: Tensor, values: Tensor | None) -> 
 
 def _next_token_stats(logits: Tensor, ids: Tensor, clean_logp: Tensor | None) -> tuple[float, float, int]:
     """Summed CE over predicted positions, summed KL to `clean_logp`, and the position count."""
-    logp = F.log_softmax(logits[:, :-1].double(), dim=-1)
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
     target = ids[:, 1:].to(logp.device)
-    ce = -logp.gather(-1, target.unsqueeze(-1)).sum()
+    ce = -logp.gather(-1, target.unsqueeze(-1)).double().sum()
     kl = 0.0
     if clean_logp is not None:
-        kl = float((clean_logp.exp() * (clean_logp - logp)).sum())
+        kl = float((clean_logp.exp() * (clean_logp - logp)).sum(-1).double().sum())
     return float(ce), kl, target.numel()
 
 
@@ -208,7 +208,7 @@ def evaluate_dictionary(
 
         sae_logits = model.run_with_hooks(ids, fwd_hooks=[(name_out, partial(_replace, keep=keep, values=x_hat))])
         zero_logits = model.run_with_hooks(ids, fwd_hooks=[(name_out, partial(_replace, keep=keep, values=None))])
-        clean_logp = F.log_softmax(clean_logits[:, :-1].double(), dim=-1)
+        clean_logp = F.log_softmax(clean_logits[:, :-1].float(), dim=-1)
         c, _, n = _next_token_stats(clean_logits, ids, None)
         s, kl, _ = _next_token_stats(sae_logits, ids, clean_logp)
         z, _, _ = _next_token_stats(zero_logits, ids, None)

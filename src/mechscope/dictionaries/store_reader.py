@@ -110,18 +110,22 @@ class StoreReader:
             yield from _rebatch(chunks, batch_size, buffer_tokens if shuffle else 0, gen, drop_last=drop_last)
             epoch += 1
 
-    def throughput(self, batch_size: int = 4096, n_batches: int = 50, **kwargs: Any) -> float:
-        """Measured reading rate in tokens per second over `n_batches` batches (repeating epochs).
+    def throughput(self, batch_size: int = 4096, min_tokens: int | None = None, **kwargs: Any) -> float:
+        """Measured reading rate in tokens per second, shard loading and shuffling included.
+
+        Reads at least `min_tokens` rows (default: two passes over the store, and at least
+        1M rows), copying each batch to contiguous memory as a trainer would receive it.
 
         Example:
             >>> reader.throughput() > 1e5   # doctest: +SKIP
             True
         """
-        it = self.batches(batch_size, epochs=None, **kwargs)
-        next(it)
+        want = min_tokens if min_tokens is not None else max(2 * self.n_tokens, 1_000_000)
+        n_batches = max(1, want // batch_size)
         start = time.perf_counter()
+        it = self.batches(batch_size, epochs=None, **kwargs)
         for _ in range(n_batches):
-            next(it)
+            next(it).contiguous().sum()
         return n_batches * batch_size / (time.perf_counter() - start)
 
 
