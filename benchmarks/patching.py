@@ -132,6 +132,11 @@ def main() -> None:
           f"({t_ms_resid / t_fwd:.0f} plain forwards)")
     print(f"mechscope z layer x head ({cells_heads} cells): {t_ms_heads:.2f} s ({t_ms_heads / t_fwd:.0f} plain forwards)")
     print(f"  clean logit diff {resid.clean:.4f}, corrupt {resid.corrupt:.4f}")
+    if args.png:
+        resid.plot(args.png, title="SmolLM2-135M: patching clean resid_pre into 'The Colosseum is in the city of'\n"
+                                   f"recovery of logit diff ' Paris' - ' Rome' (clean {resid.clean:.2f}, "
+                                   f"corrupt {resid.corrupt:.2f})")
+        print(f"wrote {args.png}")
     report["mechscope"] = {"resid_s": t_ms_resid, "heads_s": t_ms_heads, "forward_s": t_fwd, "fwd_bwd_s": t_fb,
                            "clean": resid.clean, "corrupt": resid.corrupt}
 
@@ -177,11 +182,6 @@ def main() -> None:
     print(resid.labels[1])
     print(resid.scores[::5])
     print("top heads:", [(r["layer"], r["head"], round(r["score"], 3)) for r in heads.top(5)])
-    if args.png:
-        resid.plot(args.png, title="SmolLM2-135M: patching clean resid_pre into 'The Colosseum is in the city of'\n"
-                                   f"recovery of logit diff ' Paris' - ' Rome' (clean {resid.clean:.2f}, "
-                                   f"corrupt {resid.corrupt:.2f})")
-        print(f"wrote {args.png}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({**report, "resid_scores": resid.scores.tolist(), "labels": resid.labels}, handle, indent=1)

@@ -49,7 +49,7 @@ def _oracle(model, clean, corrupt, sender, receiver):
     return float((patched - k) / (c - k))
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_path_patching_matches_the_three_run_oracle(kind):
     model = tiny_model(kind)
     clean, corrupt = pair_ids()
