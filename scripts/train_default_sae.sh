@@ -19,7 +19,9 @@ ACTS="$OUT/acts-smollm2-l15"
 SAE="$OUT/sae-smollm2-l15"
 
 "$MECHSCOPE" -v sae cache --layer 15 --site resid_post --tokens "$TOKENS" --packages numpy --out "$ACTS"
+RESUME=()
+[ -d "$SAE/checkpoints" ] && RESUME=(--resume)  # an interrupted run continues, bit-identically
 "$MECHSCOPE" -v sae train --acts "$ACTS" --arch topk --k 32 --expansion 16 --batch-size 1024 --lr 1e-3 \
-    --epochs 1 --seed 0 --checkpoint-every 100 --out "$SAE"
+    --epochs 1 --seed 0 --checkpoint-every 100 --out "$SAE" "${RESUME[@]}"
 "$MECHSCOPE" -v sae eval "$SAE" --packages numpy --tokens "$EVAL_TOKENS" \
     --json "$SAE/eval.json" --png "$SAE/density.png" --force

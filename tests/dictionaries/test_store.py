@@ -137,3 +137,14 @@ def test_corrupt_or_missing_files_give_clear_errors(model, corpus, tmp_path):
         open_store(folder)
     with pytest.raises(DictionaryFormatError, match="no activation-store manifest"):
         open_store(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_real_model_store_stops_early_and_matches_a_full_run(default_model, tmp_path):
+    site = "blocks.2.hook_resid_post"
+    reader = open_store(cache_activations(default_model, site, tmp_path / "s", n_tokens=254, source="pydoc",
+                                          split=None, context_length=128, batch_size=2))
+    assert reader.d == 576 and reader.manifest["model_name"] == default_model.cfg.name
+    ids = torch.cat(list(iter_token_contexts(default_model.tokenizer, "pydoc", 128, batch_size=2, max_contexts=2)))
+    _, cache = default_model.run_with_cache(ids, names=[site])
+    torch.testing.assert_close(reader.all_activations(), cache[site][:, 1:].reshape(-1, 576), atol=1e-4, rtol=1e-4)

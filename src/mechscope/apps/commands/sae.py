@@ -51,9 +51,12 @@ def _corpus_args(parser: argparse.ArgumentParser, split: str) -> None:
 
 
 def _corpus_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"source": args.corpus, "packages": tuple(p for p in args.packages.split(",") if p),
-            "split": None if args.split == "all" else args.split, "text_field": args.text_field,
-            "context_length": args.context_length}
+    kwargs: dict[str, Any] = {"source": args.corpus, "packages": tuple(p for p in args.packages.split(",") if p),
+                              "split": None if args.split == "all" else args.split,
+                              "context_length": args.context_length}
+    if args.text_field != "text":  # the default stays out of the store manifest
+        kwargs["text_field"] = args.text_field
+    return kwargs
 
 
 def _site_args(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -138,8 +141,8 @@ def run_cache(args: argparse.Namespace) -> int:
     hook = site_hook_name(args.site, args.layer)
     kw = _corpus_kwargs(args)
     folder = cache_activations(model, hook, args.out, n_tokens=args.tokens, source=kw["source"],
-                               packages=kw["packages"], split=kw["split"], text_field=kw["text_field"],
-                               context_length=kw["context_length"], dtype=args.store_dtype,
+                               packages=kw["packages"], split=kw["split"], context_length=kw["context_length"],
+                               dtype=args.store_dtype, **{k: kw[k] for k in ("text_field",) if k in kw},
                                batch_size=args.batch_size, shard_tokens=args.shard_tokens, keep_bos=args.keep_bos)
     reader = open_store(folder)
     man = reader.manifest
