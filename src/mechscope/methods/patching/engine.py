@@ -9,8 +9,9 @@ chunk of cells. Two exact savings:
   differs from the base run, so the decoder layers `0..s-1` are swapped, for that one
   pass, for a module that returns the base run's cached `resid_pre[s]`; the Hugging Face
   forward then runs layers `s..n-1` as usual (masks, rotary and per-layer attention types
-  are still computed by the model itself). `replay_is_exact` checks the swap against a
-  plain run; it is turned off where a layer does not return a bare tensor.
+  are still computed by the model itself). It is turned off where a decoder layer does
+  not return a bare tensor (`layers_return_tensors`); the test suite checks it against
+  one plain forward per cell for every supported family.
 - **Logits at the metric's positions only** (`logits_to_keep`), not over the whole vocabulary
   at every position.
 

@@ -111,6 +111,9 @@ class PatchResult:
         by, labels = list(self.by), list(self.labels)
         if scores.dim() == 1:
             scores, by, labels = scores[None], ["", *by], [[""], *labels]
+        if scores.dim() == 3 and scores.shape[0] > 4:  # e.g. layer x head x pos: one row per (layer, head)
+            rows = [f"{a}.{b}" for a in labels[0] for b in labels[1]]
+            scores, by, labels = scores.reshape(-1, scores.shape[2]), [f"{by[0]}.{by[1]}", by[2]], [rows, labels[2]]
         panels = [(None, scores)] if scores.dim() == 2 else [(lab, scores[i]) for i, lab in enumerate(labels[0])]
         if scores.dim() > 3:
             raise ValueError("plot() draws results with at most 3 axes; index the scores first.")

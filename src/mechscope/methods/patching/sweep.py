@@ -14,7 +14,7 @@ Example:
     >>> r = patch_sweep(model, "The Eiffel Tower is in the city of", "The Colosseum is in the city of",
     ...                 answer=" Paris", wrong=" Rome", site="resid_pre", by="layer,pos")  # doctest: +SKIP
     >>> r.shape, r.top(1)[0]["pos"]                                                        # doctest: +SKIP
-    ((30, 9), ' of')
+    ((30, 9), 'iffel')
 """
 
 from __future__ import annotations
