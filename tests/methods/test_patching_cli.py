@@ -54,6 +54,8 @@ def test_patch_command_errors_name_the_tokens(tiny_cli, capsys):
     assert "same number of tokens" in err and "['a', 'b', 'c']" in err
     assert cli.main([*ARGS[:-1], "bc"]) == 2
     assert "'b', 'c'" in capsys.readouterr().err
+    assert cli.main(ARGS[:-2]) == 2
+    assert "wrong" in capsys.readouterr().err
 
 
 def test_report_section(tiny_cli):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.core.errors import TokenizationError
+from mechscope.core.errors import MechscopeError, TokenizationError
 from mechscope.core.tokens import TokenBatch
 from mechscope.methods.metrics import METRICS, LogitDiff, Metric, PositionMetric
 
@@ -52,7 +52,7 @@ class PromptPair:
             return self.corrupt, self.clean
         if mode == "noise":
             return self.clean, self.corrupt
-        raise ValueError(f"mode must be 'denoise' or 'noise', not {mode!r}.")
+        raise MechscopeError(f"mode must be 'denoise' or 'noise', not {mode!r}.")
 
 
 def _batch(model: Any, prompts: Prompts) -> TokenBatch:
@@ -130,9 +130,9 @@ def resolve_metric(model: Any, pair: PromptPair, metric: Metric | str | None,
         return metric
     name = metric or "logit_diff"
     if name not in METRICS:
-        raise ValueError(f"Unknown metric {name!r}; choose one of {sorted(METRICS)} or pass a function.")
+        raise MechscopeError(f"Unknown metric {name!r}; choose one of {sorted(METRICS)} or pass a function.")
     if answer is None or (name == "logit_diff" and wrong is None):
-        raise ValueError("Give answer= and wrong= (e.g. ' Paris' and ' Rome'), or a metric function.")
+        raise MechscopeError("Give answer= and wrong= (e.g. ' Paris' and ' Rome'), or a metric function.")
     good = answer_ids(model, answer, pair.n_pairs, "answer")
     if name == "logit_diff":
         return LogitDiff(good, answer_ids(model, wrong, pair.n_pairs, "wrong answer"), pair.last)
