@@ -122,3 +122,19 @@ def test_real_model_error_term_and_eval(default_model):
                                atol=1e-3, rtol=1e-4)
     r = evaluate_dictionary(sae, default_model, source="pydoc", n_tokens=254, context_length=128, batch_size=2)
     assert r.n_tokens == 254 and r.ce_zero > r.ce_clean and r.l0 == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_replayed_prefix_equals_a_full_hooked_run(kind):
+    from mechscope.core import names
+    from mechscope.dictionaries.evaluate import _replay_start, _run_from
+    from tiny_models import tiny_ids
+
+    m = tiny_lm(kind)
+    ids = tiny_ids(2, 10)
+    start = _replay_start(m, ids, "blocks.2.hook_resid_post", "blocks.2.hook_resid_post")
+    assert start == 2
+    _, cache = m.run_with_cache(ids, names=[names.resid_pre(2)])
+    hooks = [("blocks.2.hook_resid_post", lambda a, h: a * 0.5)]
+    torch.testing.assert_close(_run_from(m, ids, start, cache[names.resid_pre(2)], hooks),
+                               m.run_with_hooks(ids, fwd_hooks=hooks), atol=1e-6, rtol=1e-6)

@@ -12,7 +12,8 @@ and features `f_b`:
 - next-token cross-entropy `CE = mean over predicted positions of -log softmax(logits)[next]`
   for the clean model (`ce_clean`), with the reconstruction spliced in at the site
   (`ce_sae`), and with the site zero-ablated (`ce_zero`); splicing and ablation touch the
-  same positions (all but BOS, as in training);
+  same positions (all but BOS, as in training); the blocks before the site are not run
+  again for them (their clean output is replayed, which is exact);
 - `ce_loss_recovered = (ce_zero - ce_sae) / (ce_zero - ce_clean)` (1: as good as clean, 0: as
   bad as deleting the site);
 - `kl = mean over positions of KL(p_clean || p_sae) = sum_v p_clean(v) (log p_clean(v) - log p_sae(v))`.
@@ -37,10 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechscope.core import names as hook_names
 from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_contexts
+from mechscope.core.tokens import TokenBatch
 from mechscope.dictionaries.base import Dictionary
 from mechscope.dictionaries.splice import _flat, hook_name_of
 from mechscope.dictionaries.store import keep_mask
+from mechscope.methods.patching.engine import layers_return_tensors, replay_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +161,24 @@ def _replace(act: Tensor, hook: Any, *, keep: Tensor, values: Tensor | None) -> 
     return flat.reshape(act.shape)
 
 
+def _replay_start(model: Any, ids: Tensor, name_in: str, name_out: str) -> int:
+    """First block the spliced runs must compute: the site's block, when earlier blocks can be
+    replayed from the clean run's `resid_pre` (else 0: run everything)."""
+    layers = [hook_names.parse_layer(n) for n in (name_in, name_out)]
+    if any(layer is None for layer in layers) or not layers_return_tensors(model, TokenBatch(ids, ids.new_ones(ids.shape))):
+        return 0
+    return min(layers)  # type: ignore[type-var]
+
+
+def _run_from(model: Any, ids: Tensor, start: int, resid: Tensor | None, hooks: list[Any]) -> Tensor:
+    """Logits of a hooked run; with `start > 0`, blocks `0..start-1` are replaced by their cached output
+    `resid = resid_pre[start]` of the clean run (identical, since nothing before `start` is edited)."""
+    if not start:
+        return model.run_with_hooks(ids, fwd_hooks=hooks)
+    with model.hooks(hooks), replay_prefix(model, start, resid):
+        return model.hf_model(input_ids=ids, use_cache=False).logits
+
+
 def _next_token_stats(logits: Tensor, ids: Tensor, clean_logp: Tensor | None) -> tuple[float, float, int]:
     """Summed CE over predicted positions, summed KL to `clean_logp`, and the position count."""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -194,10 +216,13 @@ def evaluate_dictionary(
     acc = _Accumulator(sae.cfg.d_out, sae.cfg.d_sae)  # type: ignore[arg-type]
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl_sum, n_pred = 0.0, 0
+    start: int | None = None
     for ids in iter_token_contexts(model.tokenizer, source, context_length, batch_size=batch_size,
                                    max_contexts=max_contexts, **doc_kwargs):
         ids = ids.to(model.device)
-        names = [name_in] if name_in == name_out else [name_in, name_out]
+        if start is None:
+            start = _replay_start(model, ids, name_in, name_out)
+        names = list(dict.fromkeys([name_in, name_out, *([hook_names.resid_pre(start)] if start else [])]))
         clean_logits, cache = model.run_with_cache(ids, names=names)
         keep = keep_mask(ids, model.tokenizer, keep_bos=keep_bos)
         x_in = _flat(cache[name_in], sae.cfg.d_in, sae, name_in, "input").reshape(*ids.shape, -1)[keep]
@@ -206,8 +231,9 @@ def evaluate_dictionary(
         f, x_hat = _encode_decode(sae, x_in)
         acc.add(target[keep], x_hat, f)
 
-        sae_logits = model.run_with_hooks(ids, fwd_hooks=[(name_out, partial(_replace, keep=keep, values=x_hat))])
-        zero_logits = model.run_with_hooks(ids, fwd_hooks=[(name_out, partial(_replace, keep=keep, values=None))])
+        resid = cache[hook_names.resid_pre(start)] if start else None
+        sae_logits = _run_from(model, ids, start, resid, [(name_out, partial(_replace, keep=keep, values=x_hat))])
+        zero_logits = _run_from(model, ids, start, resid, [(name_out, partial(_replace, keep=keep, values=None))])
         clean_logp = F.log_softmax(clean_logits[:, :-1].float(), dim=-1)
         c, _, n = _next_token_stats(clean_logits, ids, None)
         s, kl, _ = _next_token_stats(sae_logits, ids, clean_logp)
