@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import platform
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
-    train.add_argument("--progress", action="store_true", help="show a progress bar")
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bar with live L0, explained variance and dead fraction (default: on a terminal)")
     train.add_argument("--out", required=True, help="folder for the dictionary (SAELens layout) and its logs")
     add_model_option(train)
     add_output_options(train, png=False)
@@ -242,7 +244,8 @@ def run_train(args: argparse.Namespace) -> int:
                           seed=args.seed, **extra)
     total_tokens = steps * args.batch_size
     tcfg = TrainerConfig(
-        total_steps=steps, lr=args.lr, seed=args.seed, progress=args.progress,
+        total_steps=steps, lr=args.lr, seed=args.seed,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
         lr_warmup_steps=args.warmup_steps if args.warmup_steps is not None else steps // 20,
         dead_window_tokens=args.dead_window or max(args.batch_size, min(1_000_000, total_tokens // 4)),
         log_path=str(out / "train_log.jsonl"), log_every=max(1, min(50, steps // 20)),
