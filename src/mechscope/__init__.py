@@ -17,6 +17,7 @@ from mechscope.core import (  # noqa: E402
     TokenBatch,
     load_model,
 )
+from mechscope.toys import attn_only as _attn_only  # noqa: E402,F401  (registers the toy model type)
 
 __all__ = [
     "ActivationCache",

@@ -7,10 +7,20 @@ from typing import Any
 
 from mechscope.apps.report.core_sections import CORE_SECTIONS
 from mechscope.apps.report.document import Section
+from mechscope.apps.report.patching import patching_section
+from mechscope.apps.report.reading_sections import READING_SECTIONS
 
 SectionFn = Callable[[Any, dict[str, Any]], "Section | None"]
 
 
+def patching_report_section(model: Any, context: dict[str, Any]) -> Section | None:
+    """The resid_pre patching heatmap, when the user gave a corrupted prompt and an answer."""
+    if not (context.get("corrupt") and context.get("answer")):
+        return None
+    part = patching_section(model, context["prompt"], context["corrupt"], context["answer"], context.get("wrong"))
+    return Section("patching", part["title"], part["html"], part["json"])
+
+
 def report_sections() -> list[SectionFn]:
     """Section builders in report order."""
-    return [*CORE_SECTIONS]
+    return [*CORE_SECTIONS, *READING_SECTIONS, patching_report_section]
