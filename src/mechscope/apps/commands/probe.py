@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
-
-import torch
-from torch import Tensor
 
 from mechscope.apps.commands.common import add_model_option, add_output_options, load
 
@@ -36,36 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def site_names(model: Any, site: str) -> dict[int, str]:
-    """Layer -> hook name of `site` (a short name like 'resid_post' or a suffix like 'hook_resid_post')."""
-    from mechscope.core import names
-
-    suffix = names.short_site(site) if not site.startswith("blocks.") else names.suffix_of(site)
-    return {layer: model.check_name(names.block(layer, suffix)) for layer in range(model.cfg.n_layers)}
-
-
-def collect_activations(model: Any, texts: list[str], positions: list[int], hook_names: dict[int, str],
-                        batch_size: int = 16) -> dict[int, Tensor]:
-    """Activations [n, d_model] per layer, read at each text's position (one forward pass per batch)."""
-    chunks: dict[int, list[Tensor]] = {layer: [] for layer in hook_names}
-    last_layer = max(hook_names) + 1
-    for start in range(0, len(texts), batch_size):
-        batch = model.tokenize(texts[start:start + batch_size])
-        where = torch.tensor(positions[start:start + batch_size])
-        too_far = where >= batch.lengths
-        if too_far.any():
-            raise ValueError(f"read position beyond the text at example {start + int(too_far.nonzero()[0])}")
-        _, cache = model.run_with_cache(batch, names=list(hook_names.values()),
-                                        stop_at_layer=last_layer if last_layer < model.cfg.n_layers else None)
-        rows = torch.arange(len(where))
-        for layer, name in hook_names.items():
-            chunks[layer].append(cache[name][rows, where.to(cache[name].device)].float().cpu())
-    return {layer: torch.cat(parts) for layer, parts in chunks.items()}
-
-
 def run(args: argparse.Namespace) -> int:
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.core.provenance import provenance
+    from mechscope.methods.probe_collect import collect_activations, site_hook_names
     from mechscope.methods.probe_data import load_probe_dataset
     from mechscope.methods.probe_plots import plot_probe_report
     from mechscope.methods.probes import fit_probes_by_layer
@@ -73,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     model = load(args)
     dataset = load_probe_dataset(args.data)
     positions = dataset.read_positions(model.tokenizer)
-    acts = collect_activations(model, dataset.texts, positions, site_names(model, args.site), args.batch_size)
+    acts = collect_activations(model, dataset.texts, positions, site_hook_names(model, args.site),
+                               args.batch_size)
     report = fit_probes_by_layer(acts, dataset.labels, dataset.word_types(model.tokenizer), task=args.task,
                                  regularisation=args.regularisation, held_out_fraction=args.held_out, seed=args.seed)
     data = report.to_dict()
