@@ -1,12 +1,17 @@
 """Induction toy: a 2-layer attention-only transformer trained from scratch to copy repeated spans.
 
-Training data: `<bos>`, then L tokens drawn uniformly from `n_tokens` ids, then the same L
-tokens again, with L drawn per batch from `span_min..span_max`, so no fixed offset predicts
-the copy. The loss is the mean next-token cross-entropy over all positions. The textbook
-circuit for this task is an induction head (a layer-0 previous-token head composing with a
-layer-1 head that attends to the token after the earlier copy); which circuit a given run
-learns is for `mechscope.methods.heads` to find (this format also admits solutions that use
-the position within the sequence, so check with the detectors and head ablation).
+Training data (no absolute or fixed-offset shortcut): each sequence is `<bos>`, a prefix of
+0..`prefix_max` random tokens, then back-to-back segments `[X, filler, X]` where X is a span of
+L uniform random tokens (L drawn per segment from `span_min..span_max`) and the filler is
+0..`gap_max` random tokens; the last segment is cut at `seq_len`. Where a copy starts and how
+far back its source lies vary per segment, so neither the absolute position nor a fixed
+offset predicts the next token; only "find the earlier occurrence of the current token and
+copy what followed it" does. Positions are rotary (relative), so a previous-token head is a
+fixed rotation in layer 0 and the model has no absolute position to build a shortcut from.
+The loss is the mean next-token cross-entropy over all positions (AdamW, linear warm-up).
+With the defaults the model learns the textbook circuit: a layer-0 previous-token head whose
+output a layer-1 induction head reads (K-composition) to attend to the token after the
+earlier copy; check with `mechscope.methods.heads` (detectors and head ablation).
 
 Tracked through training on a fixed set of repeated random sequences `[bos, r, r]`
 (`eval_span` tokens each copy): the loss on the second copy. It sits at chance,
@@ -47,13 +52,17 @@ class InductionToyConfig:
     n_tokens: int = 64  # random-token ids 1..n_tokens; id 0 is <bos>
     d_model: int = 64
     n_layers: int = 2
-    n_heads: int = 4
+    n_heads: int = 2
     seq_len: int = 64
-    span_min: int = 8
-    span_max: int = 31
+    span_min: int = 4
+    span_max: int = 16
+    gap_max: int = 8  # random filler tokens between the two copies of a span
+    prefix_max: int = 16  # random tokens between <bos> and the first span
+    positions: str = "rotary"  # "rotary" (relative) or "learned" (absolute) position information
     steps: int = 1500
     batch_size: int = 32
     lr: float = 3e-3
+    warmup: int = 100  # steps of linear learning-rate warm-up
     weight_decay: float = 0.01
     eval_every: int = 25
     eval_span: int = 20
@@ -64,6 +73,8 @@ class InductionToyConfig:
     def __post_init__(self) -> None:
         if not 2 <= self.span_min <= self.span_max or 2 * self.span_max + 1 > self.seq_len:
             raise ValueError(f"need 2 <= span_min <= span_max and 2 * span_max + 1 <= seq_len; got {self}")
+        if self.gap_max < 0 or self.prefix_max < 0 or self.prefix_max + 2 * self.span_min + 1 > self.seq_len:
+            raise ValueError(f"need gap_max, prefix_max >= 0 and room for one span after the prefix; got {self}")
         if 2 * self.eval_span + 1 > self.seq_len or self.eval_span > self.n_tokens:
             raise ValueError(
                 f"eval_span={self.eval_span} does not fit seq_len={self.seq_len} / n_tokens={self.n_tokens}"
@@ -77,6 +88,7 @@ class InductionToyConfig:
             num_attention_heads=self.n_heads,
             max_position_embeddings=self.seq_len,
             bos_token_id=BOS_ID,
+            positions=self.positions,
         )
 
 
@@ -92,10 +104,35 @@ class InductionToyResult:
 
 
 def training_batch(cfg: InductionToyConfig, generator: torch.Generator) -> Tensor:
-    """Ids [batch, 1 + 2 L]: `<bos>`, L uniform random tokens, the same L tokens again (L per batch)."""
-    span = int(torch.randint(cfg.span_min, cfg.span_max + 1, (1,), generator=generator))
-    half = torch.randint(1, cfg.n_tokens + 1, (cfg.batch_size, span), generator=generator)
-    return torch.cat([torch.full((cfg.batch_size, 1), BOS_ID), half, half], dim=1)
+    """Ids [batch, seq_len]: `<bos>`, a random prefix, then segments `[X, filler, X]` (see the module docstring).
+
+    Every sequence draws its own prefix length, and every segment its own span length L and
+    filler length; tokens outside the second copies are uniform random ids 1..n_tokens.
+    """
+    ids = torch.randint(1, cfg.n_tokens + 1, (cfg.batch_size, cfg.seq_len), generator=generator)
+    ids[:, 0] = BOS_ID
+    for row in ids:
+        for start, source, length in copy_segments(cfg, generator):
+            row[start : start + length] = row[source : source + length]
+    return ids
+
+
+def copy_segments(cfg: InductionToyConfig, generator: torch.Generator) -> list[tuple[int, int, int]]:
+    """`(start, source, length)` of every second copy in one sequence: ids[start + i] = ids[source + i]."""
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+    segments: list[tuple[int, int, int]] = []
+    pos = 1 + draw(0, cfg.prefix_max)
+    while pos + 2 * cfg.span_min <= cfg.seq_len:
+        span, gap = draw(cfg.span_min, cfg.span_max), draw(0, cfg.gap_max)
+        start = pos + span + gap
+        if start + 2 > cfg.seq_len:  # fewer than two copied tokens fit: nothing to learn from
+            break
+        segments.append((start, pos, min(span, cfg.seq_len - start)))
+        pos = start + span
+    return segments
 
 
 def repeated_sequences(n_tokens: int, span: int, batch: int, seed: int) -> Tensor:
@@ -133,7 +170,7 @@ def toy_tokenizer(n_tokens: int) -> Any:
 def train_induction_toy(
     cfg: InductionToyConfig | None = None, out_dir: str | Path | None = None, progress: bool = False
 ) -> InductionToyResult:
-    """Train the toy from scratch (AdamW, constant rate); save it to `out_dir` if given.
+    """Train the toy from scratch (AdamW, linear warm-up then constant rate); save it to `out_dir` if given.
 
     `out_dir` receives `config.json`, `model.safetensors`, the tokenizer and
     `training_history.json` (the config, loss curves and phase-change step).
@@ -152,6 +189,7 @@ def _train(cfg: InductionToyConfig, out_dir: str | Path | None, progress: bool) 
     torch.manual_seed(cfg.seed)
     model = AttnOnlyForCausalLM(cfg.model_config()).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(cfg.warmup, 1)))
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     eval_ids = repeated_sequences(cfg.n_tokens, cfg.eval_span, cfg.eval_batch, seed=cfg.seed + 2)
     chance = math.log(cfg.n_tokens)
@@ -165,6 +203,7 @@ def _train(cfg: InductionToyConfig, out_dir: str | Path | None, progress: bool) 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         value = float(loss.detach())
         if step % cfg.eval_every == 0 or step == cfg.steps:
             first, second = copy_losses(model, eval_ids)

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     induction = toys.add_parser("induction", help="train a 2-layer attention-only transformer that forms induction heads")
     induction.add_argument("--out", required=True, help="folder for the model (loadable with --model FOLDER)")
     induction.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
-    induction.add_argument("--heads", type=int, default=None, help="attention heads per layer (default 4)")
+    induction.add_argument("--heads", type=int, default=None, help="attention heads per layer (default 2)")
     induction.add_argument("--seed", type=int, default=0)
     induction.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_output_options(induction)
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def induction_summary(model: Any, chance: float, seq_len: int = 20, batch: int = 64, seed: int = 123) -> dict[str, Any]:
-    """Detected heads of a trained toy and the effect of ablating its best induction head."""
+    """Detected heads of a trained toy; the effect of ablating its best induction head, and all of them."""
     from mechscope.methods.heads import detect_heads, head_ablation_hooks, icl_score, repeated_random_tokens
 
     ids = repeated_random_tokens(model, seq_len, batch, seed)
@@ -39,6 +39,8 @@ def induction_summary(model: Any, chance: float, seq_len: int = 20, batch: int =
     best_induction = max((r for r in table if r.layer > 0), key=lambda r: r.induction)
     clean = icl_score(model, ids)
     ablated = icl_score(model, ids, fwd_hooks=head_ablation_hooks([(best_induction.layer, best_induction.head)]))
+    induction_heads = [(r.layer, r.head) for r in table if r.layer > 0 and r.label == "induction"]
+    all_ablated = icl_score(model, ids, fwd_hooks=head_ablation_hooks(induction_heads)) if induction_heads else clean
     return {
         "heads": [r.to_json() for r in table],
         "previous_token_head": [best_prev.layer, best_prev.head],
@@ -46,6 +48,8 @@ def induction_summary(model: Any, chance: float, seq_len: int = 20, batch: int =
         "repeated_loss": clean.loss_second_half,
         "first_copy_loss": clean.loss_first_half,
         "repeated_loss_induction_head_ablated": ablated.loss_second_half,
+        "induction_heads": [list(h) for h in induction_heads],
+        "repeated_loss_induction_heads_ablated": all_ablated.loss_second_half,
         "chance": chance,
     }
 
@@ -74,7 +78,9 @@ def run_induction(args: argparse.Namespace) -> int:
     print(f"induction toy saved to {args.out} ({result.seconds:.0f} s); phase change at step {result.phase_change_step}")
     print(f"previous-token head {tuple(summary['previous_token_head'])}, induction head {tuple(summary['induction_head'])}")
     print(f"loss on the repeated copy: {summary['repeated_loss']:.3f}; with the induction head ablated: "
-          f"{summary['repeated_loss_induction_head_ablated']:.3f}; chance {result.chance_loss:.3f}")
+          f"{summary['repeated_loss_induction_head_ablated']:.3f}; with all induction heads "
+          f"{summary['induction_heads']} ablated: {summary['repeated_loss_induction_heads_ablated']:.3f}; "
+          f"chance {result.chance_loss:.3f}")
     return 0
 
 
