@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import torch
 
 from mechscope.core.errors import ModelLoadError
+from mechscope.core.files import sha256_file
 from mechscope.core.hooked import HookedModel
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,6 @@ def _file_key(path: Path) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _dequantize_to_cache(gguf: Path, target: Path) -> None:
@@ -105,7 +100,7 @@ def _dequantize_to_cache(gguf: Path, target: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        meta = {"source": str(gguf), "source_sha256": _sha256(gguf), "format": "gguf-dequantized-float32"}
+        meta = {"source": str(gguf), "source_sha256": sha256_file(gguf), "format": "gguf-dequantized-float32"}
         (staging / "mechscope.json").write_text(json.dumps(meta, indent=2))
         if target.exists():  # another process finished first
             shutil.rmtree(staging)

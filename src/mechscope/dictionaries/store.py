@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from torch import Tensor
 
 from mechscope.core import names as hook_names
 from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_contexts
+from mechscope.core.files import sha256_file
 from mechscope.core.provenance import weights_hash
 from mechscope.dictionaries.errors import DictionaryFormatError
 
@@ -196,12 +196,6 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -323,7 +317,7 @@ def cache_activations(
                   metadata={"mechscope": json.dumps({"hook_name": hook_name, "first_context": manifest["n_contexts"]})})
         os.replace(tmp, folder / name)
         entry = {"file": name, "n_tokens": int(acts.shape[0]), "n_contexts": shard_contexts,
-                 "first_context": manifest["n_contexts"], "sha256": _sha256(folder / name)}
+                 "first_context": manifest["n_contexts"], "sha256": sha256_file(folder / name)}
         manifest["shards"].append(entry)
         manifest["d"] = int(acts.shape[1])
         manifest["n_tokens"] += entry["n_tokens"]

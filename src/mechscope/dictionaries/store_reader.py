@@ -24,8 +24,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from mechscope.core.files import sha256_file
 from mechscope.dictionaries.errors import DictionaryFormatError
-from mechscope.dictionaries.store import STORE_DTYPES, _rebatch, _sha256, read_manifest
+from mechscope.dictionaries.store import STORE_DTYPES, _rebatch, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class StoreReader:
     def verify(self) -> None:
         """Check every listed shard against the sha256 in the manifest (raises `DictionaryFormatError`)."""
         for entry, path in zip(self.manifest["shards"], self.shard_files(), strict=True):
-            if not path.is_file() or _sha256(path) != entry["sha256"]:
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
                 raise DictionaryFormatError(f"{path}: missing or its sha256 does not match the manifest")
 
     def all_activations(self, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -12,11 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mechscope.core.files import iter_jsonl
 
 
 def _encode_with_offsets(tokenizer: Any, text: str, add_special_tokens: bool) -> list[tuple[int, int]]:
@@ -125,23 +126,16 @@ def load_probe_dataset(
     """
     path = Path(path)
     texts, labels, tokens = [], [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            missing = [k for k in (text_field, label_field) if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
-            token = row.get(token_field)
-            if token is not None and token not in row[text_field]:
-                raise ValueError(f"{path}:{lineno}: token {token!r} does not occur in the text")
-            texts.append(str(row[text_field]))
-            labels.append(row[label_field])
-            tokens.append(token)
+    for lineno, row in iter_jsonl(path):
+        missing = [k for k in (text_field, label_field) if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
+        token = row.get(token_field)
+        if token is not None and token not in row[text_field]:
+            raise ValueError(f"{path}:{lineno}: token {token!r} does not occur in the text")
+        texts.append(str(row[text_field]))
+        labels.append(row[label_field])
+        tokens.append(token)
     if not texts:
         raise ValueError(f"{path}: no examples")
     return ProbeDataset(texts, labels, tokens)

@@ -31,6 +31,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from mechscope.core.families import Family, register_family
+from mechscope.core.families.base import LLAMA_STYLE
 
 MODEL_TYPE = "mechscope_attn_only"
 
@@ -249,27 +250,9 @@ class AttnOnlyForCausalLM(AttnOnlyPreTrainedModel):
         return CausalLMOutput(loss=loss, logits=logits)
 
 
-ATTN_ONLY = Family(
-    name="attn_only",
-    model_types=(MODEL_TYPE,),
-    layers="model.layers",
-    embed="model.embed_tokens",
-    pos_embed="model.embed_positions",
-    final_norm="model.norm",
-    unembed="lm_head",
-    ln1="input_layernorm",
-    ln2="post_attention_layernorm",
-    attn="self_attn",
-    attn_out="self_attn",
-    mlp_in="mlp.up_proj",
-    mlp_down="mlp.down_proj",
-    mlp_out="mlp",
-    o_proj="self_attn.o_proj",
-    qkv="separate",
-    q_proj="self_attn.q_proj",
-    k_proj="self_attn.k_proj",
-    v_proj="self_attn.v_proj",
-)
+# The Llama layout, plus learned positions; the zero-width MLP reads through `up_proj`.
+ATTN_ONLY = Family(name="attn_only", model_types=(MODEL_TYPE,), pos_embed="model.embed_positions",
+                   **{**LLAMA_STYLE, "mlp_in": "mlp.up_proj"})
 
 AutoConfig.register(MODEL_TYPE, AttnOnlyConfig, exist_ok=True)
 AutoModelForCausalLM.register(AttnOnlyConfig, AttnOnlyForCausalLM, exist_ok=True)
