@@ -7,6 +7,7 @@ from mechscope.core.errors import (
     HookShapeError,
     MechscopeError,
     ModelLoadError,
+    OutputExistsError,
     TokenizationError,
 )
 from mechscope.core.hooked import HookedModel
@@ -23,6 +24,7 @@ __all__ = [
     "MechscopeError",
     "ModelConfig",
     "ModelLoadError",
+    "OutputExistsError",
     "TokenBatch",
     "TokenizationError",
     "load_model",

@@ -29,6 +29,10 @@ class HookShapeError(MechscopeError, ValueError):
     """A hook function returned a tensor of the wrong shape."""
 
 
+class OutputExistsError(MechscopeError, FileExistsError):
+    """An output path holds a file mechscope did not write; `--force` is the only way past it."""
+
+
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The `n` candidates closest to `name` (difflib ratio), best first.
 

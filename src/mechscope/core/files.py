@@ -1,4 +1,9 @@
-"""Small file helpers shared across layers: content hashes and JSONL rows with line numbers.
+"""File helpers shared by every layer: content hashes, JSONL rows, atomic writes and the write guard.
+
+The write guard is the one place that decides what mechscope may write. A file is *ours* when it
+is a JSON object with a `provenance` block, an HTML/SVG file carrying `MARKER`, a PNG tagged
+`Software: mechscope`, or any file inside a folder that holds `OWNER_FILE`. Anything else that
+already exists is kept unless the caller passes `force=True` (the CLI's `--force`).
 
 Example:
     >>> from pathlib import Path
@@ -6,18 +11,30 @@ Example:
     >>> _ = p.write_text('{"text": "hi"}\\n\\n{"text": "yo"}\\n')
     >>> [(n, row["text"]) for n, row in iter_jsonl(p)]
     [(1, 'hi'), (3, 'yo')]
+    >>> write_text(p, "mine")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mechscope.core.errors.OutputExistsError: ... exists and was not written by mechscope; choose another path or pass --force.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mechscope.core.errors import OutputExistsError
 
-def sha256_file(path: Path) -> str:
+MARKER = "<!-- written by mechscope -->"
+OWNER_FILE = ".mechscope"
+PathLike = str | os.PathLike[str]
+
+
+def sha256_file(path: PathLike) -> str:
     """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
@@ -26,7 +43,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: PathLike) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line; a bad line raises ValueError naming it."""
     with Path(path).open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
@@ -36,3 +53,99 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+
+
+def written_by_mechscope(path: PathLike) -> bool:
+    """True when `path` is a file mechscope wrote (see the module docstring for the rules)."""
+    path = Path(path)
+    if (path.parent / OWNER_FILE).is_file():
+        return True
+    try:
+        if path.suffix == ".json":
+            value = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(value, dict) and "provenance" in value
+        if path.suffix in (".html", ".svg"):
+            return MARKER in path.read_text(errors="ignore")[:4096]
+        if path.suffix == ".png":
+            return b"mechscope" in path.read_bytes()[:2048]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return False
+
+
+def check_writable(path: PathLike, force: bool = False) -> Path:
+    """Return `path` if mechscope may write it: absent, ours, or `force`; otherwise raise OutputExistsError."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputExistsError(f"{target} is a folder; give a file path.")
+    if target.exists() and not force and not written_by_mechscope(target):
+        raise OutputExistsError(f"{target} exists and was not written by mechscope; choose another path or pass --force.")
+    return target
+
+
+def claim_output_dir(folder: PathLike, force: bool = False) -> Path:
+    """Create `folder` (or accept it when empty or already ours) and mark it as mechscope's.
+
+    A non-empty folder without `OWNER_FILE` is refused unless `force`. Files that mechscope
+    then writes inside it count as ours, so a rerun may replace them.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{folder} is a file; give a folder path.")
+    owned = (folder / OWNER_FILE).is_file()
+    if folder.is_dir() and not owned and any(folder.iterdir()) and not force:
+        raise OutputExistsError(
+            f"{folder} already holds files that mechscope did not write; choose an empty or new folder or pass --force."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    if not owned:
+        (folder / OWNER_FILE).write_text("This folder was written by mechscope.\n")
+    return folder
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write `data` through a temporary file and `os.replace`, so readers never see half a file.
+
+    No ownership check: for files that mechscope owns by construction (manifests, checkpoints).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_json(path: PathLike, value: Any) -> Path:
+    """`atomic_write_bytes` of indented JSON (tensors and arrays become lists)."""
+    return atomic_write_bytes(path, (json.dumps(value, indent=2, default=_jsonable) + "\n").encode())
+
+
+def write_bytes(path: PathLike, data: bytes, force: bool = False) -> Path:
+    """Guarded, atomic write: refuse to replace a file that mechscope did not write unless `force`."""
+    return atomic_write_bytes(check_writable(path, force), data)
+
+
+def write_text(path: PathLike, text: str, force: bool = False) -> Path:
+    """`write_bytes` of UTF-8 text."""
+    return write_bytes(path, text.encode("utf-8"), force)
+
+
+def write_json(path: PathLike, result: dict[str, Any], force: bool = False) -> Path:
+    """Guarded write of a result, which must carry a `provenance` block, as indented JSON."""
+    if "provenance" not in result:
+        raise ValueError("every JSON result carries a provenance block")
+    return write_bytes(path, (json.dumps(result, indent=2, default=_jsonable) + "\n").encode(), force)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
