@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -17,16 +16,38 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from mechscope.core.attention import pattern_hooks
-from mechscope.core.errors import HookShapeError
+from mechscope.core.errors import HookShapeError, MechscopeError
 from mechscope.core.sites import Site
 
 
-@dataclass(frozen=True)
 class HookPoint:
-    """What a hook function is told about where it runs."""
+    """What a hook function is told about where it runs, as TransformerLens's `HookPoint` tells it.
 
-    name: str
-    layer: int | None
+    `hook.name` is the hook name, `hook.layer()` its block index, `hook.ctx` a dict a hook
+    function may keep things in during one run, so hook functions written for
+    TransformerLens run unchanged.
+
+    Example:
+        >>> hook = HookPoint("blocks.3.attn.hook_z", 3)
+        >>> hook.name, hook.layer()
+        ('blocks.3.attn.hook_z', 3)
+    """
+
+    __slots__ = ("_layer", "ctx", "name")
+
+    def __init__(self, name: str, layer: int | None) -> None:
+        self.name = name
+        self._layer = layer
+        self.ctx: dict[Any, Any] = {}
+
+    def layer(self) -> int:
+        """The block index of this hook point (an error for points outside the blocks)."""
+        if self._layer is None:
+            raise MechscopeError(f"{self.name!r} is outside the blocks; it has no layer.")
+        return self._layer
+
+    def __repr__(self) -> str:
+        return f"HookPoint({self.name!r})"
 
 
 HookFn = Callable[[Tensor, HookPoint], "Tensor | None"]
@@ -63,10 +84,13 @@ class HookRun:
         self.handles: list[RemovableHandle] = []
         self.stash: dict[tuple[str, int | None], Tensor] = {}
         self._patterns: Any = None
+        self._points: dict[str, HookPoint] = {}
 
     # -- applying user functions ------------------------------------------------------
     def _apply(self, site: Site, act: Tensor) -> Tensor:
-        point = HookPoint(site.name, site.layer)
+        point = self._points.get(site.name)
+        if point is None:
+            point = self._points[site.name] = HookPoint(site.name, site.layer)
         new = act
         for fn in self.fwd.get(site.name, ()):
             out = fn(new, point)
