@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from mechscope.core.corpus import iter_token_contexts
+from mechscope.core.errors import OutputExistsError
 from mechscope.dictionaries.errors import DictionaryFormatError
-from mechscope.dictionaries.store import cache_activations, iter_site_batches, read_manifest
+from mechscope.dictionaries.store import (
+    cache_activations,
+    iter_site_batches,
+    iter_sites_batches,
+    read_manifest,
+)
 from mechscope.dictionaries.store_reader import open_store
 from tiny_lm import tiny_lm, write_corpus
 
@@ -148,3 +154,46 @@ def test_real_model_store_stops_early_and_matches_a_full_run(default_model, tmp_
     ids = torch.cat(list(iter_token_contexts(default_model.tokenizer, "pydoc", 128, batch_size=2, max_contexts=2)))
     _, cache = default_model.run_with_cache(ids, names=[site])
     torch.testing.assert_close(reader.all_activations(), cache[site][:, 1:].reshape(-1, 576), atol=1e-4, rtol=1e-4)
+
+
+PAIR = ["blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"]
+
+
+def test_paired_sites_store_rows_aligned_with_one_forward(model, corpus, tmp_path):
+    reader = open_store(cache_activations(model, PAIR, tmp_path / "p", n_tokens=300, source=corpus, split=None,
+                                          context_length=CTX, batch_size=4, shard_tokens=100))
+    assert reader.hook_names == PAIR and reader.hook_name == PAIR[0] and reader.ds == [64, 64]
+    ids = torch.cat(list(iter_token_contexts(model.tokenizer, corpus, CTX, batch_size=4, split=None)))
+    _, cache = model.run_with_cache(ids, names=PAIR)
+    expected = [cache[n][:, 1:].reshape(-1, 64)[:300] for n in PAIR]
+    ordered = [torch.cat(parts) for parts in zip(*reader.site_batches(50, shuffle=False), strict=True)]
+    for got, want in zip(ordered, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # Shuffled: the same permutation of rows for both sites, and the same rows as `batches` for site 0.
+    x, t = (torch.cat(parts) for parts in zip(*reader.site_batches(50, seed=2, buffer_tokens=120), strict=True))
+    key = lambda r: r[torch.argsort(r[:, 0])]  # noqa: E731 - rows in a canonical order
+    torch.testing.assert_close(key(torch.cat([x, t], 1)), key(torch.cat(expected, 1)), atol=1e-5, rtol=1e-5)
+    assert not torch.equal(x, ordered[0])
+    assert torch.equal(x, torch.cat(list(reader.batches(50, seed=2, buffer_tokens=120))))
+    (t_only,) = next(reader.site_batches(50, ["blocks.1.hook_mlp_out"], shuffle=False))
+    assert torch.equal(t_only, ordered[1][:50])
+    with pytest.raises(DictionaryFormatError, match="blocks.1.hook_mlp_out"):
+        next(reader.site_batches(50, ["blocks.1.hook_mlp_ot"]))
+    streamed = list(iter_sites_batches(model, PAIR, source=corpus, split=None, context_length=CTX, batch_size=100,
+                                       contexts_per_forward=4, max_tokens=300))
+    assert len(streamed) == 3 and all(len(b) == 2 for b in streamed)
+    for i in range(2):
+        torch.testing.assert_close(torch.cat([b[i] for b in streamed]), expected[i], atol=1e-5, rtol=1e-5)
+
+
+def test_store_refuses_a_foreign_folder_and_keeps_unknown_files(model, corpus, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    with pytest.raises(OutputExistsError, match="--force"):
+        _cache(model, corpus, folder, n_tokens=100)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    _cache(model, corpus, folder, n_tokens=100, force=True)
+    (folder / "shard_old_copy.safetensors").write_text("kept")
+    _cache(model, corpus, folder, n_tokens=200)  # resume: only unlisted shard_NNNNN files may go
+    assert (folder / "notes.txt").read_text() == "my notes" and (folder / "shard_old_copy.safetensors").exists()

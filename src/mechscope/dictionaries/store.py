@@ -1,4 +1,4 @@
-"""Activation store: activations of one hook site over a corpus, in sharded safetensors files.
+"""Activation store: activations of one or more hook sites over a corpus, in sharded safetensors files.
 
 A store is a folder::
 
@@ -6,6 +6,11 @@ A store is a folder::
     shard_00000.safetensors       # "acts" [n, d] (float32/float16/bfloat16), "tokens" [n] int32
     shard_00001.safetensors
     ...
+
+Several sites (a transcoder's input and output, or every layer's pair for a cross-layer
+transcoder) go into one store whose rows are aligned token by token: site `i` of
+`manifest["hook_names"]` is the tensor `site_key(i)` (`"acts"`, `"acts.1"`, `"acts.2"`, ...)
+of every shard, of width `manifest["ds"][i]`. Read them with `StoreReader.site_batches`.
 
 The model runs only as far as the site needs (`stop_at_layer = layer + 1`). Positions that
 hold the BOS id or padding are left out by default, so each packed context of length `T`
@@ -24,6 +29,9 @@ Example:
     >>> reader = open_store("acts/")                                            # doctest: +SKIP
     >>> next(iter(reader.batches(4096, seed=0))).shape                          # doctest: +SKIP
     torch.Size([4096, 576])
+    >>> pair = cache_activations(model, ["blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out"],  # doctest: +SKIP
+    ...                          "mlp3/", n_tokens=100_000)
+    >>> x, t = next(open_store("mlp3/").site_batches(4096))                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -42,19 +51,43 @@ from torch import Tensor
 
 from mechscope.core import names as hook_names
 from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_contexts
-from mechscope.core.files import sha256_file
+from mechscope.core.files import atomic_write_json, claim_output_dir, sha256_file
 from mechscope.core.provenance import weights_hash
 from mechscope.dictionaries.errors import DictionaryFormatError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+_SHARD_NAME = re.compile(r"shard_\d{5}\.safetensors(\.tmp)?")
 FORMAT_VERSION = 1
 STORE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16,
                                         "bfloat16": torch.bfloat16}
 # Manifest keys that must match for a run to resume an existing store.
-_IDENTITY_KEYS = ("model_name", "weights_sha256", "hook_name", "context_length", "dtype",
+_IDENTITY_KEYS = ("model_name", "weights_sha256", "hook_names", "context_length", "dtype",
                   "corpus", "corpus_fingerprint", "keep_bos", "contexts_per_shard", "batch_size")
+
+
+def site_key(index: int) -> str:
+    """Shard tensor name of the store's site `index`: `"acts"` for the first, `"acts.{index}"` after it.
+
+    Example:
+        >>> [site_key(i) for i in range(3)]
+        ['acts', 'acts.1', 'acts.2']
+    """
+    return "acts" if index == 0 else f"acts.{index}"
+
+
+def as_hook_list(hook_name: str | Sequence[str]) -> list[str]:
+    """One hook name or several -> a non-empty list without repeats.
+
+    Example:
+        >>> as_hook_list("blocks.0.hook_mlp_out")
+        ['blocks.0.hook_mlp_out']
+    """
+    names = [hook_name] if isinstance(hook_name, str) else list(hook_name)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"give one or more distinct hook names, got {names!r}")
+    return names
 
 
 def stop_layer_for(model: Any, hook_name: str) -> int | None:
@@ -84,12 +117,28 @@ def site_activations(model: Any, ids: Tensor, hook_name: str, attention_mask: Te
         >>> site_activations(model, ids, "blocks.2.hook_resid_post").shape   # doctest: +SKIP
         torch.Size([8, 128, 576])
     """
-    _, cache = model.run_with_cache(ids, names=[hook_name], stop_at_layer=stop_layer_for(model, hook_name),
-                                    attention_mask=attention_mask)
-    act = cache[hook_name]
-    if act.shape[0] != ids.shape[0]:  # a broadcast site such as hook_pos_embed
-        act = act.expand(ids.shape[0], *act.shape[1:])
-    return flatten_site(act)
+    return sites_activations(model, ids, [hook_name], attention_mask)[0]
+
+
+def sites_activations(model: Any, ids: Tensor, hook_names: Sequence[str],
+                      attention_mask: Tensor | None = None) -> list[Tensor]:
+    """Activations `[batch, pos, d_i]` at each of `hook_names` from one forward pass (stopped after the last needed block).
+
+    Example:
+        >>> [a.shape[-1] for a in sites_activations(model, ids, ["blocks.2.ln2.hook_normalized",  # doctest: +SKIP
+        ...                                                     "blocks.2.mlp.hook_post"])]
+        [576, 1536]
+    """
+    stops = [stop_layer_for(model, name) for name in hook_names]
+    stop = None if any(s is None for s in stops) else max(stops)  # type: ignore[type-var]
+    _, cache = model.run_with_cache(ids, names=list(hook_names), stop_at_layer=stop, attention_mask=attention_mask)
+    out = []
+    for name in hook_names:
+        act = cache[name]
+        if act.shape[0] != ids.shape[0]:  # a broadcast site such as hook_pos_embed
+            act = act.expand(ids.shape[0], *act.shape[1:])
+        out.append(flatten_site(act))
+    return out
 
 
 def keep_mask(ids: Tensor, tokenizer: Any, attention_mask: Tensor | None = None, keep_bos: bool = False) -> Tensor:
@@ -133,14 +182,44 @@ def iter_site_batches(
         >>> batches = iter_site_batches(model, "blocks.3.hook_resid_post", batch_size=1024)  # doctest: +SKIP
         >>> Trainer(sae, TrainerConfig(total_steps=100)).fit(batches)                        # doctest: +SKIP
     """
+    for (batch,) in iter_sites_batches(
+        model, [hook_name], source=source, context_length=context_length, batch_size=batch_size,
+        contexts_per_forward=contexts_per_forward, keep_bos=keep_bos, shuffle_buffer=shuffle_buffer,
+        seed=seed, max_tokens=max_tokens, dtype=dtype, **document_kwargs,
+    ):
+        yield batch
+
+
+def iter_sites_batches(
+    model: Any, hook_names: Sequence[str], *, source: Source = "default", context_length: int = 128,
+    batch_size: int = 4096, contexts_per_forward: int = 32, keep_bos: bool = False,
+    shuffle_buffer: int = 0, seed: int = 0, max_tokens: int | None = None,
+    dtype: torch.dtype = torch.float32, **document_kwargs: Any,
+) -> Iterator[tuple[Tensor, ...]]:
+    """Aligned batches `([batch_size, d_0], [batch_size, d_1], ...)`, one per site, streamed from the model.
+
+    Row `b` of every tensor comes from the same token, so a pair of sites feeds a transcoder
+    (`Trainer.fit` takes `(x, target)` tuples) and all layers' pairs a cross-layer transcoder.
+    Options as in :func:`iter_site_batches`.
+
+    Example:
+        >>> pairs = iter_sites_batches(model, ["blocks.3.ln2.hook_normalized",   # doctest: +SKIP
+        ...                                    "blocks.3.hook_mlp_out"], batch_size=1024)
+        >>> Trainer(transcoder, TrainerConfig(total_steps=100)).fit(pairs)       # doctest: +SKIP
+    """
+    names = as_hook_list(hook_names)
+    widths: list[int] = []
+
     def rows() -> Iterator[Tensor]:
         seen = 0
         for ids in iter_token_contexts(model.tokenizer, source, context_length,
                                        batch_size=contexts_per_forward, **document_kwargs):
             with torch.no_grad():
-                act = site_activations(model, ids, hook_name)
-            keep = keep_mask(ids, model.tokenizer, keep_bos=keep_bos).to(act.device)
-            chunk = act[keep].to("cpu", dtype)
+                acts = sites_activations(model, ids, names)
+            keep = keep_mask(ids, model.tokenizer, keep_bos=keep_bos).to(acts[0].device)
+            if not widths:
+                widths.extend(a.shape[-1] for a in acts)
+            chunk = torch.cat([a[keep].to("cpu", dtype) for a in acts], dim=1)
             if max_tokens is not None:
                 chunk = chunk[: max_tokens - seen]
             seen += chunk.shape[0]
@@ -148,7 +227,8 @@ def iter_site_batches(
             if max_tokens is not None and seen >= max_tokens:
                 return
 
-    yield from _rebatch(rows(), batch_size, shuffle_buffer, torch.Generator().manual_seed(seed))
+    for batch in _rebatch(rows(), batch_size, shuffle_buffer, torch.Generator().manual_seed(seed)):
+        yield tuple(batch.split(widths, dim=1))
 
 
 def _rebatch(chunks: Iterable[Tensor], batch_size: int, buffer_rows: int,
@@ -190,14 +270,6 @@ def _rebatch(chunks: Iterable[Tensor], batch_size: int, buffer_rows: int,
 # ----------------------------------------------------------------------------- writing
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-
-
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a store folder (a clear error when missing or unreadable)."""
     path = Path(folder) / MANIFEST
@@ -209,6 +281,8 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise DictionaryFormatError(f"{path}: not valid JSON ({exc.msg})") from exc
     if data.get("format") != "mechscope-activation-store":
         raise DictionaryFormatError(f"{path}: not a mechscope activation-store manifest")
+    data.setdefault("hook_names", [data.get("hook_name")])  # stores written before multi-site support
+    data.setdefault("ds", [data.get("d")])
     return data
 
 
@@ -222,7 +296,7 @@ def _corpus_label(source: Source) -> Any:
 
 def cache_activations(
     model: Any,
-    hook_name: str,
+    hook_name: str | Sequence[str],
     out_dir: str | os.PathLike[str],
     *,
     n_tokens: int,
@@ -236,17 +310,19 @@ def cache_activations(
     split: str | None = "train",
     fail_after_shards: int | None = None,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
+    force: bool = False,
     **document_kwargs: Any,
 ) -> Path:
-    """Cache `n_tokens` activations of `hook_name` over a corpus into `out_dir`; returns the folder.
+    """Cache `n_tokens` activations of `hook_name` (one name, or a list of sites stored row-aligned) into `out_dir`.
 
     Contexts of `context_length` tokens (BOS first) are packed by
     :func:`mechscope.core.corpus.iter_token_contexts` from `source` (+ `packages`, `split`)
     and run `batch_size` at a time. A shard holds `max(1, shard_tokens // rows_per_context)`
     contexts. If `out_dir` already holds a store made with the same model weights, site,
     corpus and settings, the run resumes after its last completed shard (a mismatch is an
-    error naming the key). `fail_after_shards` raises `RuntimeError` after that many new
-    shards (a simulated kill, for tests).
+    error naming the key). `out_dir` must be new, empty or mechscope's (`force=True` takes any
+    folder); only shard files the manifest does not list are deleted. `fail_after_shards` raises
+    `RuntimeError` after that many new shards (a simulated kill, for tests). Returns the folder.
 
     Example:
         >>> cache_activations(model, "blocks.15.hook_resid_post", "out/acts", n_tokens=500_000)  # doctest: +SKIP
@@ -256,14 +332,19 @@ def cache_activations(
         raise ValueError(f"dtype must be one of {sorted(STORE_DTYPES)}, got {dtype!r}")
     if n_tokens <= 0 or batch_size <= 0 or shard_tokens <= 0:
         raise ValueError("n_tokens, batch_size and shard_tokens must be positive")
-    model.check_name(hook_name)
+    sites = as_hook_list(hook_name)
+    for name in sites:
+        model.check_name(name)
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / MANIFEST).is_file() and not force:
+        read_manifest(folder)  # a store of ours (written before folders were marked) may be resumed
+        force = True
+    claim_output_dir(folder, force=force)
     doc_kwargs = {"packages": tuple(packages), "split": split, **document_kwargs}
     rows_per_context = context_length if keep_bos else context_length - 1
     contexts_per_shard = max(1, shard_tokens // rows_per_context)
     identity = {
-        "model_name": model.cfg.name, "weights_sha256": weights_hash(model), "hook_name": hook_name,
+        "model_name": model.cfg.name, "weights_sha256": weights_hash(model), "hook_name": sites[0], "hook_names": sites,
         "context_length": context_length, "dtype": dtype, "corpus": _corpus_label(source),
         "keep_bos": keep_bos, "contexts_per_shard": contexts_per_shard, "batch_size": batch_size,
     }
@@ -283,47 +364,49 @@ def cache_activations(
         fingerprint = corpus_fingerprint(source, **doc_kwargs)
         identity["corpus_fingerprint"] = fingerprint
         manifest = {"format": "mechscope-activation-store", "format_version": FORMAT_VERSION, **identity,
-                    "corpus_options": _jsonable(doc_kwargs), "d": None, "n_tokens": 0, "n_contexts": 0,
+                    "corpus_options": _jsonable(doc_kwargs), "d": None, "ds": None, "n_tokens": 0, "n_contexts": 0,
                     "target_tokens": n_tokens, "complete": False, "shards": []}
     listed = {s["file"] for s in manifest["shards"]}
     for stray in folder.glob("shard_*"):  # half-written or never listed: not part of the store
-        if stray.name not in listed:
+        if stray.name not in listed and _SHARD_NAME.fullmatch(stray.name):
             logger.info("removing incomplete shard %s", stray)
             stray.unlink()
     manifest["target_tokens"] = max(n_tokens, manifest["n_tokens"])
     if manifest["n_tokens"] >= n_tokens:
         manifest["complete"] = True
-        _write_json_atomic(manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest)
         return folder
 
     contexts = iter_token_contexts(model.tokenizer, source, context_length, batch_size=batch_size, **doc_kwargs)
     skip = manifest["n_contexts"]
     new_shards = 0
-    acts_parts: list[Tensor] = []
+    acts_parts: list[list[Tensor]] = []
     token_parts: list[Tensor] = []
     shard_contexts = 0
     started = time.perf_counter()
 
     def flush(final: bool) -> None:
         nonlocal acts_parts, token_parts, shard_contexts, new_shards
-        acts = torch.cat(acts_parts)
-        toks = torch.cat(token_parts)
         room = n_tokens - manifest["n_tokens"]
-        acts, toks = acts[:room], toks[:room]
+        per_site = [torch.cat([part[i] for part in acts_parts])[:room] for i in range(len(sites))]
+        toks = torch.cat(token_parts)[:room]
+        acts = per_site[0]
         index = len(manifest["shards"])
         name = f"shard_{index:05d}.safetensors"
         tmp = folder / (name + ".tmp")
-        save_file({"acts": acts.contiguous(), "tokens": toks.contiguous()}, str(tmp),
-                  metadata={"mechscope": json.dumps({"hook_name": hook_name, "first_context": manifest["n_contexts"]})})
+        tensors = {site_key(i): a.contiguous() for i, a in enumerate(per_site)}
+        save_file({**tensors, "tokens": toks.contiguous()}, str(tmp),
+                  metadata={"mechscope": json.dumps({"hook_names": sites, "first_context": manifest["n_contexts"]})})
         os.replace(tmp, folder / name)
         entry = {"file": name, "n_tokens": int(acts.shape[0]), "n_contexts": shard_contexts,
                  "first_context": manifest["n_contexts"], "sha256": sha256_file(folder / name)}
         manifest["shards"].append(entry)
         manifest["d"] = int(acts.shape[1])
+        manifest["ds"] = [int(a.shape[1]) for a in per_site]
         manifest["n_tokens"] += entry["n_tokens"]
         manifest["n_contexts"] += shard_contexts
         manifest["complete"] = final or manifest["n_tokens"] >= n_tokens
-        _write_json_atomic(manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest)
         rate = manifest["n_tokens"] / max(time.perf_counter() - started, 1e-9)
         logger.info("%s: %d/%d tokens (%.0f tokens/s this run)", name, manifest["n_tokens"], n_tokens, rate)
         if on_shard is not None:
@@ -345,13 +428,13 @@ def cache_activations(
             take = min(ids.shape[0], contexts_per_shard - shard_contexts)
             part, ids = ids[:take], ids[take:]
             with torch.no_grad():
-                act = site_activations(model, part, hook_name)
-            keep = keep_mask(part, model.tokenizer, keep_bos=keep_bos).to(act.device)
-            acts_parts.append(act[keep].to("cpu", STORE_DTYPES[dtype]))
+                acts = sites_activations(model, part, sites)
+            keep = keep_mask(part, model.tokenizer, keep_bos=keep_bos).to(acts[0].device)
+            acts_parts.append([a[keep].to("cpu", STORE_DTYPES[dtype]) for a in acts])
             token_parts.append(part.to(keep.device)[keep].to("cpu", torch.int32))
             shard_contexts += take
             consumed += take
-            pending = sum(a.shape[0] for a in acts_parts)
+            pending = sum(a[0].shape[0] for a in acts_parts)
             if shard_contexts == contexts_per_shard or manifest["n_tokens"] + pending >= n_tokens:
                 flush(final=False)
             if manifest["n_tokens"] >= n_tokens:
@@ -359,7 +442,7 @@ def cache_activations(
     if acts_parts:
         flush(final=True)
     manifest["complete"] = True
-    _write_json_atomic(manifest_path, manifest)
+    atomic_write_json(manifest_path, manifest)
     if manifest["n_tokens"] < n_tokens:
         logger.warning("corpus ended after %d tokens (asked for %d)", manifest["n_tokens"], n_tokens)
     return folder

@@ -2,6 +2,8 @@
 
 Only shards listed in the manifest are read. Shuffling is two-level and seeded: the shard
 order is permuted each epoch, and rows are mixed in a buffer that spans several shards.
+`batches` reads a single-site store (or the first site); `site_batches` reads chosen sites of a
+multi-site store as row-aligned tuples, for transcoders and cross-layer transcoders.
 
 Example:
     >>> reader = open_store("out/acts")                       # doctest: +SKIP
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from mechscope.core.errors import unknown_name_message
 from mechscope.core.files import sha256_file
 from mechscope.dictionaries.errors import DictionaryFormatError
-from mechscope.dictionaries.store import STORE_DTYPES, _rebatch, read_manifest
+from mechscope.dictionaries.store import STORE_DTYPES, _rebatch, read_manifest, site_key
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,29 @@ class StoreReader:
 
     @property
     def hook_name(self) -> str:
-        """The hook site the activations were read at."""
+        """The (first) hook site the activations were read at."""
         return str(self.manifest["hook_name"])
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Every site of the store, in shard-key order (`site_key(i)` holds `hook_names[i]`)."""
+        return list(self.manifest["hook_names"])
+
+    @property
+    def ds(self) -> list[int]:
+        """Width of each site, aligned with `hook_names`."""
+        return [int(d) for d in self.manifest["ds"]]
+
+    def site_index(self, site: str | int) -> int:
+        """Position of a site given by hook name or index (a clear error naming the store's sites)."""
+        names = self.hook_names
+        if isinstance(site, int) and not isinstance(site, bool):
+            if 0 <= site < len(names):
+                return site
+            raise DictionaryFormatError(f"{self.folder}: site index {site} out of range (the store has {len(names)})")
+        if site not in names:
+            raise DictionaryFormatError(f"{self.folder}: " + unknown_name_message("site", str(site), names))
+        return names.index(site)
 
     def shard_files(self) -> list[Path]:
         """Paths of the completed shards, in corpus order."""
@@ -83,8 +107,33 @@ class StoreReader:
                 raise DictionaryFormatError(f"{path}: missing or its sha256 does not match the manifest")
 
     def all_activations(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Every row `[n_tokens, d]` in corpus order (for small stores and tests)."""
+        """Every row `[n_tokens, d]` of the first site in corpus order (for small stores and tests)."""
         return torch.cat([self.load_shard(i).to(dtype) for i in range(len(self.manifest["shards"]))])
+
+    def _rows(self, index: int, sites: list[int], dtype: torch.dtype) -> Tensor:
+        """Shard `index`'s rows of `sites`, concatenated along the features: `[n, sum_i d_i]`."""
+        parts = [self.load_shard(index, site_key(i)).to(dtype) for i in sites]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def site_batches(self, batch_size: int, sites: Sequence[str | int] | None = None, *, seed: int = 0,
+                     shuffle: bool = True, buffer_tokens: int = 262_144, epochs: int | None = 1,
+                     dtype: torch.dtype = torch.float32, drop_last: bool = True) -> Iterator[tuple[Tensor, ...]]:
+        """Row-aligned batches `([batch_size, d_a], [batch_size, d_b], ...)` of `sites` (default: all of them).
+
+        Sites are hook names or indices into `hook_names`. Shuffling as in `batches` (the same
+        `seed` gives the same rows as `batches` would), each row of every site from the same
+        token: a pair feeds a transcoder directly, `Trainer.fit(reader.site_batches(4096, [x_site, y_site]))`.
+
+        Example:
+            >>> x, t = next(reader.site_batches(1024, ["blocks.3.ln2.hook_normalized",   # doctest: +SKIP
+            ...                                       "blocks.3.hook_mlp_out"]))
+        """
+        chosen = [self.site_index(s) for s in (sites if sites is not None else range(len(self.hook_names)))]
+        if not chosen:
+            raise ValueError("site_batches needs at least one site")
+        widths = [self.ds[i] for i in chosen]
+        for batch in self._batches(batch_size, chosen, seed, shuffle, buffer_tokens, epochs, dtype, drop_last):
+            yield tuple(batch.split(widths, dim=1))
 
     def batches(self, batch_size: int, *, seed: int = 0, shuffle: bool = True, buffer_tokens: int = 262_144,
                 epochs: int | None = 1, dtype: torch.dtype = torch.float32,
@@ -98,6 +147,10 @@ class StoreReader:
             >>> next(reader.batches(1024, seed=0)).shape   # doctest: +SKIP
             torch.Size([1024, 576])
         """
+        return self._batches(batch_size, [0], seed, shuffle, buffer_tokens, epochs, dtype, drop_last)
+
+    def _batches(self, batch_size: int, sites: list[int], seed: int, shuffle: bool, buffer_tokens: int,
+                 epochs: int | None, dtype: torch.dtype, drop_last: bool) -> Iterator[Tensor]:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         gen = torch.Generator().manual_seed(seed)
@@ -107,7 +160,7 @@ class StoreReader:
         epoch = 0
         while epochs is None or epoch < epochs:
             order = torch.randperm(n_shards, generator=gen).tolist() if shuffle else range(n_shards)
-            chunks = (self.load_shard(i).to(dtype) for i in order)
+            chunks = (self._rows(i, sites, dtype) for i in order)
             yield from _rebatch(chunks, batch_size, buffer_tokens if shuffle else 0, gen, drop_last=drop_last)
             epoch += 1
 
