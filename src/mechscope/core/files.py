@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -143,6 +144,27 @@ def write_json(path: PathLike, result: dict[str, Any], force: bool = False) -> P
     if "provenance" not in result:
         raise ValueError("every JSON result carries a provenance block")
     return write_bytes(path, (json.dumps(result, indent=2, default=_jsonable) + "\n").encode(), force)
+
+
+def figure_png(fig: Any, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes, tagged `Software: mechscope` so later runs know it is ours."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": "mechscope"})
+    return buffer.getvalue()
+
+
+def figure_svg(fig: Any) -> bytes:
+    """A matplotlib figure as SVG bytes carrying `MARKER` after the XML declaration."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    head, _, rest = buffer.getvalue().partition(b"\n")
+    return head + b"\n" + MARKER.encode() + b"\n" + rest
+
+
+def save_figure(path: PathLike, fig: Any, force: bool = False, dpi: int = 110) -> Path:
+    """Guarded write of a figure: SVG when `path` ends in `.svg`, PNG otherwise."""
+    data = figure_svg(fig) if Path(path).suffix.lower() == ".svg" else figure_png(fig, dpi)
+    return write_bytes(path, data, force)
 
 
 def _jsonable(value: Any) -> Any:

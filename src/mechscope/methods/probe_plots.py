@@ -10,16 +10,18 @@ import os
 
 from matplotlib.figure import Figure
 
+from mechscope.core.files import save_figure
 from mechscope.methods.probes import ProbeReport
 
 
 def plot_probe_report(
-    report: ProbeReport, path: str | os.PathLike | None = None, title: str | None = None
+    report: ProbeReport, path: str | os.PathLike | None = None, title: str | None = None, force: bool = False
 ) -> Figure:
     """Line plot of the held-out score (accuracy or R^2) and control score per layer.
 
     The gap between the two lines, shaded, is the selectivity; the dotted line is chance
-    (majority class) for classification. Saves to ``path`` when given.
+    (majority class) for classification. Saves to ``path`` (PNG, or SVG by suffix) when given,
+    never over a file that mechscope did not write unless ``force``.
     """
     layers = sorted(report.layers)
     scores = [report.layers[lay].score for lay in layers]
@@ -39,5 +41,5 @@ def plot_probe_report(
     )
     ax.legend(fontsize=8)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(path, fig, force, dpi=120)
     return fig

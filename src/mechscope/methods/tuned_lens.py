@@ -24,17 +24,17 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from mechscope.core import names
 from mechscope.core.errors import MechscopeError
+from mechscope.core.files import atomic_write_bytes, atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
 from mechscope.core.provenance import weights_hash
 from mechscope.methods.lens import kl_divergence
@@ -119,16 +119,18 @@ class TunedLens(nn.Module):
             log.warning("Tuned lens was trained on %s (weights %s); this model's weights differ.",
                         self.config.model_name, self.config.weights_sha256[:12])
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write `config.json` and `lens.safetensors` to `folder` (each file replaced atomically)."""
-        path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
+    def save(self, folder: str | os.PathLike[str], force: bool = False) -> Path:
+        """Write `config.json` and `lens.safetensors` to `folder` (each file replaced atomically).
+
+        `folder` must be new, empty or mechscope's; a folder of someone else's files needs `force`.
+        """
+        path = claim_output_dir(folder, force)
         tensors = {}
         for i, layer in enumerate(self.translators):
             tensors[f"{i}.weight"] = layer.weight.detach().cpu().contiguous()
             tensors[f"{i}.bias"] = layer.bias.detach().cpu().contiguous()
-        _atomic(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-        _atomic(path / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(asdict(self.config), indent=2)))
+        atomic_write_bytes(path / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
+        atomic_write_json(path / CONFIG_FILE, asdict(self.config))
         return path
 
     @classmethod
@@ -155,17 +157,6 @@ class TunedLens(nn.Module):
             lens.check_model(model)
             lens = lens.to(device=model.device, dtype=model.dtype)
         return lens
-
-
-def _atomic(target: Path, write: Any) -> None:
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

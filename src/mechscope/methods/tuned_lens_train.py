@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from mechscope.core.corpus import corpus_fingerprint, token_contexts
 from mechscope.core.errors import MechscopeError
+from mechscope.core.files import atomic_write_bytes, atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
 from mechscope.methods.lens import kl_divergence
-from mechscope.methods.tuned_lens import TunedLens, _atomic
+from mechscope.methods.tuned_lens import TunedLens
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,14 @@ def _sites_for_step(n_sites: int, step: int, settings: TrainSettings) -> list[in
 
 def train_tuned_lens(model: HookedModel, settings: TrainSettings | None = None, lens: TunedLens | None = None,
                      ids: Tensor | None = None, checkpoint_dir: str | Path | None = None,
-                     progress: bool = False) -> TrainRun:
+                     progress: bool = False, force: bool = False) -> TrainRun:
     """Train (or resume training) a tuned lens for `model`; see the module docstring.
 
     `ids`: training contexts [n, pos] (default: `training_contexts(model, settings)`).
+    `checkpoint_dir` is claimed first: a non-empty folder that mechscope did not write needs `force`.
     """
     settings = settings or TrainSettings()
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    folder = claim_output_dir(checkpoint_dir, force) if checkpoint_dir is not None else None
     start, losses = 0, []
     if folder is not None and (folder / STATE_FILE).exists():
         lens, start, losses = _resume(folder, model, settings)
@@ -167,9 +169,9 @@ def save_checkpoint(folder: Path, lens: TunedLens, optimizer: torch.optim.Optimi
                 tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{index}.{key}"] = float(value)
-    _atomic(folder / OPTIMIZER_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_bytes(folder / OPTIMIZER_FILE, save(tensors))
     record = {"step": step, "losses": losses, "settings": asdict(settings), "optimizer_scalars": scalars}
-    _atomic(folder / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(record)))
+    atomic_write_json(folder / STATE_FILE, record)
     log.info("Tuned-lens checkpoint at step %d in %s", step, folder)
 
 

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.core.files import atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
 from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
 
@@ -168,14 +168,18 @@ def toy_tokenizer(n_tokens: int) -> Any:
 
 
 def train_induction_toy(
-    cfg: InductionToyConfig | None = None, out_dir: str | Path | None = None, progress: bool = False
+    cfg: InductionToyConfig | None = None, out_dir: str | Path | None = None, progress: bool = False,
+    force: bool = False,
 ) -> InductionToyResult:
     """Train the toy from scratch (AdamW, linear warm-up then constant rate); save it to `out_dir` if given.
 
     `out_dir` receives `config.json`, `model.safetensors`, the tokenizer and
-    `training_history.json` (the config, loss curves and phase-change step).
+    `training_history.json` (the config, loss curves and phase-change step). It is claimed
+    before training starts: a non-empty folder that mechscope did not write is refused unless `force`.
     """
     cfg = cfg or InductionToyConfig()
+    if out_dir is not None:
+        claim_output_dir(out_dir, force)
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -232,10 +236,12 @@ def _train(cfg: InductionToyConfig, out_dir: str | Path | None, progress: bool) 
     return result
 
 
-def save_toy(result: InductionToyResult, cfg: InductionToyConfig, out_dir: str | Path) -> Path:
-    """Write the model (safetensors + config.json), tokenizer and training history to `out_dir`."""
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+def save_toy(result: InductionToyResult, cfg: InductionToyConfig, out_dir: str | Path, force: bool = False) -> Path:
+    """Write the model (safetensors + config.json), tokenizer and training history to `out_dir`.
+
+    The folder must be new, empty or mechscope's (`claim_output_dir`) unless `force`.
+    """
+    folder = claim_output_dir(out_dir, force)
     result.model.hf_model.save_pretrained(folder)
     if result.model.tokenizer is not None:
         result.model.tokenizer.save_pretrained(folder)
@@ -246,7 +252,7 @@ def save_toy(result: InductionToyResult, cfg: InductionToyConfig, out_dir: str |
         "chance_loss": result.chance_loss,
         "seconds": round(result.seconds, 2),
     }
-    (folder / HISTORY_FILE).write_text(json.dumps(record, indent=2))
+    atomic_write_json(folder / HISTORY_FILE, record)
     return folder
 
 

@@ -16,14 +16,18 @@ import os
 from matplotlib import cm, colormaps, colors
 from matplotlib.figure import Figure
 
+from mechscope.core.files import save_figure
 from mechscope.toys.superposition import REPRESENTED_NORM, SuperpositionResult
 
 
-def plot_feature_directions(result: SuperpositionResult, path: str | os.PathLike | None = None) -> Figure:
+def plot_feature_directions(
+    result: SuperpositionResult, path: str | os.PathLike | None = None, force: bool = False
+) -> Figure:
     """One panel per sparsity with each feature's direction ``W_i`` in the 2-d bottleneck.
 
     Arrows are coloured by importance (dark = most important). Needs ``d_hidden == 2``.
-    Saves to ``path`` (format from its suffix: ``.png``, ``.svg``, ...) when given.
+    Saves to ``path`` (``.svg`` by suffix, else PNG) when given; a file that mechscope did not
+    write is kept unless ``force``.
     """
     if result.config.d_hidden != 2:
         raise ValueError(
@@ -49,12 +53,12 @@ def plot_feature_directions(result: SuperpositionResult, path: str | os.PathLike
         ax.set_title(f"S = {res.sparsity:g}\n{res.n_represented}/{n} features", fontsize=9)
     fig.suptitle(f"Feature directions, n = {n}, m = 2", fontsize=10)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(path, fig, force, dpi=120)
     return fig
 
 
 def plot_norms_and_superposition(
-    result: SuperpositionResult, path: str | os.PathLike | None = None
+    result: SuperpositionResult, path: str | os.PathLike | None = None, force: bool = False
 ) -> Figure:
     """Per sparsity, a bar of ``||W_i||`` for each feature coloured by its interference.
 
@@ -82,5 +86,5 @@ def plot_norms_and_superposition(
     mappable = cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(mappable, ax=fig.axes, label="interference", shrink=0.8)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        save_figure(path, fig, force, dpi=120)
     return fig

@@ -21,7 +21,18 @@ def add_output_options(parser: argparse.ArgumentParser, png: bool = True) -> Non
     parser.add_argument("--force", action="store_true", help="overwrite files that mechscope did not write")
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, output files (`--json`, `--png`, `--html`) that may not be written."""
+    from mechscope.core.files import check_writable
+
+    for attr in ("json_path", "png_path", "html_path"):
+        if getattr(args, attr, None):
+            check_writable(getattr(args, attr), getattr(args, "force", False))
+
+
 def load(args: argparse.Namespace) -> HookedModel:
+    """The model named by `--model` (after `check_outputs`, so a refused output costs no loading)."""
     from mechscope.core.loading import load_model
 
+    check_outputs(args)
     return load_model(args.model, device=args.device, dtype=args.dtype)

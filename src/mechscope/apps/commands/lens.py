@@ -45,7 +45,8 @@ def _train_parser() -> argparse.ArgumentParser:
 
     d = TrainSettings()
     parser = argparse.ArgumentParser(prog="mechscope lens train", description="Train a tuned lens; resumable.")
-    parser.add_argument("--out", required=True, help="lens folder (also the checkpoint folder: rerun to resume)")
+    parser.add_argument("--out", required=True, help="lens folder (also the checkpoint folder: rerun to resume); "
+                        "a non-empty folder that mechscope did not write needs --force")
     parser.add_argument("--corpus", default=d.source, help="'default' (offline Python docs), a .txt/.jsonl file or folder")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="contexts per step")
@@ -98,15 +99,17 @@ def run_view(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.core.corpus import token_contexts
+    from mechscope.core.files import claim_output_dir
     from mechscope.core.provenance import provenance
     from mechscope.methods.reading_plots import lens_kl_figure
     from mechscope.methods.tuned_lens import evaluate_lenses
     from mechscope.methods.tuned_lens_train import TrainSettings, train_tuned_lens
 
+    claim_output_dir(args.out, args.force)  # before loading: a foreign folder is refused at once
     model = load(args)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, context_length=args.context_length,
                              lr=args.lr, layers_per_step=args.layers_per_step, seed=args.seed, source=args.corpus)
-    run = train_tuned_lens(model, settings, checkpoint_dir=args.out, progress=not args.no_progress)
+    run = train_tuned_lens(model, settings, checkpoint_dir=args.out, progress=not args.no_progress, force=args.force)
     run.lens.save(args.out)
     held = token_contexts(model.tokenizer, args.corpus, args.context_length, max_contexts=args.eval_contexts,
                           split="held_out")

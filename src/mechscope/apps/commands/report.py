@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from mechscope.apps.commands.common import add_model_option, load
 
@@ -14,7 +13,7 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="write DIR/report.html and DIR/report.json for a prompt")
     parser.add_argument("prompt")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (new, empty or written by mechscope; else --force)")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--corrupt", default=None, help="a corrupted prompt (adds a patching section)")
     parser.add_argument("--answer", default=None, help="answer token for the patching section, e.g. ' Paris'")
@@ -28,8 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from mechscope.apps.output import write_bytes, write_json
     from mechscope.apps.report import render_html, render_json
     from mechscope.apps.report.sections import report_sections
+    from mechscope.core.files import claim_output_dir
     from mechscope.core.provenance import provenance
 
+    out = claim_output_dir(args.out, args.force)  # before any work: a foreign folder is refused at once
     model = load(args)
     context = {"prompt": args.prompt, "top_k": args.top_k, "corrupt": args.corrupt,
                "answer": args.answer, "wrong": args.wrong}
@@ -40,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
         if section is not None:
             sections.append(section)
     prov = provenance(model)
-    out = Path(args.out)
     title = f"mechscope report: {args.prompt!r} on {model.cfg.name}"
     write_bytes(out / "report.html", render_html(title, sections, prov).encode(), force=args.force)
     write_json(out / "report.json", render_json(sections, prov, prompt=args.prompt), force=args.force)

@@ -12,14 +12,15 @@ import argparse
 from dataclasses import asdict, fields
 from typing import Any
 
-from mechscope.apps.commands.common import add_output_options
+from mechscope.apps.commands.common import add_output_options, check_outputs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("toy", help="toy models: induction (attention-only transformer), superposition")
     toys = parser.add_subparsers(dest="toy", required=True, metavar="TOY")
     induction = toys.add_parser("induction", help="train a 2-layer attention-only transformer that forms induction heads")
-    induction.add_argument("--out", required=True, help="folder for the model (loadable with --model FOLDER)")
+    induction.add_argument("--out", required=True, help="folder for the model (loadable with --model FOLDER); "
+                           "a non-empty folder that mechscope did not write needs --force")
     induction.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
     induction.add_argument("--heads", type=int, default=None, help="attention heads per layer (default 2)")
     induction.add_argument("--seed", type=int, default=0)
@@ -66,7 +67,8 @@ def run_induction(args: argparse.Namespace) -> int:
     if args.heads is not None:
         overrides["n_heads"] = args.heads
     cfg = InductionToyConfig(**overrides)
-    result = train_induction_toy(cfg, out_dir=args.out, progress=not args.no_progress)
+    check_outputs(args)
+    result = train_induction_toy(cfg, out_dir=args.out, progress=not args.no_progress, force=args.force)
     summary = induction_summary(result.model, result.chance_loss)
     data = {"config": asdict(cfg), "out": str(args.out), "phase_change_step": result.phase_change_step,
             "history": result.history, "seconds": result.seconds, **summary,
@@ -118,6 +120,7 @@ def run_superposition(args: argparse.Namespace) -> int:
 
     names = {f.name for f in fields(SuperpositionConfig)}
     cfg = SuperpositionConfig(**{k: v for k, v in vars(args).items() if k in names})
+    check_outputs(args)
     result = train_superposition(cfg)
     if args.json_path:
         write_json(args.json_path, result.to_dict(), force=args.force)

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.core.files import MARKER, check_writable, save_figure, write_bytes, write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -90,12 +92,11 @@ class PatchResult:
             "provenance": self.provenance,
         }
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The result as JSON text; also written to `path` when given."""
+    def to_json(self, path: str | Path | None = None, force: bool = False) -> str:
+        """The result as JSON text; also written to `path` when given (never over a foreign file unless `force`)."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+            write_text(path, text, force)
             log.info("wrote %s", path)
         return text
 
@@ -162,22 +163,24 @@ class PatchResult:
         return (f'<figure><img alt="patching heatmap" src="data:image/png;base64,{png}"/></figure>\n'
                 f"<table><tr>{head}<th>score</th></tr>{rows}</table>")
 
-    def plot(self, path: str | Path, title: str | None = None) -> Path:
-        """Write the heatmap to `path`: PNG or SVG by suffix, or a standalone `.html` page."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def plot(self, path: str | Path, title: str | None = None, force: bool = False) -> Path:
+        """Write the heatmap to `path`: PNG or SVG by suffix, or a standalone `.html` page.
+
+        A file that mechscope did not write is kept unless `force` (see `mechscope.core.files`).
+        """
+        path = check_writable(path, force)
         if path.suffix.lower() in (".html", ".htm"):
             body = self.html_fragment(title)
-            path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.site)}"
-                            f"</title></head><body>{body}</body></html>")
+            write_text(path, f"<!doctype html>\n{MARKER}\n<html><head><meta charset='utf-8'><title>"
+                             f"{html.escape(self.site)}</title></head><body>{body}</body></html>", force)
         elif path.suffix.lower() == ".svg":
             import matplotlib.pyplot as plt
 
             fig = self.figure(title)
-            fig.savefig(path, format="svg")
+            save_figure(path, fig, force)
             plt.close(fig)
         else:
-            path.write_bytes(self.png_bytes(title))
+            write_bytes(path, self.png_bytes(title), force)
         log.info("wrote %s", path)
         return path
 
