@@ -1,0 +1,1 @@
+"""Circuits: attribution graphs over replacement models and component-level circuit discovery."""

@@ -1,0 +1,1 @@
+"""Automated circuit discovery over components: the component graph, edge attribution (EAP, EAP-IG), ACDC, evaluation."""
