@@ -1,27 +1,36 @@
-"""Batched patching: many patched cells in one forward pass, each run started at its first patched layer.
+"""Batched patching: many patched cells in one forward pass, each pass started where the patch starts.
 
 A *cell* replaces one activation slice (a hook name, optionally one position and/or one
 head) by the same slice from a source run. `run_cells` lays cells side by side in the
 batch (row `c * n_pairs + i` is cell `c` on pair `i`), so one forward pass scores a whole
-chunk of cells. Two exact savings:
+chunk of cells. Three exact savings:
 
 - **Start at the patched layer.** Nothing before a chunk's first patched layer `s`
   differs from the base run, so the decoder layers `0..s-1` are swapped, for that one
   pass, for a module that returns the base run's cached `resid_pre[s]`; the Hugging Face
   forward then runs layers `s..n-1` as usual (masks, rotary and per-layer attention types
   are still computed by the model itself). It is turned off where a decoder layer does
-  not return a bare tensor (`layers_return_tensors`); the test suite checks it against
-  one plain forward per cell for every supported family.
+  not return a bare tensor (`layers_return_tensors`). The swap mutates `model.layers` for
+  the length of one pass: do not run the same model from another thread during a sweep.
+- **Start at the patched position.** Attention is causal, so a patch at position `p`
+  leaves every position before `p` (at every layer) as in the base run. The base run's
+  keys and values are kept (`BaseStates.kv`), and a pass whose cells all patch at `p` or
+  later runs only the suffix `p..` with the prefix's keys and values as Hugging Face's KV
+  cache. Needs a metric read at known positions (`PositionMetric`), all of them `>= p`.
 - **Logits at the metric's positions only** (`logits_to_keep`), not over the whole vocabulary
   at every position.
 
-Cells are grouped into chunks by a small dynamic programme over layers that trades one
-pass's fixed cost against rows run through layers they did not need (`_plan`), within a
-memory budget.
+The floor of a sweep, `floor_work`, is the layer x token work that no exact method can
+skip: for each cell, its suffix length times the layers from its own layer up.
+
+Cells are grouped by suffix start, then into chunks by a small dynamic programme over
+layers that trades one pass's fixed cost against rows run through layers they did not
+need (`_plan`), within a memory budget (`memory_mb`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -49,6 +58,14 @@ class Cell:
     layer: int
     pos: int | None = None
     head: int | None = None
+
+
+class BaseStates(list):
+    """The base run's `resid_pre` at every layer (a list), plus its keys and values per layer (`kv`, or None)."""
+
+    def __init__(self, resid: Sequence[Tensor], kv: list[tuple[Tensor, Tensor]] | None = None) -> None:
+        super().__init__(resid)
+        self.kv = kv
 
 
 class _Replay(nn.Module):
@@ -80,21 +97,58 @@ def replay_prefix(model: Any, start: int, resid: Tensor) -> Iterator[None]:
             layers[i] = module
 
 
+def _prefix_cache(kv: Sequence[tuple[Tensor, Tensor]], offset: int, start: int, copies: int) -> Any:
+    """A fresh KV cache holding positions `0..offset-1`, tiled `copies` times for the layers that run."""
+    from transformers import DynamicCache
+
+    data = []
+    for layer, (k, v) in enumerate(kv):
+        k, v = k[:, :, :offset], v[:, :, :offset]
+        if layer >= start and copies > 1:
+            k, v = k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1)
+        data.append((k, v))
+    return DynamicCache(ddp_cache_data=data)
+
+
+def metric_positions(metric: Metric, n_pos: int) -> Tensor | None:
+    """The positions a `PositionMetric` reads (per pair, in 0..n_pos-1); None for other metrics."""
+    if not isinstance(metric, PositionMetric):
+        return None
+    return torch.as_tensor(metric.positions, dtype=torch.long).reshape(-1) % n_pos
+
+
 def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Sequence[Any] = (),
-                   start: int = 0, resid: Tensor | None = None) -> Tensor:
-    """Per-row metric of one (hooked) run; logits only where a `PositionMetric` reads them."""
-    ids = tokens.ids.to(model.device)
+                   start: int = 0, resid: Tensor | None = None, kv: Sequence[tuple[Tensor, Tensor]] | None = None,
+                   offset: int = 0, keep_kv: list | None = None) -> Tensor:
+    """Per-row metric of one (hooked) run; logits only where a `PositionMetric` reads them.
+
+    `resid` (resid_pre[start] at positions `offset..`) starts the run at layer `start`;
+    `kv` (the base run's keys and values, one pair of `[n_pairs, kv_heads, pos, d_head]` per
+    layer) with `offset > 0` runs positions `offset..` only. `keep_kv`, a list, receives the
+    run's own keys and values.
+    """
+    n_pos = tokens.ids.shape[1]
+    ids = tokens.ids[:, offset:].to(model.device)
     mask = tokens.attention_mask.to(model.device)
     mask = None if bool(mask.all()) else mask
-    kwargs: dict[str, Any] = {}
-    positions = None
-    if isinstance(metric, PositionMetric):
-        positions = torch.as_tensor(metric.positions, dtype=torch.long, device=ids.device).reshape(-1)
-        positions = positions % ids.shape[1]
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if offset > 0:
+        copies = ids.shape[0] // kv[0][0].shape[0]
+        kwargs.update({_cache_kwarg(model.hf_model): _prefix_cache(kv, offset, start, copies), "use_cache": True})
+    elif keep_kv is not None:
+        from transformers import DynamicCache
+
+        kwargs.update({_cache_kwarg(model.hf_model): DynamicCache(), "use_cache": True})
+    positions = metric_positions(metric, n_pos)
+    if positions is not None:
+        positions = positions.to(ids.device) - offset
         keep = positions.unique()
         kwargs["logits_to_keep"] = keep
     with model.hooks(list(fwd_hooks)), replay_prefix(model, start if resid is not None else 0, resid):
-        logits = model.hf_model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
+        out = model.hf_model(input_ids=ids, attention_mask=mask, **kwargs)
+    if keep_kv is not None:
+        keep_kv.extend(_cache_tensors(out))
+    logits = out.logits
     if positions is None:
         return metric(logits)
     slot = torch.searchsorted(keep, positions)
@@ -103,31 +157,49 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
     return metric.at(last)
 
 
-def _slice(cell: Cell, rows: slice | None) -> tuple[Any, ...]:
+def _cache_kwarg(hf_model: nn.Module) -> str:
+    """The name of the KV-cache argument: `cache` from transformers 5.x on, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+
+
+def _cache_tensors(output: Any) -> list[tuple[Tensor, Tensor]]:
+    cache = output.get("cache", None) or output.get("past_key_values", None)
+    layers = getattr(cache, "layers", None) or []
+    return [(layer.keys, layer.values) for layer in layers if getattr(layer, "keys", None) is not None]
+
+
+def _slice(cell: Cell, rows: slice | None, offset: int = 0) -> tuple[Any, ...]:
     index: tuple[Any, ...] = (rows if rows is not None else slice(None),)
-    index += (slice(None) if cell.pos is None else cell.pos,)
+    index += (slice(None) if cell.pos is None else cell.pos - offset,)
     if cell.head is not None:
         index += (cell.head,)
     return index
 
 
-def _patch_hook(entries: list[tuple[int, Cell]], source: Tensor, n_pairs: int) -> Any:
+def _patch_hook(entries: list[tuple[int, Cell]], source: Tensor, n_pairs: int, offset: int = 0) -> Any:
+    """A hook writing each entry's slice of `source` into its row block (activation positions start at `offset`)."""
     def hook(act: Tensor, point: Any) -> Tensor:
         out = act.clone()
         src = source.to(act.dtype)
         for row, cell in entries:
-            out[_slice(cell, slice(row, row + n_pairs))] = src[_slice(cell, None)]
+            out[_slice(cell, slice(row, row + n_pairs), offset)] = src[_slice(cell, None)]
         return out
 
     return hook
 
 
-def _row_bytes(model: Any, n_pos: int, n_keep: int) -> int:
-    """Rough peak bytes one batch row needs in a no-grad forward pass."""
+def _row_bytes(model: Any, n_pos: int, n_keep: int, n_context: int | None = None) -> int:
+    """Rough peak bytes one batch row needs in a no-grad forward pass over `n_pos` query positions.
+
+    `n_context` (default `n_pos`) is how many positions each query attends to (the KV cache
+    included); its keys and values are counted for every layer.
+    """
     cfg = model.cfg
+    n_context = n_context or n_pos
     itemsize = torch.finfo(model.dtype).bits // 8
-    per_pos = 8 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * n_pos
-    return itemsize * n_pos * per_pos + 4 * n_keep * cfg.d_vocab
+    per_pos = 8 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * n_context
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head * n_context
+    return itemsize * (n_pos * per_pos + kv) + 4 * n_keep * cfg.d_vocab
 
 
 def _plan(layers: list[int], n_layers: int, n_pairs: int, n_pos: int, max_rows: int) -> list[tuple[int, int]]:
@@ -175,50 +247,84 @@ def layers_return_tensors(model: Any, tokens: TokenBatch) -> bool:
     return bool(seen) and all(seen)
 
 
+def suffix_starts(cells: Sequence[Cell], metric: Metric, n_pos: int, reuse_kv: bool) -> list[int]:
+    """Each cell's first position that can differ from the base run (0 when keys and values are not reused)."""
+    positions = metric_positions(metric, n_pos) if reuse_kv else None
+    if positions is None:
+        return [0] * len(cells)
+    first_read = int(positions.min())
+    return [0 if c.pos is None else min(c.pos, first_read) for c in cells]
+
+
+def floor_work(cells: Sequence[Cell], metric: Metric, n_layers: int, n_pos: int, n_pairs: int = 1) -> int:
+    """Layer x token work no exact sweep can skip: sum over cells of (n_layers - layer) * suffix length * n_pairs."""
+    starts = suffix_starts(cells, metric, n_pos, reuse_kv=True)
+    return sum((n_layers - c.layer) * (n_pos - s) * n_pairs for c, s in zip(cells, starts, strict=True))
+
+
 def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells: Sequence[Cell],
               metric: Metric, base_resid: Sequence[Tensor] | None = None, memory_mb: float = 512,
               extra_hooks: Sequence[Any] = ()) -> Tensor:
     """Metric `[len(cells), n_pairs]` of the base run with each cell patched from `sources[cell.name]`.
 
     `base_resid[l]` (the base run's `resid_pre` at layer l, `[n_pairs, pos, d_model]`) turns
-    on starting each chunk at its first patched layer; None runs every layer.
+    on starting each chunk at its first patched layer; None runs every layer. When it is a
+    `BaseStates` with keys and values and there are no `extra_hooks`, each chunk also starts
+    at its first patched position.
     """
     n_pairs, n_pos = base.ids.shape
+    kv = getattr(base_resid, "kv", None) if not extra_hooks else None
+    offsets = suffix_starts(cells, metric, n_pos, reuse_kv=kv is not None)
     keep = 1 if isinstance(metric, PositionMetric) else n_pos
-    max_rows = max(n_pairs, int(memory_mb * 2**20 // _row_bytes(model, n_pos, keep)))
-    order = sorted(range(len(cells)), key=lambda c: cells[c].layer)
-    layers = [cells[c].layer for c in order]
-    plan = _plan(layers, model.cfg.n_layers, n_pairs, n_pos, max_rows)
-    log.debug("patching %d cells in %d passes (<= %d rows each)", len(cells), len(plan), max_rows)
+    order = sorted(range(len(cells)), key=lambda c: (-offsets[c], cells[c].layer))
     out = torch.empty(len(cells), n_pairs)
-    for begin, end in plan:
-        chunk = [order[k] for k in range(begin, end)]
-        entries: dict[str, list[tuple[int, Cell]]] = {}
-        for slot, c in enumerate(chunk):
-            entries.setdefault(cells[c].name, []).append((slot * n_pairs, cells[c]))
-        hooks = [(name, _patch_hook(e, sources[name], n_pairs)) for name, e in entries.items()]
-        rows = len(chunk)
-        batch = TokenBatch(base.ids.repeat(rows, 1), base.attention_mask.repeat(rows, 1))
-        start = min(cells[c].layer for c in chunk)
-        resid = None
-        if base_resid is not None and start > 0:
-            resid = base_resid[start].repeat(rows, 1, 1)
-        with torch.no_grad():
-            values = forward_metric(model, batch, metric, [*extra_hooks, *hooks], start, resid)
-        out[chunk] = values.float().reshape(rows, n_pairs).cpu()
+    passes = 0
+    for offset in sorted(set(offsets), reverse=True):
+        group = [c for c in order if offsets[c] == offset]
+        n_query = n_pos - offset
+        max_rows = max(n_pairs, int(memory_mb * 2**20 // _row_bytes(model, n_query, keep, n_pos)))
+        plan = _plan([cells[c].layer for c in group], model.cfg.n_layers, n_pairs, n_query, max_rows)
+        passes += len(plan)
+        for begin, end in plan:
+            chunk = group[begin:end]
+            out[chunk] = _run_chunk(model, base, sources, [cells[c] for c in chunk], metric, base_resid, kv,
+                                    offset, extra_hooks)
+    log.debug("patching %d cells in %d passes", len(cells), passes)
     return out
 
 
+def _run_chunk(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], chunk: list[Cell], metric: Metric,
+               base_resid: Sequence[Tensor] | None, kv: Any, offset: int, extra_hooks: Sequence[Any]) -> Tensor:
+    n_pairs = base.ids.shape[0]
+    entries: dict[str, list[tuple[int, Cell]]] = {}
+    for slot, cell in enumerate(chunk):
+        entries.setdefault(cell.name, []).append((slot * n_pairs, cell))
+    hooks = [(name, _patch_hook(e, sources[name], n_pairs, offset)) for name, e in entries.items()]
+    rows = len(chunk)
+    batch = TokenBatch(base.ids.repeat(rows, 1), base.attention_mask.repeat(rows, 1))
+    start = min(cell.layer for cell in chunk)
+    resid = None
+    if base_resid is not None and start > 0:
+        resid = base_resid[start][:, offset:].repeat(rows, 1, 1)
+    with torch.no_grad():
+        values = forward_metric(model, batch, metric, [*extra_hooks, *hooks], start, resid, kv, offset)
+    return values.float().reshape(rows, n_pairs).cpu()
+
+
 def cached_runs(model: Any, tokens: TokenBatch, names: Sequence[str], metric: Metric,
-                extra_hooks: Sequence[Any] = ()) -> tuple[Tensor, dict[str, Tensor], list[Tensor]]:
-    """One run: (per-pair metric, activations at `names`, resid_pre at every layer)."""
+                extra_hooks: Sequence[Any] = ()) -> tuple[Tensor, dict[str, Tensor], BaseStates]:
+    """One run: (per-pair metric, activations at `names`, resid_pre at every layer with the run's keys and values)."""
     wanted = list(dict.fromkeys([*names, *(hook_names.resid_pre(layer) for layer in range(model.cfg.n_layers))]))
     store: dict[str, Tensor] = {}
 
     def keep(act: Tensor, point: Any) -> None:
         store[point.name] = act.detach().clone()
 
+    kv: list[tuple[Tensor, Tensor]] = []
     with torch.no_grad():
-        value = forward_metric(model, tokens, metric, [*extra_hooks, *((n, keep) for n in wanted)])
+        value = forward_metric(model, tokens, metric, [*extra_hooks, *((n, keep) for n in wanted)], keep_kv=kv)
     resid = [store[hook_names.resid_pre(layer)] for layer in range(model.cfg.n_layers)]
-    return value.float().cpu(), {n: store[n] for n in names}, resid
+    n_pairs, n_pos = tokens.ids.shape
+    usable = len(kv) == model.cfg.n_layers and all(k.shape[0] == n_pairs and k.dim() == 4 and k.shape[-2] == n_pos
+                                                   for k, _ in kv)
+    return value.float().cpu(), {n: store[n] for n in names}, BaseStates(resid, kv if usable else None)

@@ -1,0 +1,82 @@
+"""Suffix-only patching passes (the base run's keys and values reused): equal to one forward per cell, on every family.
+
+Prompts are longer than the tiny models' sliding windows (8) and the second pair is
+right-padded, so sliding-window masks, per-pair metric positions and padding all meet the
+KV-cache path. Tolerance: 1e-5 in metric units (float32; the suffix pass orders sums differently).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _patching_helpers import ANSWER, WRONG, pair_ids
+
+from mechscope.core import names
+from mechscope.core.tokens import TokenBatch
+from mechscope.methods.patching import PairRuns, patch_loop, patch_sweep
+from mechscope.methods.patching.engine import floor_work, run_cells
+from mechscope.methods.patching.sweep import site_cells
+from tiny_models import CONFIGS, tiny_model
+
+KW = dict(answer=ANSWER, wrong=WRONG)
+N_POS = 12
+
+
+def _padded_pair() -> tuple[TokenBatch, TokenBatch]:
+    clean, corrupt = pair_ids(n_pos=N_POS, shared=(0, 4, 5, 9))
+    mask = torch.ones_like(clean)
+    mask[1, 9:] = 0  # the second pair has 9 real tokens
+    return TokenBatch(clean, mask), TokenBatch(corrupt, mask.clone())
+
+
+def _gap(result, reference) -> float:
+    return float((result.scores - reference).abs().max()) * abs(result.clean - result.corrupt)
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_suffix_passes_equal_one_forward_per_cell(kind):
+    model = tiny_model(kind)
+    clean, corrupt = _padded_pair()
+    runs = PairRuns(model, clean, corrupt, names=[names.resid_pre(i) for i in range(model.cfg.n_layers)], **KW)
+    assert runs.corrupt_resid.kv is not None, "keys and values of the base run were not kept"
+    for mode in ("denoise", "noise"):
+        result = patch_sweep(model, clean, corrupt, site="resid_pre", by="layer,pos", mode=mode, **KW)
+        reference = patch_loop(model, clean, corrupt, site="resid_pre", by="layer,pos", mode=mode, **KW)
+        assert _gap(result, reference) <= 1e-5, (mode, _gap(result, reference))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2", "gpt_neox"])
+def test_head_by_position_suffix_passes_equal_loop(kind):
+    model = tiny_model(kind)
+    clean, corrupt = _padded_pair()
+    result = patch_sweep(model, clean, corrupt, site="z", by="layer,head,pos", memory_mb=0.2, **KW)
+    reference = patch_loop(model, clean, corrupt, site="z", by="layer,head,pos", **KW)
+    assert _gap(result, reference) <= 1e-5
+
+
+def _layer_tokens(model, fn) -> int:
+    """Layer x token work of `fn()`: query positions seen by every decoder layer that really runs."""
+    seen = []
+    handles = [layer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
+        (args[0] if args else kwargs["hidden_states"]).shape[:2].numel()), with_kwargs=True)
+        for layer in model.layers]
+    try:
+        fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(seen)
+
+
+def test_sweep_work_stays_within_1_5x_the_floor():
+    model = tiny_model("llama")
+    clean, corrupt = pair_ids(n_pairs=1, n_pos=N_POS)
+    runs = PairRuns(model, clean, corrupt, names=[names.resid_pre(i) for i in range(model.cfg.n_layers)],
+                    answer=ANSWER[0], wrong=WRONG[0])
+    cells, _ = site_cells(model, "resid_pre", ("layer", "pos"), N_POS)
+    work = _layer_tokens(model, lambda: run_cells(model, runs.pair.corrupt, runs.clean_acts, cells, runs.metric,
+                                                  runs.corrupt_resid))
+    floor = floor_work(cells, runs.metric, model.cfg.n_layers, N_POS)
+    layers_only = sum((model.cfg.n_layers - c.layer) * N_POS for c in cells)  # without reusing keys and values
+    assert floor <= work <= 1.5 * floor, (work, floor)
+    assert work < layers_only
