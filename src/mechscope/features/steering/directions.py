@@ -1,0 +1,219 @@
+"""Steering directions: where they come from, and how they are saved.
+
+A `Direction` is a vector `[d]` at one hook site of a model, plus a record of how it was made.
+Sources:
+
+- `from_latent`: an SAE or transcoder latent, its decoder row in model units
+  (`W_dec[i] / output_scale`), at the site the dictionary writes;
+- `mean_difference`: contrastive activation addition (CAA), `mean(act | positive) - mean(act | negative)`
+  at a chosen token of each text (the answer letter of an A/B pair, or the last token);
+- `reading_vector`: representation engineering's reading vector, the first principal component of
+  the paired differences `act(positive_i) - act(negative_i)`, signed so positives project higher;
+- `from_probe`: a trained logistic probe's weight for one class, mapped back to model units;
+- `from_vector`: any vector a user passes.
+
+Saved as `<stem>.safetensors` (the vectors) plus `<stem>.json` (hook names, sources, provenance).
+
+Example:
+    >>> d = mean_difference(model, ["I love it", "Great day"], ["I hate it", "Awful day"],
+    ...                     "blocks.12.hook_resid_post")                                # doctest: +SKIP
+    >>> save_directions("out/sentiment", [d], provenance(model))                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from mechscope.core.errors import MechscopeError
+from mechscope.core.files import check_writable, write_bytes, write_json
+from mechscope.core.names import parse_layer
+from mechscope.dictionaries.base import Dictionary
+from mechscope.methods.probe_collect import collect_activations
+from mechscope.methods.probe_data import resolve_read_position
+from mechscope.methods.probes import LogisticProbe
+
+FORMAT = "mechscope-steering-directions"
+
+
+@dataclass
+class Direction:
+    """A vector `[d]` at hook `hook_name`; `source` says how it was made (kind plus details)."""
+
+    vector: Tensor
+    hook_name: str
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def norm(self) -> float:
+        return float(self.vector.norm())
+
+    @property
+    def unit(self) -> Tensor:
+        """The direction scaled to norm 1."""
+        return self.vector / self.vector.norm().clamp_min(1e-12)
+
+
+def check_width(model: Any, hook_name: str, vector: Tensor) -> None:
+    """A clear error when `hook_name` is not a site of `model` or `vector` does not fit its width."""
+    model.check_name(hook_name)
+    width = site_width(model, hook_name)
+    if vector.ndim != 1 or vector.shape[0] != width:
+        raise MechscopeError(f"The vector has shape {tuple(vector.shape)}, but site {hook_name!r} of "
+                             f"{model.cfg.name} has width {width}.")
+
+
+def site_width(model: Any, hook_name: str) -> int:
+    """The width of a site's last axis (d_model for residual sites, d_mlp for `mlp.hook_post`, ...)."""
+    layer = parse_layer(hook_name)
+    stop = layer + 1 if layer is not None and layer + 1 < model.cfg.n_layers else None
+    _, cache = model.run_with_cache(torch.zeros(1, 1, dtype=torch.long), names=[hook_name], stop_at_layer=stop)
+    act = cache[hook_name]
+    return int(act[0, 0].numel()) if act.ndim > 3 else int(act.shape[-1])
+
+
+def from_vector(model: Any, vector: Tensor | Sequence[float], hook_name: str, label: str = "user") -> Direction:
+    """A user's vector at `hook_name` (checked against the site's width)."""
+    vector = torch.as_tensor(vector, dtype=torch.float32).detach().clone()
+    check_width(model, hook_name, vector)
+    return Direction(vector, hook_name, {"kind": "vector", "label": label})
+
+
+def from_latent(sae: Dictionary, latent: int, model: Any | None = None) -> Direction:
+    """Latent `latent`'s decoder row in model units, at the site the dictionary writes.
+
+    Example:
+        >>> from_latent(sae, 1234).hook_name       # doctest: +SKIP
+        'blocks.15.hook_resid_post'
+    """
+    d_sae = sae.cfg.d_sae
+    if not isinstance(latent, int) or not 0 <= latent < d_sae:
+        raise MechscopeError(f"Latent {latent} is out of range: this dictionary has latents 0..{d_sae - 1}.")
+    hook_name = sae.cfg.hook_name_out or sae.cfg.hook_name
+    if not hook_name:
+        raise MechscopeError("The dictionary's config names no hook site; set cfg.hook_name.")
+    vector = (sae.W_dec[latent].detach().float() / float(sae.cfg.output_scale or 1.0)).clone()
+    if model is not None:
+        check_width(model, hook_name, vector)
+    return Direction(vector, hook_name, {"kind": "latent", "latent": latent, "architecture": sae.cfg.architecture,
+                                         "d_sae": d_sae})
+
+
+def _positions(model: Any, texts: Sequence[str], tokens: Sequence[str | None] | None) -> list[int]:
+    if not texts:
+        raise MechscopeError("No texts given: contrastive directions need at least one text per side.")
+    if tokens is None:
+        return [int(n) - 1 for n in model.tokenize(list(texts)).lengths]
+    try:
+        return [resolve_read_position(model.tokenizer, t, tok) for t, tok in zip(texts, tokens, strict=True)]
+    except ValueError as exc:
+        raise MechscopeError(str(exc)) from None
+
+
+def read_activations(model: Any, texts: Sequence[str], hook_name: str,
+                     tokens: Sequence[str | None] | None = None, batch_size: int = 16) -> Tensor:
+    """Activations `[n, d]` (float32) at `hook_name`, read at each text's last token (or its `tokens[i]`)."""
+    model.check_name(hook_name)
+    positions = _positions(model, texts, tokens)
+    layer = parse_layer(hook_name)
+    key = layer if layer is not None else model.cfg.n_layers - 1
+    return collect_activations(model, list(texts), positions, {key: hook_name}, batch_size)[key]
+
+
+def mean_difference(model: Any, positive: Sequence[str], negative: Sequence[str], hook_name: str, *,
+                    positive_tokens: Sequence[str | None] | None = None,
+                    negative_tokens: Sequence[str | None] | None = None) -> Direction:
+    """CAA: `mean(act | positive) - mean(act | negative)` at `hook_name`, read at the last token or the given tokens."""
+    pos = read_activations(model, positive, hook_name, positive_tokens)
+    neg = read_activations(model, negative, hook_name, negative_tokens)
+    return Direction(pos.mean(0) - neg.mean(0), hook_name,
+                     {"kind": "mean_difference", "n_positive": len(positive), "n_negative": len(negative)})
+
+
+def first_principal_component(diffs: Tensor) -> Tensor:
+    """The unit first principal component of the rows of `diffs` (centred), signed so the mean projects >= 0.
+
+    Example:
+        >>> first_principal_component(torch.tensor([[3.0, 0.1], [1.0, -0.1], [2.0, 0.0]]))
+        tensor([1.0000, 0.1000])
+    """
+    x = diffs.double()
+    centred = x - x.mean(0)
+    _, _, vh = torch.linalg.svd(centred if len(x) > 1 else x, full_matrices=False)
+    pc = vh[0]
+    if float(x.mean(0) @ pc) < 0:
+        pc = -pc
+    return pc.float()
+
+
+def reading_vector(model: Any, positive: Sequence[str], negative: Sequence[str], hook_name: str, *,
+                   positive_tokens: Sequence[str | None] | None = None,
+                   negative_tokens: Sequence[str | None] | None = None) -> Direction:
+    """RepE reading vector: first PC of paired differences `act(positive_i) - act(negative_i)` (unit norm)."""
+    if len(positive) != len(negative):
+        raise MechscopeError(f"Reading vectors need pairs: {len(positive)} positive and {len(negative)} negative texts.")
+    pos = read_activations(model, positive, hook_name, positive_tokens)
+    neg = read_activations(model, negative, hook_name, negative_tokens)
+    return Direction(first_principal_component(pos - neg), hook_name, {"kind": "reading_vector", "n_pairs": len(pos)})
+
+
+def from_probe(model: Any, probe: LogisticProbe, hook_name: str, class_index: int = 1) -> Direction:
+    """The direction along which probe class `class_index` gains logit, in model units: `weight[c] / std`.
+
+    For two classes the difference `weight[c] - weight[other]` is used (what separates them).
+    """
+    weight = probe.weight
+    if not 0 <= class_index < weight.shape[0]:
+        raise MechscopeError(f"Class index {class_index} is out of range: the probe has {weight.shape[0]} classes.")
+    w = weight[class_index] - weight[1 - class_index] if weight.shape[0] == 2 else weight[class_index]
+    vector = (w / probe.std).float()
+    check_width(model, hook_name, vector)
+    return Direction(vector, hook_name, {"kind": "probe", "class_index": class_index,
+                                         "classes": [str(c) for c in probe.classes]})
+
+
+def projection_accuracy(direction: Direction | Tensor, positive: Tensor, negative: Tensor) -> float:
+    """Pairwise accuracy of a reading vector: the fraction of pairs `i` with `pos_i . v > neg_i . v`."""
+    v = direction.vector if isinstance(direction, Direction) else direction
+    return float(((positive.float() @ v.float()) > (negative.float() @ v.float())).double().mean())
+
+
+def save_directions(stem: str | Path, directions: Sequence[Direction], provenance: dict[str, Any],
+                    force: bool = False) -> tuple[Path, Path]:
+    """Write `<stem>.safetensors` (`direction_0`, ...) and `<stem>.json` (hooks, sources, provenance)."""
+    stem = Path(stem)
+    tensors_path, json_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    check_writable(json_path, force)
+    if not json_path.exists():  # a tensors file without our JSON beside it is someone else's
+        check_writable(tensors_path, force)
+    tensors = {f"direction_{i}": d.vector.detach().float().contiguous().cpu() for i, d in enumerate(directions)}
+    write_bytes(tensors_path, save_safetensors(tensors, metadata={"format": FORMAT}), force=True)
+    meta = {"format": FORMAT, "format_version": 1, "tensors": tensors_path.name,
+            "directions": [{"key": f"direction_{i}", "hook_name": d.hook_name, "norm": d.norm, "source": d.source}
+                           for i, d in enumerate(directions)],
+            "provenance": provenance}
+    write_json(json_path, meta, force)
+    return tensors_path, json_path
+
+
+def load_directions(stem: str | Path) -> list[Direction]:
+    """Read what `save_directions` wrote (give the stem, the `.json` or the `.safetensors` path)."""
+    stem = Path(stem)
+    json_path = stem.with_suffix(".json")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        tensors = load_safetensors((json_path.parent / meta["tensors"]).read_bytes())
+        return [Direction(tensors[row["key"]], row["hook_name"], row.get("source", {})) for row in meta["directions"]]
+    except FileNotFoundError as exc:
+        raise MechscopeError(f"No saved directions at {json_path}: {exc.strerror}.") from None
+    except (KeyError, TypeError, ValueError, SafetensorError) as exc:
+        raise MechscopeError(f"{json_path} is not a readable steering-directions file ({exc}).") from None
