@@ -1,0 +1,162 @@
+"""`collect_features`: one pass over a corpus fills a dictionary's feature database.
+
+The model runs only up to the dictionary's input site (`stop_at_layer`), contexts are encoded
+in batches, and an `Accumulator` keeps every statistic exactly (see `features/accumulate.py`).
+After every `checkpoint_contexts` contexts the state is committed into the database's
+`collect_state` table in one SQLite transaction, so a killed run resumes from the last
+checkpoint when called again with the same arguments (any batch size); the result equals
+an uninterrupted run. BOS positions (and padding) are no tokens: never examples, not counted.
+
+Example:
+    >>> from mechscope.dictionaries import load_dictionary
+    >>> sae = load_dictionary("out/sae-smollm2-l15")                          # doctest: +SKIP
+    >>> collect_features(model, sae, "out/features.db", n_tokens=100_000)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import mechscope
+from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_contexts
+from mechscope.core.errors import MechscopeError
+from mechscope.core.provenance import provenance, weights_hash
+from mechscope.dictionaries import Dictionary
+from mechscope.dictionaries.store import keep_mask, site_activations
+from mechscope.features.accumulate import Accumulator, CollectConfig
+from mechscope.features.database import FeatureDatabase, is_feature_database
+from mechscope.features.write import write_results
+
+logger = logging.getLogger(__name__)
+
+
+def collect_features(
+    model: Any, dictionary: Dictionary, db_path: str | Path, *, source: Source = "default",
+    n_tokens: int | None = None, context_length: int = 128, batch_size: int = 16,
+    checkpoint_contexts: int = 64, config: CollectConfig | None = None, progress: bool | None = None,
+    dictionary_path: str | Path | None = None, force: bool = False,
+    on_checkpoint: Callable[[int], None] | None = None, **document_kwargs: Any,
+) -> Path:
+    """Collect examples and statistics of every latent of `dictionary` into the SQLite file `db_path`.
+
+    `n_tokens` caps the corpus (rounded up to whole contexts; None: the whole source).
+    `document_kwargs` go to `iter_documents` (`packages`, `split`, `text_field`). A finished
+    database is refused unless `force`; an unfinished one with the same identity resumes.
+    `on_checkpoint(contexts_done)` runs after each committed checkpoint.
+    """
+    cfg = config or CollectConfig()
+    hook = dictionary.cfg.hook_name
+    if not hook:
+        raise MechscopeError("the dictionary names no hook site (cfg.hook_name); it cannot be run on a model")
+    model.check_name(hook)
+    d_sae = dictionary.cfg.d_sae
+    max_contexts = None if n_tokens is None else -(-n_tokens // (context_length - 1))
+    identity = {
+        "dictionary_sha256": weights_hash(dictionary), "model_weights_sha256": weights_hash(model),
+        "model": model.cfg.name, "hook_name": hook, "d_sae": d_sae, "context_length": context_length,
+        "max_contexts": max_contexts, "corpus": str(source),
+        "corpus_fingerprint": corpus_fingerprint(source, **document_kwargs),
+        "document_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in document_kwargs.items()},
+        "config": cfg.to_dict(),
+    }
+    db, acc = _open_or_resume(Path(db_path), identity, cfg, force)
+    if dictionary_path is not None:
+        db.set_meta({"dictionary_path": str(Path(dictionary_path).resolve())})
+    bar = tqdm(total=None if max_contexts is None else max_contexts * (context_length - 1), initial=acc.tokens,
+               unit="tok", desc="collect", disable=not (progress if progress is not None else sys.stderr.isatty()))
+    since = 0
+    dictionary.eval()
+    try:
+        for first, ids in _batches(model.tokenizer, source, context_length, batch_size, max_contexts,
+                                   acc.contexts, document_kwargs):
+            acts, keep = encode_contexts(model, dictionary, ids)
+            before = acc.tokens
+            acc.update(ids, acts, first_context=first, keep=keep)
+            bar.update(acc.tokens - before)
+            since += ids.shape[0]
+            if since >= checkpoint_contexts:
+                _checkpoint(db, acc)
+                since = 0
+                if on_checkpoint is not None:
+                    on_checkpoint(acc.contexts)
+        if acc.tokens == 0:
+            raise MechscopeError(f"the corpus {source!r} gave no tokens to collect over")
+        meta = {**identity, "schema_created": time.time(), "mechscope_version": mechscope.__version__,
+                "provenance": provenance(model, seed=cfg.seed, dictionary_sha256=identity["dictionary_sha256"])}
+        write_results(db, acc, dictionary, model, meta)
+    finally:
+        bar.close()
+        db.close()
+    return Path(db_path)
+
+
+@torch.no_grad()
+def encode_contexts(model: Any, dictionary: Dictionary, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Latent activations `[batch, pos, d_sae]` (float32, CPU) of contexts `ids`, and the keep mask (no BOS)."""
+    x = site_activations(model, ids, dictionary.cfg.hook_name)  # type: ignore[arg-type]
+    if x.shape[-1] != dictionary.cfg.d_in:
+        raise MechscopeError(f"the dictionary reads width {dictionary.cfg.d_in} but {dictionary.cfg.hook_name} "
+                             f"has width {x.shape[-1]} on {model.cfg.name}")
+    dev = next(dictionary.parameters()).device
+    acts = dictionary.encode(x.reshape(-1, x.shape[-1]).to(dev)).float().cpu()
+    if not torch.isfinite(acts).all():
+        raise MechscopeError("the dictionary produced NaN or Inf activations on this batch of contexts")
+    return acts.view(*ids.shape, -1), keep_mask(ids, model.tokenizer)
+
+
+def _batches(tokenizer: Any, source: Source, context_length: int, batch_size: int, max_contexts: int | None,
+             skip: int, document_kwargs: dict[str, Any]) -> Iterator[tuple[int, Tensor]]:
+    """(index of the first context, ids `[batch, T]`) after skipping `skip` contexts already done."""
+    stream = iter_token_contexts(tokenizer, source, context_length, batch_size=max(batch_size, 64),
+                                 max_contexts=max_contexts, **document_kwargs)
+    index, rows = 0, []
+    for block in stream:
+        for row in block:
+            if index >= skip:
+                rows.append(row)
+            index += 1
+            if len(rows) == batch_size:
+                yield index - len(rows), torch.stack(rows)
+                rows = []
+    if rows:
+        yield index - len(rows), torch.stack(rows)
+
+
+def _checkpoint(db: FeatureDatabase, acc: Accumulator) -> None:
+    with db.con:
+        db.con.execute("INSERT OR REPLACE INTO collect_state (id, contexts_done, tokens_done, state) "
+                       "VALUES (1, ?, ?, ?)", (acc.contexts, acc.tokens, acc.to_bytes()))
+
+
+def _open_or_resume(path: Path, identity: dict[str, Any], cfg: CollectConfig,
+                    force: bool) -> tuple[FeatureDatabase, Accumulator]:
+    fresh = Accumulator(identity["d_sae"], cfg, identity["context_length"])
+    if path.exists() and is_feature_database(path) and not force:
+        db = FeatureDatabase.open(path, require_complete=False)
+        meta = db.meta()
+        if meta.get("complete"):
+            db.close()
+            raise MechscopeError(f"{path} already holds a finished collection; pass --force to collect again")
+        if meta.get("identity") != identity:
+            db.close()
+            raise MechscopeError(f"{path} holds an unfinished collection with other settings (model, dictionary, "
+                                 "corpus or config differ); use another path or pass --force to start over")
+        row = db.con.execute("SELECT state FROM collect_state WHERE id = 1").fetchone()
+        if row is None:
+            return db, fresh
+        acc = Accumulator.from_bytes(row[0], identity["d_sae"], cfg, identity["context_length"])
+        logger.info("resuming %s after %d contexts (%d tokens)", path, acc.contexts, acc.tokens)
+        return db, acc
+    db = FeatureDatabase.create(path, force=force)
+    db.set_meta({"identity": identity, "d_sae": identity["d_sae"]})
+    return db, fresh
+

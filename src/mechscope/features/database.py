@@ -1,0 +1,272 @@
+"""The feature database: one SQLite file per dictionary, holding every latent's examples and statistics.
+
+The schema is a contract read by steering, autointerp and the dashboard; `SCHEMA_VERSION`
+changes with any incompatible change and docs/feature_database.md describes every table.
+
+Example:
+    >>> db = FeatureDatabase.open("out/features.db")        # doctest: +SKIP
+    >>> db.latent(12)["density"]                            # doctest: +SKIP
+    0.0031
+    >>> [hit["latent"] for hit in db.search("digits")]      # doctest: +SKIP
+    [12, 407]
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from mechscope.core.errors import MechscopeError, OutputExistsError
+
+SCHEMA_NAME = "mechscope-features"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS latents (
+    latent INTEGER PRIMARY KEY, n_fired INTEGER NOT NULL, density REAL NOT NULL,
+    max_act REAL NOT NULL, mean_act REAL NOT NULL, sum_act REAL NOT NULL,
+    hist TEXT NOT NULL, decoder_norm REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS examples (
+    latent INTEGER NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL, interval INTEGER,
+    token_index INTEGER NOT NULL, context INTEGER NOT NULL, position INTEGER NOT NULL,
+    center INTEGER NOT NULL, act REAL NOT NULL, tokens TEXT NOT NULL, acts TEXT NOT NULL,
+    PRIMARY KEY (latent, kind, rank));
+CREATE TABLE IF NOT EXISTS vocab (token_id INTEGER PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS logit_effects (
+    latent INTEGER NOT NULL, sign INTEGER NOT NULL, rank INTEGER NOT NULL, token_id INTEGER NOT NULL,
+    value REAL NOT NULL, PRIMARY KEY (latent, sign, rank));
+CREATE TABLE IF NOT EXISTS neighbours (
+    latent INTEGER NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL, other INTEGER NOT NULL,
+    value REAL NOT NULL, jaccard REAL, PRIMARY KEY (latent, kind, rank));
+CREATE TABLE IF NOT EXISTS explanations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, latent INTEGER NOT NULL, text TEXT NOT NULL,
+    explainer TEXT NOT NULL, method TEXT NOT NULL, created REAL NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, explanation_id INTEGER NOT NULL REFERENCES explanations(id),
+    latent INTEGER NOT NULL, method TEXT NOT NULL, value REAL, scorer TEXT NOT NULL, n INTEGER NOT NULL,
+    created REAL NOT NULL, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS explanations_latent ON explanations (latent);
+CREATE INDEX IF NOT EXISTS scores_latent ON scores (latent);
+CREATE VIRTUAL TABLE IF NOT EXISTS features_fts USING fts5(latent UNINDEXED, explanations, top_tokens);
+CREATE TABLE IF NOT EXISTS collect_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), contexts_done INTEGER NOT NULL, tokens_done INTEGER NOT NULL,
+    state BLOB NOT NULL);
+"""
+
+
+class FeatureDatabaseError(MechscopeError, ValueError):
+    """A feature database that cannot be used: not ours, another schema version, unknown latent."""
+
+
+def is_feature_database(path: str | Path) -> bool:
+    """True when `path` is an SQLite file whose `meta.schema` says it is a mechscope feature database."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return False
+    return row is not None and json.loads(row[0]) == SCHEMA_NAME
+
+
+class FeatureDatabase:
+    """Read and annotate a feature database. Open with `FeatureDatabase.open(path)`."""
+
+    def __init__(self, con: sqlite3.Connection, path: Path) -> None:
+        self.con = con
+        self.path = path
+        self.con.row_factory = sqlite3.Row
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, force: bool = False) -> FeatureDatabase:
+        """A new, empty database at `path`; an existing file is replaced only if it is ours or `force`."""
+        path = Path(path)
+        if path.exists():
+            if not force and not is_feature_database(path):
+                raise OutputExistsError(f"{path} exists and is not a mechscope feature database; "
+                                        "choose another path or pass --force.")
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(path)
+        con.executescript(SCHEMA)
+        db = cls(con, path)
+        db.set_meta({"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "complete": False})
+        return db
+
+    @classmethod
+    def open(cls, path: str | Path, require_complete: bool = True) -> FeatureDatabase:
+        """Open an existing database; refuses other files, other schema versions and unfinished collections."""
+        path = Path(path)
+        if not path.is_file():
+            raise FeatureDatabaseError(f"{path} does not exist (create it with `mechscope features collect`).")
+        if not is_feature_database(path):
+            raise FeatureDatabaseError(f"{path} is not a mechscope feature database.")
+        db = cls(sqlite3.connect(path), path)
+        version = db.meta().get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise FeatureDatabaseError(f"{path} has schema version {version}; this mechscope reads {SCHEMA_VERSION}.")
+        if require_complete and not db.meta().get("complete"):
+            raise FeatureDatabaseError(f"{path} holds an unfinished collection; run `mechscope features collect` "
+                                       "again with the same arguments to resume it.")
+        return db
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> FeatureDatabase:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- meta ----------------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        """Every `meta` entry, JSON-decoded."""
+        return {r["key"]: json.loads(r["value"]) for r in self.con.execute("SELECT key, value FROM meta")}
+
+    def set_meta(self, values: dict[str, Any], commit: bool = True) -> None:
+        self.con.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             [(k, json.dumps(v)) for k, v in values.items()])
+        if commit:
+            self.con.commit()
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.meta()["d_sae"])
+
+    # -- reading -------------------------------------------------------------------------------
+    def check_latent(self, latent: int) -> int:
+        d_sae = self.d_sae
+        if not 0 <= latent < d_sae:
+            raise FeatureDatabaseError(f"latent {latent} is outside 0..{d_sae - 1}")
+        return latent
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """The stored text of each token id (`<id>` when the vocabulary has no entry)."""
+        known = {r[0]: r[1] for r in self.con.execute(
+            f"SELECT token_id, text FROM vocab WHERE token_id IN ({','.join('?' * len(set(ids)))})", sorted(set(ids)))}
+        return [known.get(i, f"<{i}>") for i in ids]
+
+    def examples(self, latent: int, kind: str = "top") -> list[dict[str, Any]]:
+        """Examples of `kind` (`top`, `interval`, `random`) in rank order, tokens as ids and text."""
+        rows = self.con.execute("SELECT * FROM examples WHERE latent = ? AND kind = ? ORDER BY rank",
+                                (self.check_latent(latent), kind)).fetchall()
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["tokens"] = json.loads(r["tokens"])
+            item["acts"] = json.loads(r["acts"])
+            item["text"] = self.token_texts(item["tokens"]) if item["tokens"] else []
+            out.append(item)
+        return out
+
+    def latent(self, latent: int) -> dict[str, Any]:
+        """Statistics, logit effects, neighbours, explanations and scores of one latent."""
+        row = self.con.execute("SELECT * FROM latents WHERE latent = ?", (self.check_latent(latent),)).fetchone()
+        if row is None:
+            raise FeatureDatabaseError(f"latent {latent} has no statistics in {self.path}")
+        info = dict(row)
+        info["hist"] = json.loads(row["hist"])
+        effects = self.con.execute("SELECT sign, token_id, value FROM logit_effects WHERE latent = ? "
+                                   "ORDER BY sign DESC, rank", (latent,)).fetchall()
+        texts = self.token_texts([e["token_id"] for e in effects]) if effects else []
+        info["logits_positive"] = [{"token_id": e["token_id"], "text": t, "value": e["value"]}
+                                   for e, t in zip(effects, texts, strict=True) if e["sign"] > 0]
+        info["logits_negative"] = [{"token_id": e["token_id"], "text": t, "value": e["value"]}
+                                   for e, t in zip(effects, texts, strict=True) if e["sign"] < 0]
+        for kind in ("decoder_cosine", "cooccurrence"):
+            info[kind] = [dict(r) for r in self.con.execute(
+                "SELECT other, value, jaccard FROM neighbours WHERE latent = ? AND kind = ? ORDER BY rank",
+                (latent, kind))]
+        info["explanations"] = self.explanations(latent)
+        return info
+
+    def explanations(self, latent: int) -> list[dict[str, Any]]:
+        """Every explanation of `latent`, newest first, each with its scores."""
+        out = []
+        for r in self.con.execute("SELECT * FROM explanations WHERE latent = ? ORDER BY id DESC", (latent,)):
+            item = dict(r)
+            item["detail"] = json.loads(r["detail"])
+            item["scores"] = {s["method"]: s["value"] for s in self.con.execute(
+                "SELECT method, value FROM scores WHERE explanation_id = ? ORDER BY id", (r["id"],))}
+            out.append(item)
+        return out
+
+    def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Latents whose explanations or top tokens match an FTS5 query, best match first."""
+        try:
+            rows = self.con.execute(
+                "SELECT latent, explanations, top_tokens, bm25(features_fts) AS score FROM features_fts "
+                "WHERE features_fts MATCH ? ORDER BY score LIMIT ?", (_fts_query(query), limit)).fetchall()
+        except sqlite3.OperationalError as err:
+            raise FeatureDatabaseError(f"bad search query {query!r}: {err}") from err
+        return [{"latent": int(r["latent"]), "explanations": r["explanations"], "top_tokens": r["top_tokens"],
+                 "score": -float(r["score"])} for r in rows]
+
+    def live_latents(self) -> list[int]:
+        """Latents that fired at least once, ascending."""
+        return [r[0] for r in self.con.execute("SELECT latent FROM latents WHERE n_fired > 0 ORDER BY latent")]
+
+    # -- annotating ----------------------------------------------------------------------------
+    def add_explanation(self, latent: int, text: str, explainer: str, method: str = "examples",
+                        detail: dict[str, Any] | None = None) -> int:
+        """Store an explanation (and index it for search); returns its id."""
+        cur = self.con.execute(
+            "INSERT INTO explanations (latent, text, explainer, method, created, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (self.check_latent(latent), text, explainer, method, time.time(), json.dumps(detail or {})))
+        self._reindex(latent)
+        self.con.commit()
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def add_score(self, explanation_id: int, method: str, value: float | None, scorer: str, n: int,
+                  detail: dict[str, Any] | None = None) -> int:
+        """Store the score of an explanation by one method (`detection`, `fuzzing`, `simulation`)."""
+        row = self.con.execute("SELECT latent FROM explanations WHERE id = ?", (explanation_id,)).fetchone()
+        if row is None:
+            raise FeatureDatabaseError(f"no explanation with id {explanation_id} in {self.path}")
+        cur = self.con.execute(
+            "INSERT INTO scores (explanation_id, latent, method, value, scorer, n, created, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (explanation_id, row[0], method, value, scorer, n, time.time(), json.dumps(detail or {})))
+        self.con.commit()
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def _reindex(self, latent: int) -> None:
+        texts = [r[0] for r in self.con.execute("SELECT text FROM explanations WHERE latent = ? ORDER BY id",
+                                                (latent,))]
+        self.con.execute("DELETE FROM features_fts WHERE latent = ?", (latent,))
+        self.con.execute("INSERT INTO features_fts (latent, explanations, top_tokens) VALUES (?, ?, ?)",
+                         (latent, "\n".join(texts), self._top_token_text(latent)))
+
+    def _top_token_text(self, latent: int) -> str:
+        """The centre tokens of the top examples and the top positive logit tokens, space-separated."""
+        ids = [r[0] for r in self.con.execute(
+            "SELECT json_extract(tokens, '$[' || center || ']') FROM examples WHERE latent = ? AND kind = 'top' "
+            "ORDER BY rank", (latent,))]
+        ids += [r[0] for r in self.con.execute(
+            "SELECT token_id FROM logit_effects WHERE latent = ? AND sign = 1 ORDER BY rank", (latent,))]
+        return " ".join(dict.fromkeys(t.strip() for t in self.token_texts(ids) if t.strip())) if ids else ""
+
+    def reindex_all(self) -> None:
+        """Rebuild the FTS index for every latent (after a collection or an import)."""
+        self.con.execute("DELETE FROM features_fts")
+        for latent in range(self.d_sae):
+            self._reindex(latent)
+        self.con.commit()
+
+
+def _fts_query(text: str) -> str:
+    """Plain words become an AND of quoted terms; text with FTS operators or quotes passes through."""
+    if any(op in text for op in ('"', " OR ", " AND ", " NOT ", "*", "NEAR(")):
+        return text
+    return " ".join('"' + w.replace('"', "") + '"' for w in text.split())
