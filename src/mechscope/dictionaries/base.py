@@ -62,6 +62,8 @@ class DictionaryConfig:
 
     architecture: ClassVar[str] = ""
     decoder_norms: ClassVar[tuple[str, ...]] = ("unit", "free")
+    # Name of the sparsity-penalty coefficient the trainer's L0 controller scales (None: no penalty).
+    sparsity_coefficient: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         for name in ("d_in", "d_sae"):

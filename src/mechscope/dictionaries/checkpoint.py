@@ -1,14 +1,19 @@
-"""Training checkpoints: weights and optimizer state in safetensors, everything else in JSON.
+"""Training checkpoints: weights and optimizer state in safetensors, everything else in JSON, each file hashed.
 
 A checkpoint is a folder `step_{step:08d}` holding `dictionary.safetensors` (the module's state
 dict), `optimizer.safetensors` (per-parameter tensors, keys `state.{i}.{name}`), and
-`state.json` (step, optimizer hyper-parameters, dictionary config, trainer counters and the
-random generator state). It is written to a temporary folder and renamed into place, so a
-killed run never leaves a half-written checkpoint under a final name. Nothing is pickled.
+`state.json` (step, optimizer hyper-parameters, dictionary config, trainer counters, the
+random generator state, and `files`: the sha256 of each safetensors file). It is written to a
+temporary folder and renamed into place, so a killed run never leaves a half-written checkpoint
+under a final name. Loading verifies every hash and the state's keys, so a damaged file (even
+one whose header still parses), a truncated or incomplete state file or a missing file gives
+one `CheckpointError` naming the file. Nothing is pickled.
 
 Example:
     >>> latest_checkpoint("/nonexistent") is None
     True
+    >>> differences({"lr": 1e-3, "seed": 0}, {"lr": 2e-3, "seed": 0})
+    ['lr 0.001 -> 0.002']
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import base64
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +30,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mechscope.core.files import atomic_write_json, sha256_file
 from mechscope.dictionaries.errors import CheckpointError
 
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "dictionary.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+REQUIRED_STATE_KEYS = ("step", "optimizer", "files", "dictionary_config", "trainer_config", "tokens_since_fired",
+                       "generator_state", "world_size")
 
 
 def generator_state_to_json(gen: torch.Generator) -> str:
@@ -41,7 +50,8 @@ def generator_state_from_json(text: str) -> torch.Tensor:
     return torch.tensor(list(base64.b64decode(text)), dtype=torch.uint8)
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state dict as safetensors-ready tensors (`state.{i}.{name}`) plus JSON-ready groups."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for idx, per_param in sd["state"].items():
@@ -51,12 +61,20 @@ def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, tor
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `optimizer_to_files`: a state dict for `optimizer.load_state_dict`."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         _, idx, name = key.split(".", 2)
         state.setdefault(int(idx), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """`'key old -> new'` for each key whose value differs between two settings dicts (sorted by key)."""
+    skip = set(ignore)
+    keys = sorted((set(saved) | set(current)) - skip)
+    return [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
 def save_checkpoint(
@@ -72,12 +90,10 @@ def save_checkpoint(
     tmp.mkdir()
     weights = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     save_file(weights, str(tmp / WEIGHTS_FILE))
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+    opt_tensors, opt_meta = optimizer_to_files(optimizer)
     save_file(opt_tensors, str(tmp / OPTIMIZER_FILE))
-    with open(tmp / STATE_FILE, "w") as f:
-        json.dump({"step": step, "optimizer": opt_meta, **state}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+    files = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
+    atomic_write_json(tmp / STATE_FILE, {"step": step, "optimizer": opt_meta, "files": files, **state})
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -101,16 +117,42 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _read_state(folder: Path) -> dict[str, Any]:
+    path = folder / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is unreadable or truncated ({err}); resume from an earlier checkpoint") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a checkpoint state (a JSON object is expected)")
+    missing = [k for k in REQUIRED_STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}; resume from an earlier checkpoint")
+    return state
+
+
+def _load_verified(folder: Path, name: str, expected: str) -> dict[str, torch.Tensor]:
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; resume from an earlier checkpoint")
+    if sha256_file(path) != expected:
+        raise CheckpointError(f"{path} is damaged: its sha256 differs from the one recorded in {STATE_FILE}")
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path} is unreadable: {err}") from err
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """Read `(module_state_dict, optimizer_state_dict, state)` from a checkpoint (or its parent folder)."""
+    """Read `(module_state_dict, optimizer_state_dict, state)` from a checkpoint (or its parent folder), verified."""
     folder = latest_checkpoint(path)
     if folder is None:
         raise CheckpointError(f"no checkpoint found at {path} (expected step_*/{STATE_FILE})")
-    try:
-        with open(folder / STATE_FILE) as f:
-            state = json.load(f)
-        weights = load_file(str(folder / WEIGHTS_FILE))
-        opt_tensors = load_file(str(folder / OPTIMIZER_FILE))
-    except (OSError, json.JSONDecodeError, SafetensorError) as err:
-        raise CheckpointError(f"checkpoint {folder} is unreadable: {err}") from err
-    return weights, _optimizer_from_files(opt_tensors, state.pop("optimizer")), state
+    state = _read_state(folder)
+    files = state.pop("files")
+    for name in (WEIGHTS_FILE, OPTIMIZER_FILE):
+        if not isinstance(files, dict) or name not in files:
+            raise CheckpointError(f"{folder / STATE_FILE} records no sha256 for {name}; resume from another checkpoint")
+    weights = _load_verified(folder, WEIGHTS_FILE, files[WEIGHTS_FILE])
+    opt_tensors = _load_verified(folder, OPTIMIZER_FILE, files[OPTIMIZER_FILE])
+    return weights, optimizer_from_files(opt_tensors, state.pop("optimizer")), state

@@ -15,3 +15,7 @@ class DictionaryFormatError(MechscopeError, ValueError):
 
 class CheckpointError(MechscopeError, ValueError):
     """A training checkpoint that cannot be resumed from (missing files, mismatched run)."""
+
+
+class TrainingDivergedError(MechscopeError, FloatingPointError):
+    """Training produced a NaN or Inf loss (the message names the step and the likely cause)."""

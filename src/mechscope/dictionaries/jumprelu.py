@@ -76,6 +76,7 @@ class JumpReLUSAEConfig(DictionaryConfig):
     threshold_init: float = 0.1
 
     architecture = "jumprelu"
+    sparsity_coefficient = "l0_coefficient"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -55,10 +55,12 @@ class ReluL1Function(torch.autograd.Function):
 class ReluSAEConfig(DictionaryConfig):
     """`l1_coefficient` (>= 0) and `decoder_norm` (`"unit"` or `"weighted"`), see the module docstring."""
 
-    l1_coefficient: float = 5.0
+    l1_coefficient: float = 1.0
+    decoder_norm: str = "weighted"
 
     architecture = "relu"
     decoder_norms = ("unit", "weighted")
+    sparsity_coefficient = "l1_coefficient"
 
     def __post_init__(self) -> None:
         super().__post_init__()

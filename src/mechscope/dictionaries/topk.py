@@ -7,8 +7,10 @@ computed densely once without gradients, the `k` winners are re-attached to auto
 so the decoder forward and both weight gradients cost `O(batch * k * d)`; only the encoder forward
 is dense.
 
-AuxK (dead latents only, `dead_mask` given): the `aux_k` largest dead pre-activations
-reconstruct the residual `e = target - x_hat` (detached);
+AuxK (dead latents only, `dead_mask` given): the `aux_k` largest dead pre-activations, raw
+(no ReLU, as in OpenAI's and SAELens's implementations, so a latent whose pre-activation never
+becomes positive still gets a gradient), reconstruct the residual `e = target - x_hat` (detached)
+without the decoder bias: `e_hat = z_dead @ W_dec`;
 `aux = aux_k_coefficient * mean_b ||e_hat - e||^2 / mean_b ||e - mean_b(e)||^2`.
 
 Example:
@@ -104,7 +106,8 @@ class TopKSAE(Dictionary):
         vals, cols = pre.masked_fill(~dead_mask, float("-inf")).topk(k_aux, dim=-1, sorted=False)
         rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k_aux)
         pattern = SparsePattern.build(rows, cols.reshape(-1), pre.shape[0], self.cfg.d_sae)
-        acts = self._sparse_acts(x_n, pattern, vals.reshape(-1))
-        e_hat = sparse_decode(pattern, acts, self.W_dec)
+        raw = gather_preacts(x_n, self.b_dec, self.W_enc, self.b_enc, vals.reshape(-1), pattern,
+                             bool(self.cfg.apply_b_dec_to_input))
+        e_hat = sparse_decode(pattern, raw, self.W_dec)
         denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
         return self.cfg.aux_k_coefficient * self._mse(e_hat, residual) / denom

@@ -7,7 +7,9 @@ Batches are tensors `[batch, d_in]` (SAEs) or pairs `([batch, d_in], [batch, d_o
 linear decay to zero over the last `lr_decay_fraction` of the steps; warms the sparsity
 coefficient up linearly; clips gradients; tracks dead latents (no firing in the last
 `dead_window_tokens` tokens), fed to the AuxK loss of TopK-style dictionaries or resampled for
-the others; logs L0, explained variance and dead fraction to a tqdm bar, a JSONL file and
+the others; with `target_l0`, steers the sparsity coefficient of penalty architectures (ReLU-L1,
+JumpReLU, Gated) so that the L0 ends at the target (see `L0Controller`); stops with one clear
+error naming the step when the loss turns NaN or Inf (the last checkpoint is kept); logs L0, explained variance and dead fraction to a tqdm bar, a JSONL file and
 (optionally) wandb; and writes resumable checkpoints. A resumed run ends bit-identical to an
 uninterrupted one given the same batches and seed.
 
@@ -27,6 +29,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +41,7 @@ from torch import Tensor
 
 from mechscope.dictionaries import checkpoint as ckpt
 from mechscope.dictionaries.base import Dictionary
-from mechscope.dictionaries.errors import CheckpointError, DictionaryConfigError
+from mechscope.dictionaries.errors import CheckpointError, DictionaryConfigError, TrainingDivergedError
 from mechscope.dictionaries.initialisation import decoder_bias_init
 from mechscope.dictionaries.metrics import dead_fraction, explained_variance, fixed_norm_scale
 from mechscope.dictionaries.resampling import resample_dead_latents
@@ -46,12 +49,59 @@ from mechscope.dictionaries.resampling import resample_dead_latents
 logger = logging.getLogger(__name__)
 
 
+def default_lr(d_sae: int, batch_size: int) -> float:
+    """The learning rate used when none is given: `2e-3 * (d_sae / 1024) ** -0.25 * (batch_size / 1024) ** 0.5`.
+
+    Measured on the synthetic family (docs/dictionaries.md): the best rate falls slowly with the
+    number of latents and grows with the square root of the batch (Adam's noise scale), capped at 1e-2.
+
+    Example:
+        >>> round(default_lr(1024, 1024), 6), round(default_lr(16384, 4096), 6)
+        (0.002, 0.002)
+    """
+    return min(1e-2, 2e-3 * (d_sae / 1024) ** -0.25 * (batch_size / 1024) ** 0.5)
+
+
+class L0Controller:
+    """Steers a penalty coefficient so the running L0 reaches `target`.
+
+    Control law (integral control in log space), applied after each step once the sparsity
+    warm-up is over: `log m <- log m + clip(gain * log(max(l0, target / 20) / target), -0.1, 0.1)`,
+    where `l0` is the batch's mean number of active latents and `m` multiplies the coefficient.
+    Too many active latents raise the penalty, too few lower it; the step is bounded so one
+    noisy batch cannot swing it, and the floor keeps the law finite when nothing fires.
+
+    Example:
+        >>> c = L0Controller(target=10.0, gain=0.5)
+        >>> c.update(20.0) > 1.0, c.update(5.0) < c.update(20.0)
+        (True, True)
+    """
+
+    def __init__(self, target: float, gain: float, multiplier: float = 1.0) -> None:
+        self.target, self.gain, self.multiplier = target, gain, multiplier
+
+    def update(self, l0: float) -> float:
+        """Apply one step of the law for the measured `l0`; returns the new multiplier."""
+        err = math.log(max(l0, self.target / 20) / self.target)
+        self.multiplier *= math.exp(min(0.1, max(-0.1, self.gain * err)))
+        return self.multiplier
+
+
+# Settings that may change between a run and its resumption without changing its result.
+_FREE_ON_RESUME = ("progress", "log_path", "log_every", "wandb_project", "checkpoint_dir", "checkpoint_every")
+
+
 @dataclass
 class TrainerConfig:
-    """Optimisation settings. `total_steps` counts optimizer steps (one batch each)."""
+    """Optimisation settings. `total_steps` counts optimizer steps (one batch each).
+
+    `lr=None` uses `default_lr(d_sae, batch)`. `target_l0` (penalty architectures only) turns on
+    the `L0Controller` with `l0_controller_gain`; the coefficient it reached is written back into
+    the dictionary config at the end of `fit`.
+    """
 
     total_steps: int
-    lr: float = 3e-4
+    lr: float | None = None
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     lr_warmup_steps: int = 0
@@ -71,11 +121,19 @@ class TrainerConfig:
     log_every: int = 10
     progress: bool = True
     wandb_project: str | None = None
+    target_l0: float | None = None
+    l0_controller_gain: float = 0.05
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
-        if self.total_steps <= 0 or self.lr <= 0 or self.init_batches <= 0 or self.log_every <= 0:
-            raise DictionaryConfigError("total_steps, lr, init_batches and log_every must be positive")
+        if self.total_steps <= 0 or self.init_batches <= 0 or self.log_every <= 0:
+            raise DictionaryConfigError("total_steps, init_batches and log_every must be positive")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise DictionaryConfigError(f"lr must be a positive number (or None for the default), got {self.lr!r}")
+        if self.target_l0 is not None and not self.target_l0 > 0:
+            raise DictionaryConfigError(f"target_l0 must be positive, got {self.target_l0!r}")
+        if not self.l0_controller_gain > 0:
+            raise DictionaryConfigError(f"l0_controller_gain must be positive, got {self.l0_controller_gain!r}")
         if not 0 <= self.lr_decay_fraction <= 1:
             raise DictionaryConfigError(f"lr_decay_fraction must be in [0, 1], got {self.lr_decay_fraction}")
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
@@ -85,12 +143,18 @@ class TrainerConfig:
         if self.resample_every is not None and self.resample_every <= 0:
             raise DictionaryConfigError("resample_every must be positive")
 
-    def lr_at(self, step: int) -> float:
-        """LR of 0-based `step`: `lr * min(1, (step+1)/warmup) * min(1, (total-step)/(decay_fraction*total))`."""
+    def lr_at(self, step: int, base: float | None = None) -> float:
+        """LR of 0-based `step`: `lr * min(1, (step+1)/warmup) * min(1, (total-step)/(decay_fraction*total))`.
+
+        `base` replaces `lr` (the trainer passes the default rate when `lr` is None).
+        """
+        lr = base if base is not None else self.lr
+        if lr is None:
+            raise DictionaryConfigError("lr_at needs a base rate when lr is None")
         warm = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
         decay_len = self.lr_decay_fraction * self.total_steps
         decay = min(1.0, (self.total_steps - step) / decay_len) if decay_len > 0 else 1.0
-        return self.lr * warm * decay
+        return lr * warm * decay
 
     def sparsity_scale_at(self, step: int) -> float:
         """Sparsity-coefficient multiplier: `min(1, (step+1)/sparsity_warmup_steps)`."""
@@ -107,11 +171,16 @@ class TrainResult:
 
 def _adam(params: list[torch.nn.Parameter], config: TrainerConfig) -> torch.optim.Adam:
     """Adam with the fused single-pass kernel where the device supports it (several times faster on CPU)."""
-    kwargs: dict[str, Any] = {"lr": config.lr, "betas": config.adam_betas, "eps": config.adam_eps}
+    kwargs: dict[str, Any] = {"lr": config.lr or 1e-3, "betas": config.adam_betas, "eps": config.adam_eps}
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, **kwargs)
+
+
+def _jsonable_config(config: TrainerConfig) -> dict[str, Any]:
+    """The config as JSON would read it back (tuples become lists), for comparison with a checkpoint's."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def _split(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
@@ -133,6 +202,12 @@ class Trainer:
         self.tokens_since_fired = torch.zeros(dictionary.cfg.d_sae, dtype=torch.int64)
         self.step = 0
         self.local_tokens = 0  # tokens this process trained on (its slices of the global batches)
+        coefficient = dictionary.cfg.sparsity_coefficient
+        if config.target_l0 is not None and coefficient is None:
+            raise DictionaryConfigError(f"target_l0 needs a penalty architecture (relu, jumprelu, gated); "
+                                        f"{dictionary.cfg.architecture} sets its L0 with k")
+        self.controller = L0Controller(config.target_l0, config.l0_controller_gain) if config.target_l0 else None
+        self.base_lr = config.lr  # resolved from the first batch when None
         self.optimizer = _adam(list(dictionary.parameters()), config)
         self._model: torch.nn.Module = dictionary
         self._log_file: Any = None
@@ -176,10 +251,12 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "dictionary_config": self.dictionary.cfg.to_dict(),
-            "trainer_config": dataclasses.asdict(self.config),
+            "trainer_config": _jsonable_config(self.config),
             "tokens_since_fired": self.tokens_since_fired.tolist(),
             "generator_state": ckpt.generator_state_to_json(self.generator),
             "world_size": self.world,
+            "base_lr": self.base_lr,
+            "sparsity_multiplier": self.controller.multiplier if self.controller else 1.0,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -194,14 +271,23 @@ class Trainer:
             dist.barrier()
         return path
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore weights, optimizer, counters and generator from a checkpoint folder."""
+    def load_checkpoint(self, path: str | Path, allow_changes: bool = False) -> None:
+        """Restore weights, optimizer, counters and generator from a checkpoint folder.
+
+        Settings that differ from the checkpoint's (trainer or dictionary) are listed in one
+        `CheckpointError` unless `allow_changes`; sizes and architecture must always match.
+        """
         weights, opt_state, state = ckpt.load_checkpoint(path)
         saved = dict(state["dictionary_config"])
         mine = self.dictionary.cfg.to_dict()
         for key in ("architecture", "d_in", "d_sae", "d_out"):
             if saved.get(key) != mine.get(key):
                 raise CheckpointError(f"checkpoint has {key}={saved.get(key)!r}, this dictionary {mine.get(key)!r}")
+        changes = ckpt.differences(state["trainer_config"], _jsonable_config(self.config), _FREE_ON_RESUME)
+        changes += ckpt.differences(saved, mine, ("input_scale", "output_scale"))
+        if changes and not allow_changes:
+            raise CheckpointError(f"cannot resume from {path}: settings differ from the checkpoint's "
+                                  f"({'; '.join(changes)}); use the same settings or allow the changes")
         self.dictionary.cfg.input_scale = float(saved["input_scale"])
         self.dictionary.cfg.output_scale = float(saved["output_scale"])
         self.dictionary.load_state_dict(weights)
@@ -209,16 +295,20 @@ class Trainer:
         self.tokens_since_fired = torch.tensor(state["tokens_since_fired"], dtype=torch.int64)
         self.generator.set_state(ckpt.generator_state_from_json(state["generator_state"]))
         self.step = int(state["step"])
+        self.base_lr = state.get("base_lr", self.base_lr)
+        if self.controller is not None:
+            self.controller.multiplier = float(state.get("sparsity_multiplier", 1.0))
 
     # -- training -----------------------------------------------------------------------------
     def fit(self, batches: Iterable[Any], resume_from: str | Path | None = None,
-            skip_consumed: bool = True) -> TrainResult:
+            skip_consumed: bool = True, allow_changes: bool = False) -> TrainResult:
         """Train until `total_steps`. With `resume_from`, restore that checkpoint first and (with
-        `skip_consumed`) skip the batches it already used, so pass the same stream from its start."""
+        `skip_consumed`) skip the batches it already used, so pass the same stream from its start;
+        `allow_changes` accepts settings that differ from the checkpoint's."""
         cfg = self.config
         raw: Iterator[Any] = iter(batches)
         if resume_from is not None:
-            self.load_checkpoint(resume_from)
+            self.load_checkpoint(resume_from, allow_changes=allow_changes)
             if skip_consumed:
                 raw = itertools.islice(raw, self.step, None)
             stream: Iterator[tuple[Tensor, Tensor | None]] = map(self._local, raw)
@@ -259,19 +349,29 @@ class Trainer:
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
+        if self.controller is not None:  # the coefficient in effect becomes the dictionary's own
+            name = self.dictionary.cfg.sparsity_coefficient
+            assert name is not None
+            setattr(self.dictionary.cfg, name, getattr(self.dictionary.cfg, name) * self.controller.multiplier)
+            metrics[name] = getattr(self.dictionary.cfg, name)
+            self.controller.multiplier = 1.0
         return TrainResult(self.step, metrics)
 
     def train_step(self, x: Tensor, t: Tensor | None = None) -> dict[str, float]:
         """One optimizer step on a local batch `x [batch, d_in]` (and `t [batch, d_out]`); metrics on logging steps."""
         cfg, d = self.config, self.dictionary
         step = self.step
-        lr = cfg.lr_at(step)
+        if self.base_lr is None:
+            self.base_lr = default_lr(d.cfg.d_sae, x.shape[0] * self.world)
+            logger.info("learning rate %.3g (default for d_sae=%d and this batch)", self.base_lr, d.cfg.d_sae)
+        lr = cfg.lr_at(step, self.base_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead_mask = self.tokens_since_fired >= cfg.dead_window_tokens if d.uses_aux_k else None
-        out = self._model(x, t, sparsity_scale=cfg.sparsity_scale_at(step), dead_mask=dead_mask)
+        scale = cfg.sparsity_scale_at(step) * (self.controller.multiplier if self.controller else 1.0)
+        out = self._model(x, t, sparsity_scale=scale, dead_mask=dead_mask)
         if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"non-finite loss at step {step}: {float(out.loss)} (check the inputs for NaN/Inf)")
+            self._diverged(step, float(out.loss), x, t)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         d.before_optimizer_step()
@@ -282,9 +382,15 @@ class Trainer:
         counts = out.fired.to(torch.int64)
         n_tokens = x.shape[0]
         self.local_tokens += n_tokens
+        active = out.firing_counts.sum().reshape(1).double() if self.controller is not None else None
         if self.distributed:
             dist.all_reduce(counts)
+            if active is not None:
+                dist.all_reduce(active)
             n_tokens *= self.world
+        if self.controller is not None and step >= cfg.sparsity_warmup_steps:
+            assert active is not None
+            self.controller.update(float(active) / n_tokens)
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[counts > 0] = 0
         self.step += 1
@@ -303,6 +409,14 @@ class Trainer:
             "l0": float(out.l0), "explained_variance": explained_variance(target, out.reconstruction.detach()),
             "dead_fraction": dead_fraction(self.tokens_since_fired, cfg.dead_window_tokens),
         }
+
+    def _diverged(self, step: int, loss: float, x: Tensor, t: Tensor | None) -> None:
+        bad_input = not bool(torch.isfinite(x).all()) or (t is not None and not bool(torch.isfinite(t).all()))
+        cause = ("the batch holds NaN or Inf activations" if bad_input
+                 else "the inputs are finite: lower the learning rate or the sparsity coefficient")
+        kept = ckpt.latest_checkpoint(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
+        where = f"; the last good checkpoint {kept} is kept" if kept else ""
+        raise TrainingDivergedError(f"training stopped at step {step}: the loss is {loss} ({cause}){where}")
 
     @staticmethod
     def _reduce_min(value: Tensor) -> Tensor:
