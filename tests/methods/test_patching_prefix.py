@@ -14,7 +14,7 @@ from _patching_helpers import ANSWER, WRONG, pair_ids
 from mechscope.core import names
 from mechscope.core.tokens import TokenBatch
 from mechscope.methods.patching import PairRuns, patch_loop, patch_sweep
-from mechscope.methods.patching.engine import floor_work, run_cells
+from mechscope.methods.patching.engine import floor_work, run_cells, suffix_starts
 from mechscope.methods.patching.sweep import site_cells
 from tiny_models import CONFIGS, tiny_model
 
@@ -75,8 +75,26 @@ def test_sweep_work_stays_within_1_5x_the_floor():
                     answer=ANSWER[0], wrong=WRONG[0])
     cells, _ = site_cells(model, "resid_pre", ("layer", "pos"), N_POS)
     work = _layer_tokens(model, lambda: run_cells(model, runs.pair.corrupt, runs.clean_acts, cells, runs.metric,
-                                                  runs.corrupt_resid))
-    floor = floor_work(cells, runs.metric, model.cfg.n_layers, N_POS)
+                                                  runs.corrupt_resid, base_acts=runs.corrupt_acts))
+    starts = suffix_starts(cells, runs.metric, N_POS, runs.clean_acts, runs.corrupt_acts)
+    floor = floor_work(cells, starts, model.cfg.n_layers, N_POS)
     layers_only = sum((model.cfg.n_layers - c.layer) * N_POS for c in cells)  # without reusing keys and values
     assert floor <= work <= 1.5 * floor, (work, floor)
     assert work < layers_only
+
+
+def test_positions_where_source_equals_base_are_not_run():
+    model = tiny_model("llama")
+    clean, corrupt = pair_ids(n_pairs=1, n_pos=N_POS, shared=(0, 1, 4))
+    runs = PairRuns(model, clean, corrupt, names=[names.resid_pre(0), names.z(1)], answer=ANSWER[0],
+                    wrong=WRONG[0])
+    cells, _ = site_cells(model, "resid_pre", ("layer", "pos"), N_POS)
+    cells = [c for c in cells if c.layer == 0]
+    starts = suffix_starts(cells, runs.metric, N_POS, runs.clean_acts, runs.corrupt_acts)
+    # Embeddings of shared tokens are equal: those cells start at the metric's position, the others at their own.
+    same = (clean[0] == corrupt[0]).tolist()
+    assert same[0] and same[1] and same[4] and not same[2]
+    assert starts == [N_POS - 1 if same[p] else p for p in range(N_POS)]
+    heads, _ = site_cells(model, "z", ("layer", "head"), N_POS)
+    heads = [c for c in heads if c.layer == 1]
+    assert suffix_starts(heads, runs.metric, N_POS, runs.clean_acts, runs.corrupt_acts) == [2] * len(heads)

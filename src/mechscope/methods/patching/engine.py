@@ -168,9 +168,10 @@ def _cache_tensors(output: Any) -> list[tuple[Tensor, Tensor]]:
     return [(layer.keys, layer.values) for layer in layers if getattr(layer, "keys", None) is not None]
 
 
-def _slice(cell: Cell, rows: slice | None, offset: int = 0) -> tuple[Any, ...]:
+def _slice(cell: Cell, rows: slice | None, offset: int = 0, first: int = 0) -> tuple[Any, ...]:
+    """Index of a cell's slice in an activation whose positions start at `offset` (all positions: from `first`)."""
     index: tuple[Any, ...] = (rows if rows is not None else slice(None),)
-    index += (slice(None) if cell.pos is None else cell.pos - offset,)
+    index += (slice(first, None) if cell.pos is None else cell.pos - offset,)
     if cell.head is not None:
         index += (cell.head,)
     return index
@@ -182,7 +183,9 @@ def _patch_hook(entries: list[tuple[int, Cell]], source: Tensor, n_pairs: int, o
         out = act.clone()
         src = source.to(act.dtype)
         for row, cell in entries:
-            out[_slice(cell, slice(row, row + n_pairs), offset)] = src[_slice(cell, None)]
+            if cell.pos is not None and cell.pos < offset:
+                continue  # the source equals the base there (see `suffix_starts`)
+            out[_slice(cell, slice(row, row + n_pairs), offset)] = src[_slice(cell, None, 0, offset)]
         return out
 
     return hook
@@ -247,34 +250,55 @@ def layers_return_tensors(model: Any, tokens: TokenBatch) -> bool:
     return bool(seen) and all(seen)
 
 
-def suffix_starts(cells: Sequence[Cell], metric: Metric, n_pos: int, reuse_kv: bool) -> list[int]:
-    """Each cell's first position that can differ from the base run (0 when keys and values are not reused)."""
-    positions = metric_positions(metric, n_pos) if reuse_kv else None
+def suffix_starts(cells: Sequence[Cell], metric: Metric, n_pos: int, sources: Mapping[str, Tensor] | None = None,
+                  base_acts: Mapping[str, Tensor] | None = None) -> list[int]:
+    """Each cell's first position that can differ from the base run.
+
+    That is the patched position, or for an all-positions cell the first position where the
+    source differs from the base activation at all (with `base_acts`; shared leading tokens
+    such as a BOS patch nothing), capped at the first position the metric reads. 0 for every
+    cell when the metric is not a `PositionMetric`.
+    """
+    positions = metric_positions(metric, n_pos)
     if positions is None:
         return [0] * len(cells)
     first_read = int(positions.min())
-    return [0 if c.pos is None else min(c.pos, first_read) for c in cells]
+    changed: dict[tuple[str, int | None], Tensor] = {}
+    starts = []
+    for cell in cells:
+        first = 0 if cell.pos is None else cell.pos
+        if sources is not None and base_acts is not None and cell.name in base_acts:
+            key = (cell.name, cell.head)
+            if key not in changed:
+                diff = sources[cell.name] != base_acts[cell.name].to(sources[cell.name].device)
+                diff = diff[:, :, cell.head] if cell.head is not None else diff
+                changed[key] = diff.reshape(diff.shape[0], diff.shape[1], -1).any(-1).any(0).cpu()
+            where = changed[key] if cell.pos is None else changed[key][cell.pos:cell.pos + 1]
+            hits = where.nonzero()
+            first = n_pos if hits.numel() == 0 else first + int(hits[0])
+        starts.append(min(first, first_read))
+    return starts
 
 
-def floor_work(cells: Sequence[Cell], metric: Metric, n_layers: int, n_pos: int, n_pairs: int = 1) -> int:
-    """Layer x token work no exact sweep can skip: sum over cells of (n_layers - layer) * suffix length * n_pairs."""
-    starts = suffix_starts(cells, metric, n_pos, reuse_kv=True)
+def floor_work(cells: Sequence[Cell], starts: Sequence[int], n_layers: int, n_pos: int, n_pairs: int = 1) -> int:
+    """Layer x token work no exact sweep can skip: sum over cells of (n_layers - layer) * (n_pos - start) * n_pairs."""
     return sum((n_layers - c.layer) * (n_pos - s) * n_pairs for c, s in zip(cells, starts, strict=True))
 
 
 def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells: Sequence[Cell],
               metric: Metric, base_resid: Sequence[Tensor] | None = None, memory_mb: float = 512,
-              extra_hooks: Sequence[Any] = ()) -> Tensor:
+              extra_hooks: Sequence[Any] = (), base_acts: Mapping[str, Tensor] | None = None) -> Tensor:
     """Metric `[len(cells), n_pairs]` of the base run with each cell patched from `sources[cell.name]`.
 
     `base_resid[l]` (the base run's `resid_pre` at layer l, `[n_pairs, pos, d_model]`) turns
     on starting each chunk at its first patched layer; None runs every layer. When it is a
     `BaseStates` with keys and values and there are no `extra_hooks`, each chunk also starts
-    at its first patched position.
+    at its first patched position (see `suffix_starts`; `base_acts`, the base run's
+    activations at the cells' names, lets it skip positions where source and base agree).
     """
     n_pairs, n_pos = base.ids.shape
     kv = getattr(base_resid, "kv", None) if not extra_hooks else None
-    offsets = suffix_starts(cells, metric, n_pos, reuse_kv=kv is not None)
+    offsets = suffix_starts(cells, metric, n_pos, sources, base_acts) if kv is not None else [0] * len(cells)
     keep = 1 if isinstance(metric, PositionMetric) else n_pos
     order = sorted(range(len(cells)), key=lambda c: (-offsets[c], cells[c].layer))
     out = torch.empty(len(cells), n_pairs)

@@ -28,7 +28,7 @@ from torch import Tensor
 from mechscope.core import names as hook_names
 from mechscope.core.errors import MechscopeError
 from mechscope.core.provenance import provenance
-from mechscope.methods.metrics import Metric
+from mechscope.methods.metrics import Metric, check_recoverable, normalized_recovery
 from mechscope.methods.patching.engine import Cell, cached_runs, layers_return_tensors, run_cells
 from mechscope.methods.patching.inputs import (
     Answers,
@@ -107,26 +107,24 @@ class PairRuns:
             model, self.pair.corrupt, self.names, self.metric)
         self.clean_value, self.corrupt_value = clean_value.mean().item(), corrupt_value.mean().item()
         self.skip = layers_return_tensors(model, self.pair.clean)
-        if abs(self.clean_value - self.corrupt_value) < 1e-6:
-            raise MechscopeError(
-                f"The metric is the same on both prompts ({self.clean_value:.4g}); normalized recovery "
-                "is undefined. Choose prompts or answers the model tells apart.")
+        check_recoverable(self.clean_value, self.corrupt_value)
 
     def patched(self, cells: Sequence[Cell], mode: str, memory_mb: float = 512,
                 skip_layers: bool = True) -> Tensor:
         """Mean metric over pairs `[len(cells)]` with each cell patched (source -> base per `mode`)."""
         base, _ = self.pair.base_and_source(mode)
         sources = self.clean_acts if mode == "denoise" else self.corrupt_acts
+        base_acts = self.corrupt_acts if mode == "denoise" else self.clean_acts
         resid = self.corrupt_resid if mode == "denoise" else self.clean_resid
         missing = {c.name for c in cells} - set(sources)
         if missing:
             raise MechscopeError(f"PairRuns did not cache {sorted(missing)[:3]}...; pass them as names=.")
         values = run_cells(self.model, base, sources, cells, self.metric,
-                           resid if skip_layers and self.skip else None, memory_mb)
+                           resid if skip_layers and self.skip else None, memory_mb, base_acts=base_acts)
         return values.mean(dim=1)
 
     def recovery(self, values: Tensor) -> Tensor:
-        return (values - self.corrupt_value) / (self.clean_value - self.corrupt_value)
+        return normalized_recovery(values, self.clean_value, self.corrupt_value)
 
     def result(self, scores: Tensor, by: tuple[str, ...], labels: list[list[Any]], site: str, method: str,
                mode: str, **extra: Any) -> PatchResult:
