@@ -78,8 +78,28 @@ def test_zeroing_a_heads_result_equals_zeroing_its_z(tiny) -> None:
 
     via_result = tiny.run_with_hooks(ids, fwd_hooks=[(names.result(1), zero_head)])
     via_z = tiny.run_with_hooks(ids, fwd_hooks=[(names.z(1), zero_head)])
-    _close(via_result, via_z)
     assert not torch.allclose(via_z, tiny(ids))
+    if tiny.family.attn_out == tiny.family.attn:
+        _close(via_result, via_z)
+        return
+    # Gemma 2/3: each head's result is normalized with the scale of the whole attention output,
+    # so zeroing one removes exactly its share of hook_attn_out (the scale stays that of the clean run).
+    _, clean = tiny.run_with_cache(ids, names=[names.result(1), names.attn_out(1)])
+    expected = clean[names.attn_out(1)] - clean[names.result(1)][:, :, 2]
+    _, edited = tiny.run_with_cache(ids, names=[names.attn_out(1)], fwd_hooks=[(names.result(1), zero_head)])
+    _close(edited[names.attn_out(1)], expected)
+
+
+@torch.no_grad()
+def test_heads_results_sum_to_what_the_residual_stream_receives(tiny) -> None:
+    """sum_h hook_result (+ b_O) == hook_attn_out, and resid_mid - resid_pre == attn_out (sequential blocks)."""
+    _, cache = tiny.run_with_cache(tiny_ids())
+    for layer in range(tiny.cfg.n_layers):
+        o_proj = tiny.layers[layer].get_submodule(tiny.family.o_proj)
+        bias = o_proj.bias if getattr(o_proj, "bias", None) is not None and tiny.family.attn_out == tiny.family.attn else 0
+        _close(cache[names.result(layer)].sum(dim=2) + bias, cache[names.attn_out(layer)])
+        if names.resid_mid(layer) in cache:
+            _close(cache[names.resid_mid(layer)] - cache[names.resid_pre(layer)], cache[names.attn_out(layer)])
 
 
 @torch.no_grad()

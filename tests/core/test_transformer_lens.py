@@ -21,7 +21,7 @@ RTOL = 1e-4
 def _tl_model(kind: str, model) -> HookedTransformer:
     c = model.cfg
     common = dict(n_layers=c.n_layers, d_model=c.d_model, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
-                  d_vocab=c.d_vocab, n_ctx=128, use_attn_result=True, default_prepend_bos=False)
+                  d_vocab=c.d_vocab, n_ctx=128, use_attn_result=True, use_hook_mlp_in=True, default_prepend_bos=False)
     if kind == "gpt2":
         cfg = HookedTransformerConfig(**common, act_fn="gelu_new", normalization_type="LN", eps=1e-5)
         state = convert_gpt2_weights(model.hf_model, cfg)
@@ -46,9 +46,12 @@ def test_same_activations_as_transformer_lens(kind: str) -> None:
     tl_logits, theirs = tl.run_with_cache(ids)
     compared = 0
     for name, act in ours.items():
-        if name not in theirs.cache_dict or "hook_normalized" in name:
-            continue  # TransformerLens takes norms before their weight and bias; mechscope after (names.py)
+        if name not in theirs.cache_dict:
+            continue
         reference = theirs[name]
+        if name.endswith("hook_attn_scores"):  # masked keys are -inf in both
+            assert torch.equal(torch.isneginf(act), torch.isneginf(reference)), name
+            act, reference = act.masked_fill(torch.isneginf(act), 0), reference.masked_fill(torch.isneginf(reference), 0)
         if name == "hook_pos_embed":  # HF computes it once and broadcasts over the batch
             act = act.expand_as(reference)
         assert act.shape == reference.shape, f"{name}: {tuple(act.shape)} vs {tuple(reference.shape)}"

@@ -127,6 +127,7 @@ class HookedModel(nn.Module):
             attention_mask = batch.attention_mask if batch.attention_mask.eq(0).any() else None
         if ids.numel() == 0:
             raise MechscopeError("Empty input: the token tensor has no positions.")
+        tok.check_ids(ids, self.hf_model.get_input_embeddings().num_embeddings, self.cfg.n_ctx)
         device = self.device
         ids = ids.to(device)
         if attention_mask is not None:
@@ -228,7 +229,7 @@ class HookedModel(nn.Module):
         selected = self.resolve_names(names)
         stop = self._normalize_stop(stop_at_layer)
         if stop is not None and stop < self.cfg.n_layers:
-            late = [n for n in selected if n == hook_names.LN_FINAL or (hook_names.parse_layer(n) or -1) >= stop]
+            late = [n for n in selected if n.startswith("ln_final.") or (hook_names.parse_layer(n) or -1) >= stop]
             if late and not callable(names) and names is not None:
                 raise HookNameError(f"{late[0]!r} comes after stop_at_layer={stop_at_layer}; nothing there is computed.")
             selected = [n for n in selected if n not in late]

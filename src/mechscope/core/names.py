@@ -7,18 +7,23 @@ Shapes (batch, pos, d_model, n_heads, n_kv_heads, d_head, d_mlp):
 | `hook_embed` | [batch, pos, d_model] |
 | `hook_pos_embed` (GPT-2) | [1, pos, d_model], broadcast over the batch as HF computes it |
 | `blocks.{l}.hook_resid_pre` / `hook_resid_mid` / `hook_resid_post` | [batch, pos, d_model] |
-| `blocks.{l}.ln1.hook_normalized`, `blocks.{l}.ln2.hook_normalized` | [batch, pos, d_model] |
+| `blocks.{l}.ln1.hook_scale`, `ln2.hook_scale`, `ln_final.hook_scale` | [batch, pos, 1] |
+| `blocks.{l}.ln1.hook_normalized`, `ln2.hook_normalized`, `ln_final.hook_normalized` | [batch, pos, d_model] |
+| `blocks.{l}.ln1.hook_out`, `ln2.hook_out`, `ln_final.hook_out` | [batch, pos, d_model] |
 | `blocks.{l}.attn.hook_q` | [batch, pos, n_heads, d_head] |
 | `blocks.{l}.attn.hook_k`, `hook_v` | [batch, pos, n_kv_heads, d_head] |
+| `blocks.{l}.attn.hook_rot_q` / `hook_rot_k` (rotary families) | as `hook_q` / `hook_k` |
+| `blocks.{l}.attn.hook_attn_scores`, `hook_pattern` | [batch, n_heads, query_pos, key_pos] |
 | `blocks.{l}.attn.hook_z` | [batch, pos, n_heads, d_head] |
-| `blocks.{l}.attn.hook_pattern` | [batch, n_heads, query_pos, key_pos] |
 | `blocks.{l}.attn.hook_result` | [batch, pos, n_heads, d_model] |
-| `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out` | [batch, pos, d_model] |
-| `blocks.{l}.mlp.hook_pre`, `blocks.{l}.mlp.hook_post` | [batch, pos, d_mlp] |
-| `ln_final.hook_normalized` | [batch, pos, d_model] |
+| `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out`, `blocks.{l}.hook_mlp_in` | [batch, pos, d_model] |
+| `blocks.{l}.mlp.hook_pre`, `mlp.hook_pre_linear` (gated MLPs), `mlp.hook_post` | [batch, pos, d_mlp] |
 
-`*.hook_normalized` is a norm module's output, its weight (and bias) applied: what the
-attention, the MLP or the unembedding reads. (TransformerLens takes it before the weight.)
+As in TransformerLens, `*.hook_normalized` is the norm's input normalized (centered and
+divided by `hook_scale`), before the norm's weight and bias; `*.hook_out` is the norm
+module's output, weight (and bias) applied: what the attention, the MLP or the
+unembedding reads. `hook_mlp_in` is the MLP norm's input (an edit changes what the MLP
+reads, not the residual stream). docs/hook_points.md says what each name is, family by family.
 
 Example:
     >>> resid_pre(3)
@@ -34,21 +39,32 @@ import re
 EMBED = "hook_embed"
 POS_EMBED = "hook_pos_embed"
 LN_FINAL = "ln_final.hook_normalized"
+LN_FINAL_SCALE = "ln_final.hook_scale"
+LN_FINAL_OUT = "ln_final.hook_out"
 
 # Per-block hook suffixes in the order the forward pass reaches them.
 BLOCK_SUFFIXES: tuple[str, ...] = (
     "hook_resid_pre",
+    "ln1.hook_scale",
     "ln1.hook_normalized",
+    "ln1.hook_out",
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_v",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_attn_scores",
     "attn.hook_pattern",
     "attn.hook_z",
     "attn.hook_result",
     "hook_attn_out",
     "hook_resid_mid",
+    "hook_mlp_in",
+    "ln2.hook_scale",
     "ln2.hook_normalized",
+    "ln2.hook_out",
     "mlp.hook_pre",
+    "mlp.hook_pre_linear",
     "mlp.hook_post",
     "hook_mlp_out",
     "hook_resid_post",
@@ -116,6 +132,22 @@ def z(layer: int) -> str:
 
 def pattern(layer: int) -> str:
     return block(layer, "attn.hook_pattern")
+
+
+def attn_scores(layer: int) -> str:
+    return block(layer, "attn.hook_attn_scores")
+
+
+def rot_q(layer: int) -> str:
+    return block(layer, "attn.hook_rot_q")
+
+
+def rot_k(layer: int) -> str:
+    return block(layer, "attn.hook_rot_k")
+
+
+def mlp_in(layer: int) -> str:
+    return block(layer, "hook_mlp_in")
 
 
 def result(layer: int) -> str:

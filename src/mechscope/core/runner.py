@@ -15,8 +15,9 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from mechscope.core.attention import pattern_hooks
+from mechscope.core.attention import AttentionHooks, attention_hooks, check_hookable
 from mechscope.core.errors import HookShapeError, MechscopeError
+from mechscope.core.norms import normalized_of, scale_of, weighted
 from mechscope.core.sites import Site
 
 
@@ -98,10 +99,10 @@ class HookRun:
                 continue
             if not isinstance(out, Tensor):
                 raise HookShapeError(f"Hook on {site.name!r} returned {type(out).__name__}; return a tensor or None.")
-            if out.shape != new.shape:
+            if out.shape != new.shape or out.dtype != new.dtype or out.device != new.device:
                 raise HookShapeError(
-                    f"Hook on {site.name!r} returned shape {tuple(out.shape)}; "
-                    f"the activation there has shape {tuple(new.shape)}."
+                    f"Hook on {site.name!r} returned a {tuple(out.shape)} {out.dtype} tensor on {out.device}; "
+                    f"return one like the activation: {tuple(new.shape)} {new.dtype} on {new.device}."
                 )
             new = out
         for fn in self.bwd.get(site.name, ()):
@@ -116,7 +117,7 @@ class HookRun:
             new = self._apply(site, act)
             if new is act and site.name not in self.bwd:
                 continue
-            if site.special == "result":
+            if site.special in ("result", "result_post_norm"):
                 self.stash[("result", site.layer)] = new
             elif site.special == "resid_mid":
                 self.stash[("resid_mid", site.layer)] = new
@@ -135,14 +136,30 @@ class HookRun:
         new = self._run_sites(sites, raw)
         return None if new is raw else (args, {**kwargs, "hidden_states": new})
 
+    def _run_norm(self, sites: list[Site], module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
+        """`ln*.hook_scale` then `ln*.hook_normalized` (see norms.py); the output rebuilt after an edit."""
+        spec = sites[0].norm
+        assert spec is not None
+        scale = scale_of(spec, x)
+        by_part = {s.special: s for s in sites}
+        if "norm_scale" in by_part:
+            new_scale = self._apply(by_part["norm_scale"], scale)
+            edited, scale = new_scale is not scale, new_scale
+        else:
+            edited = False
+        normalized = normalized_of(spec, x, scale)
+        if "norm_normalized" in by_part:
+            new = self._apply(by_part["norm_normalized"], normalized)
+            edited, normalized = edited or new is not normalized, new
+        return weighted(spec, module, normalized) if edited else out
+
     def _post_hook(self, sites: list[Site], internal: list[str], module: nn.Module, args: tuple, output: Any) -> Any:
         raw = _output_tensor(output)
         current = raw
-        layer = sites[0].layer if sites else None
-        if "result_apply" in internal:
+        if "result_apply" in internal or "result_apply_post_norm" in internal:
             result = self.stash.pop(("result", self._layer_of[module]), None)
             if result is not None:
-                bias = getattr(module, "bias", None)
+                bias = getattr(module, "bias", None) if "result_apply" in internal else None
                 current = result.sum(dim=-2) + (bias if bias is not None else 0)
         if "mid_fixup" in internal:
             layer = self._layer_of[module]
@@ -150,6 +167,10 @@ class HookRun:
             contribution = self.stash.pop(("mlp_contribution", layer), None)
             if mid is not None and contribution is not None:
                 current = mid + contribution
+        norm_sites = [s for s in sites if s.norm is not None]
+        if norm_sites:
+            current = self._run_norm(norm_sites, module, args[0], current)
+            sites = [s for s in sites if s.norm is None]
         current = self._run_sites(sites, current)
         if "mlp_capture" in internal:
             self.stash[("mlp_contribution", self._layer_of[module])] = current
@@ -164,16 +185,20 @@ class HookRun:
         pre: dict[nn.Module, list[Site]] = defaultdict(list)
         post: dict[nn.Module, list[Site]] = defaultdict(list)
         internal: dict[nn.Module, list[str]] = defaultdict(list)
-        patterns: dict[nn.Module, Callable[[Tensor], Tensor]] = {}
+        inside: dict[nn.Module, dict[str, Callable[[Tensor], Tensor]]] = defaultdict(dict)
         self._layer_of: dict[nn.Module, int | None] = {}
         for site in wanted:
-            if site.event == "pattern":
-                patterns[site.module] = partial(self._apply, site)
+            if site.event == "attention":
+                inside[site.module][site.special] = partial(self._apply, site)
             else:
                 (pre if site.event == "pre" else post)[site.module].append(site)
             if site.special == "result":
                 internal[site.module].append("result_apply")
                 self._layer_of[site.module] = site.layer
+            if site.special == "result_post_norm":
+                target = self.sites[site.name.replace("attn.hook_result", "hook_attn_out")].module
+                internal[target].append("result_apply_post_norm")
+                self._layer_of[target] = site.layer
             if site.special == "resid_mid":
                 self._add_mid_fixup(site, internal)
         try:
@@ -187,7 +212,13 @@ class HookRun:
                 group = sorted(post.get(module, []), key=lambda s: s.order)
                 hook = partial(self._post_hook, group, internal.get(module, []))
                 self.handles.append(module.register_forward_hook(hook))
-            self._patterns = pattern_hooks(self.hf_model, patterns)
+            if inside:
+                check_hookable(self.hf_model)
+            self._patterns = attention_hooks({
+                module: AttentionHooks(parts.get("rot_q"), parts.get("rot_k"), parts.get("attn_scores"),
+                                       parts.get("pattern"))
+                for module, parts in inside.items()
+            })
             self._patterns.__enter__()
         except BaseException:
             self._remove()

@@ -2,11 +2,18 @@
 
 A `Site` reads its activation from a module's input (`pre`) or output (`post`) through a
 `read` view and writes a replacement back with `write`. Sites that share a module event
-run in forward order (`order`). Three names need more than a view:
+run in forward order (`order`). Some names need more than a view (`special`):
 
-- `attn.hook_pattern` comes from the attention function (see `attention.py`);
+- `attn.hook_rot_q` / `hook_rot_k` / `hook_attn_scores` / `hook_pattern` come from inside
+  the attention function (event `attention`, see `attention.py`);
+- `ln*.hook_scale` and `ln*.hook_normalized` are computed from the norm's input (see
+  `norms.py`); an edit rebuilds the norm's output from them; `ln*.hook_out` is the norm
+  module's own output (weight applied);
 - `attn.hook_result` is computed from `hook_z` and the output projection's weight, only
-  when asked for; an edit replaces the projection's output by the sum over heads plus bias;
+  when asked for; an edit replaces the projection's output by the sum over heads plus bias.
+  Where a norm follows attention (Gemma 2/3), each head's result is passed through that
+  norm with the scale of the whole attention output, so the heads sum to `hook_attn_out`,
+  what the residual stream receives; an edit replaces the norm's output by their sum;
 - `hook_resid_mid` is read at the input of the MLP's norm; an edit also replaces the
   residual the block carries on, so the block output becomes `edit + mlp_out`.
 """
@@ -23,8 +30,9 @@ from torch import Tensor, nn
 from mechscope.core import names
 from mechscope.core.config import ModelConfig
 from mechscope.core.families import Family, get_module
+from mechscope.core.norms import NormSpec, norm_spec, scale_of
 
-Event = Literal["pre", "post", "pattern"]
+Event = Literal["pre", "post", "attention"]
 Reader = Callable[[Tensor], Tensor]
 Writer = Callable[[Tensor, Tensor], Tensor]
 
@@ -40,7 +48,8 @@ class Site:
     order: int
     read: Reader
     write: Writer
-    special: str = ""  # "result" or "resid_mid" for the sites described in the module docstring
+    special: str = ""  # how the sites described in the module docstring are handled
+    norm: NormSpec | None = None  # for `ln*.hook_scale` / `hook_normalized`
 
 
 def _identity(raw: Tensor) -> Tensor:
@@ -93,11 +102,20 @@ def o_proj_heads_weight(o_proj: nn.Module, cfg: ModelConfig, transposed: bool) -
     return weight.reshape(cfg.n_heads, cfg.d_head, -1)
 
 
-def _result_reader(o_proj: nn.Module, cfg: ModelConfig, transposed: bool) -> Reader:
+def _result_reader(o_proj: nn.Module, cfg: ModelConfig, transposed: bool,
+                   post_norm: tuple[nn.Module, NormSpec] | None) -> Reader:
     def read(raw: Tensor) -> Tensor:
         z = raw.view(*raw.shape[:-1], cfg.n_heads, cfg.d_head)
         w_o = o_proj_heads_weight(o_proj, cfg, transposed)
-        return torch.einsum("bphd,hdm->bphm", z, w_o.to(z.dtype))
+        result = torch.einsum("bphd,hdm->bphm", z, w_o.to(z.dtype))
+        if post_norm is None:
+            return result
+        norm, spec = post_norm
+        bias = getattr(o_proj, "bias", None)
+        total = result.sum(dim=-2) + (bias if bias is not None else 0)  # the norm's input, shared by every head
+        scale = scale_of(spec, total).unsqueeze(-2)
+        weight = norm.weight.float() + spec.weight_offset
+        return (result.float() / scale.float() * weight).to(result.dtype)
 
     return read
 
@@ -107,8 +125,17 @@ def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[s
     sites: dict[str, Site] = {}
 
     def add(name: str, layer: int | None, module: nn.Module, event: Event, order: int,
-            rw: tuple[Reader, Writer] = (_identity, _replace), special: str = "") -> None:
-        sites[name] = Site(name, layer, module, event, order, rw[0], rw[1], special)
+            rw: tuple[Reader, Writer] = (_identity, _replace), special: str = "", norm: NormSpec | None = None) -> None:
+        sites[name] = Site(name, layer, module, event, order, rw[0], rw[1], special, norm)
+
+    def add_norm(prefix: str, layer: int | None, module: nn.Module) -> None:
+        spec = norm_spec(module, family.norm_offset)
+        if spec is None:  # not a norm (an identity): its output is all there is
+            add(f"{prefix}.hook_normalized", layer, module, "post", 0)
+            return
+        add(f"{prefix}.hook_scale", layer, module, "post", 0, special="norm_scale", norm=spec)
+        add(f"{prefix}.hook_normalized", layer, module, "post", 1, special="norm_normalized", norm=spec)
+        add(f"{prefix}.hook_out", layer, module, "post", 2)
 
     add(names.EMBED, None, get_module(hf_model, family.embed), "post", 0)
     if family.pos_embed:
@@ -123,7 +150,7 @@ def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[s
             return names.block(_i, suffix)
 
         add(name("hook_resid_pre"), layer_index, layer, "pre", 0)
-        add(name("ln1.hook_normalized"), layer_index, sub(family.ln1), "post", 0)
+        add_norm(name("ln1"), layer_index, sub(family.ln1))
         if family.qkv == "separate":
             add(name("attn.hook_q"), layer_index, sub(family.q_proj), "post", 0, _heads(n_q, d_head))
             add(name("attn.hook_k"), layer_index, sub(family.k_proj), "post", 0, _heads(n_kv, d_head))
@@ -134,19 +161,31 @@ def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[s
             add(name("attn.hook_q"), layer_index, fused, "post", 0, slicer(0, n_q, d_head))
             add(name("attn.hook_k"), layer_index, fused, "post", 1, slicer(1, n_q, d_head))
             add(name("attn.hook_v"), layer_index, fused, "post", 2, slicer(2, n_q, d_head))
-        add(name("attn.hook_pattern"), layer_index, sub(family.attn), "pattern", 0)
+        attn = sub(family.attn)
+        inside = ("rot_q", "rot_k", "attn_scores", "pattern") if family.rotary else ("attn_scores", "pattern")
+        for order, part in enumerate(inside):
+            add(name(f"attn.hook_{part}"), layer_index, attn, "attention", order, special=part)
         o_proj = sub(family.o_proj)
+        post_norm = None
+        if family.attn_out != family.attn:
+            norm = sub(family.attn_out)
+            spec = norm_spec(norm, family.norm_offset)
+            post_norm = (norm, spec) if spec is not None else None
         add(name("attn.hook_z"), layer_index, o_proj, "pre", 0, _heads(n_q, d_head))
         add(name("attn.hook_result"), layer_index, o_proj, "pre", 1,
-            (_result_reader(o_proj, cfg, family.o_proj_transposed), _replace), special="result")
+            (_result_reader(o_proj, cfg, family.o_proj_transposed, post_norm), _replace),
+            special="result" if post_norm is None else "result_post_norm")
         add(name("hook_attn_out"), layer_index, sub(family.attn_out), "post", 0)
         if family.has_mlp:
             if not cfg.parallel_attn_mlp:
                 add(name("hook_resid_mid"), layer_index, sub(family.ln2), "pre", 0, special="resid_mid")
-            add(name("ln2.hook_normalized"), layer_index, sub(family.ln2), "post", 0)
+            add(name("hook_mlp_in"), layer_index, sub(family.ln2), "pre", 1)
+            add_norm(name("ln2"), layer_index, sub(family.ln2))
             add(name("mlp.hook_pre"), layer_index, sub(family.mlp_in), "post", 0)
+            if family.mlp_linear:
+                add(name("mlp.hook_pre_linear"), layer_index, sub(family.mlp_linear), "post", 0)
             add(name("mlp.hook_post"), layer_index, sub(family.mlp_down), "pre", 0)
             add(name("hook_mlp_out"), layer_index, sub(family.mlp_out), "post", 0)
         add(name("hook_resid_post"), layer_index, layer, "post", 1)
-    add(names.LN_FINAL, None, get_module(hf_model, family.final_norm), "post", 0)
+    add_norm("ln_final", None, get_module(hf_model, family.final_norm))
     return sites

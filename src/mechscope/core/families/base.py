@@ -5,7 +5,9 @@ or to one decoder layer (the rest). `attn_out` and `mlp_out` name the module who
 is what the block adds to the residual stream (the attention module itself, or a
 post-attention norm in Gemma 2/3). `qkv` says how queries, keys and values come out:
 `separate` (q_proj, k_proj, v_proj), `gpt2` (one fused projection, [q | k | v]) or `neox`
-(one fused projection, per head [q | k | v]). An attention-only model leaves the MLP
+(one fused projection, per head [q | k | v]). `rotary` says whether queries and keys are
+rotated (rotary position embeddings), `norm_offset` whether RMSNorm weights are stored as
+`w - 1` (Gemma), `mlp_linear` names the ungated branch of a gated MLP. An attention-only model leaves the MLP
 entries (`ln2`, `mlp_in`, `mlp_down`, `mlp_out`) empty and has no MLP hook points.
 """
 
@@ -43,6 +45,9 @@ class Family:
     v_proj: str = ""
     pos_embed: str | None = None
     o_proj_transposed: bool = False  # GPT-2's Conv1D stores weight as [in, out]
+    rotary: bool = True  # rotary position embeddings: `attn.hook_rot_q` / `hook_rot_k` exist
+    norm_offset: float = 0.0  # 1.0 where RMSNorm multiplies by (1 + weight) (Gemma)
+    mlp_linear: str = ""  # the ungated branch of a gated MLP (`mlp.hook_pre_linear`), if any
 
     @property
     def has_mlp(self) -> bool:

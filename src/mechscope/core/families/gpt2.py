@@ -21,4 +21,5 @@ GPT2 = Family(
     qkv="gpt2",
     q_proj="attn.c_attn",
     o_proj_transposed=True,
+    rotary=False,
 )

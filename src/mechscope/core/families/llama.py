@@ -2,4 +2,4 @@
 
 from mechscope.core.families.base import LLAMA_STYLE, Family
 
-LLAMA = Family(name="llama", model_types=("llama",), **LLAMA_STYLE)
+LLAMA = Family(name="llama", model_types=("llama",), mlp_linear="mlp.up_proj", **LLAMA_STYLE)

@@ -2,4 +2,4 @@
 
 from mechscope.core.families.base import LLAMA_STYLE, Family
 
-MISTRAL = Family(name="mistral", model_types=("mistral",), **LLAMA_STYLE)
+MISTRAL = Family(name="mistral", model_types=("mistral",), mlp_linear="mlp.up_proj", **LLAMA_STYLE)

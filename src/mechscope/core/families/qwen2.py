@@ -2,4 +2,4 @@
 
 from mechscope.core.families.base import LLAMA_STYLE, Family
 
-QWEN2 = Family(name="qwen2", model_types=("qwen2",), **LLAMA_STYLE)
+QWEN2 = Family(name="qwen2", model_types=("qwen2",), mlp_linear="mlp.up_proj", **LLAMA_STYLE)
