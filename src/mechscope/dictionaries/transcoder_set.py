@@ -1,0 +1,158 @@
+"""A set of transcoders that together replace every MLP of a model (the input of circuit tracing).
+
+Every set answers the same questions in model units, whatever its kind:
+
+- `encode(layer, x [pos, d_model]) -> [pos, d_sae]`: feature activations of the features that
+  read the MLP input of `layer` (what the MLP reads: the MLP norm's output, `mlp_input_hook`);
+- `encoder_vectors(layer, feats) -> [n, d_model]`: each feature's pre-activation is
+  `x @ vec + const`, the direction a gradient is injected along;
+- `decoder_vectors(layer, feats) -> [n, n_layers - layer, d_model]`: what one unit of each
+  feature adds to the MLP output (`blocks.{l}.hook_mlp_out`) of layers `layer, layer+1, ...`
+  (only the first slot is non-zero for a per-layer set);
+- `decode_to(layer, acts: list[[pos, d_sae]]) -> [pos, d_model]`: layer's MLP output prediction from
+  the activations of layers `0..layer` (`reconstruct` does every layer).
+
+`PerLayerTranscoders` wraps one mechscope transcoder (any architecture) per layer and is saved
+as a folder of SAELens-layout subfolders `layer_{l}/` plus `transcoders.json`.
+A cross-layer transcoder (`mechscope.dictionaries.clt`) implements the same interface.
+
+Example:
+    >>> from mechscope.dictionaries import make_dictionary
+    >>> tcs = [make_dictionary("relu", d_in=8, d_sae=16, d_out=8, hook_name_out=f"blocks.{i}.hook_mlp_out")
+    ...        for i in range(2)]
+    >>> s = PerLayerTranscoders(tcs)
+    >>> s.decoder_vectors(1, torch.tensor([0, 3])).shape
+    torch.Size([2, 1, 8])
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from mechscope.core import names
+from mechscope.core.files import atomic_write_json, claim_output_dir
+from mechscope.dictionaries.base import Dictionary
+from mechscope.dictionaries.errors import DictionaryConfigError, DictionaryFormatError
+from mechscope.dictionaries.formats import load_dictionary, save_dictionary
+
+SET_FILE = "transcoders.json"
+OUTPUT_SUFFIX = "hook_mlp_out"
+
+
+def mlp_input_hook(model: Any, layer: int) -> str:
+    """The hook name of what layer `layer`'s MLP reads (its norm's output, weight applied):
+    `ln2.hook_out` where the model names the norm's pieces as TransformerLens does, else `ln2.hook_normalized`."""
+    name = names.block(layer, "ln2.hook_out")
+    return name if name in model.sites else names.block(layer, "ln2.hook_normalized")
+
+
+class TranscoderSet(nn.Module):
+    """Interface of a whole-model transcoder set (see the module docstring)."""
+
+    kind: str = ""
+    n_layers: int
+    d_model: int
+
+    def d_sae(self, layer: int) -> int:
+        raise NotImplementedError
+
+    def encode(self, layer: int, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def encoder_vectors(self, layer: int, feats: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decoder_vectors(self, layer: int, feats: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode_to(self, layer: int, acts: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def reconstruct(self, acts: list[Tensor]) -> list[Tensor]:
+        """Every layer's MLP output prediction `[pos, d_model]` from all layers' activations."""
+        return [self.decode_to(layer, acts[: layer + 1]) for layer in range(self.n_layers)]
+
+    def output_hook(self, layer: int) -> str:
+        """The site `layer`'s MLP output prediction replaces."""
+        return names.block(layer, OUTPUT_SUFFIX)
+
+    def check_model(self, model: Any) -> None:
+        """A clear error when the set does not fit `model` (layer count or width)."""
+        if model.cfg.n_layers != self.n_layers or model.cfg.d_model != self.d_model:
+            raise DictionaryConfigError(
+                f"the {self.kind} transcoder set has {self.n_layers} layers of width {self.d_model}; the model has "
+                f"{model.cfg.n_layers} layers of width {model.cfg.d_model}"
+            )
+
+
+class PerLayerTranscoders(TranscoderSet):
+    """One transcoder per layer, `transcoders[l]` mapping layer l's MLP input to its MLP output."""
+
+    kind = "per_layer"
+
+    def __init__(self, transcoders: list[Dictionary]) -> None:
+        super().__init__()
+        if not transcoders:
+            raise DictionaryConfigError("a transcoder set needs at least one transcoder")
+        widths = {(t.cfg.d_in, t.cfg.d_out) for t in transcoders}
+        if len(widths) != 1 or next(iter(widths))[0] != next(iter(widths))[1]:
+            raise DictionaryConfigError(f"every transcoder must map d_model to d_model, got (d_in, d_out) {widths}")
+        self.transcoders = nn.ModuleList(transcoders)
+        self.n_layers = len(transcoders)
+        self.d_model = transcoders[0].cfg.d_in
+
+    def d_sae(self, layer: int) -> int:
+        return self.transcoders[layer].cfg.d_sae
+
+    def encode(self, layer: int, x: Tensor) -> Tensor:
+        return self.transcoders[layer].encode(x)
+
+    def encoder_vectors(self, layer: int, feats: Tensor) -> Tensor:
+        t = self.transcoders[layer]
+        return (t.W_enc[:, feats].T * t.cfg.input_scale).detach()
+
+    def decoder_vectors(self, layer: int, feats: Tensor) -> Tensor:
+        t = self.transcoders[layer]
+        return (t.W_dec[feats] / t.cfg.output_scale).detach().unsqueeze(1)
+
+    def decode_to(self, layer: int, acts: list[Tensor]) -> Tensor:
+        return self.transcoders[layer].decode(acts[layer])
+
+    def save(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write `path/transcoders.json` and `path/layer_{l}/` (SAELens layout) for every layer.
+
+        The folder must be new, empty or mechscope's (a foreign non-empty folder needs `force`)."""
+        folder = claim_output_dir(path, force=force)
+        for layer, t in enumerate(self.transcoders):
+            save_dictionary(t, folder / f"layer_{layer}", overwrite=True)
+        meta = {"kind": self.kind, "n_layers": self.n_layers, "d_model": self.d_model,
+                "input": "the MLP's input (its norm's output)", "output_hook": f"blocks.{{l}}.{OUTPUT_SUFFIX}",
+                "layers": [f"layer_{i}" for i in range(self.n_layers)]}
+        atomic_write_json(folder / SET_FILE, meta)
+        return folder
+
+
+def load_transcoder_set(path: str | Path) -> TranscoderSet:
+    """Read a set written by `save` (per-layer) or `CrossLayerTranscoder.save` (cross-layer)."""
+    folder = Path(path)
+    meta_path = folder / SET_FILE
+    if not meta_path.is_file():
+        raise DictionaryFormatError(f"{meta_path} is missing: {folder} is not a transcoder set folder "
+                                    "(write one with `mechscope transcoders train` or PerLayerTranscoders.save)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        kind = meta["kind"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
+        raise DictionaryFormatError(f"{meta_path} is not a valid transcoder set description: {err}") from err
+    if kind == "per_layer":
+        return PerLayerTranscoders([load_dictionary(folder / sub) for sub in meta["layers"]])
+    if kind == "cross_layer":
+        from mechscope.dictionaries.clt import CrossLayerTranscoder
+
+        return CrossLayerTranscoder.load(folder)
+    raise DictionaryFormatError(f"{meta_path}: unknown transcoder set kind {kind!r} (per_layer or cross_layer)")
+
