@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -105,41 +106,113 @@ def bottom_k(group: np.ndarray, key: np.ndarray, index: np.ndarray, k: int) -> n
 
 
 class Ranked:
-    """Per-latent bottom-k entries with their context windows: arrays `lat, key, idx, act, wtok, wact`."""
+    """Per-group bottom-k entries (`lat, key, idx, act`) with per-entry slabs (windows) kept in slots.
 
-    FIELDS = ("lat", "key", "idx", "act", "wtok", "wact")
+    A new entry is offered only if it beats its group's current k-th entry; only the groups
+    that received survivors are re-ranked, and only surviving new entries get their slabs
+    gathered, so a chunk costs little once the buffers are warm.
+    """
 
-    def __init__(self, k: int, window: int, key_dtype: type) -> None:
-        self.k = k
-        self.arrays: dict[str, np.ndarray] = {
-            "lat": np.zeros(0, np.int64), "key": np.zeros(0, key_dtype), "idx": np.zeros(0, np.int64),
-            "act": np.zeros(0, np.float32), "wtok": np.zeros((0, window), np.int32),
-            "wact": np.zeros((0, window), np.float32)}
+    KEYS = ("lat", "key", "idx", "act")
+
+    def __init__(self, k: int, n_groups: int, key_dtype: type, slab_shapes: dict[str, tuple[tuple[int, ...], type]]):
+        self.k, self.n_groups, self.key_dtype = k, n_groups, key_dtype
+        self.lat = np.zeros(0, np.int64)
+        self.key = np.zeros(0, key_dtype)
+        self.idx = np.zeros(0, np.int64)
+        self.act = np.zeros(0, np.float32)
+        self.slot = np.zeros(0, np.int64)
+        self.slabs = {name: np.zeros((0, *shape), dtype) for name, (shape, dtype) in slab_shapes.items()}
+        self.free = np.zeros(0, np.int64)
+        self._recount()
+
+    def _recount(self) -> None:
+        """Per-group count and k-th (largest kept) key and index."""
+        self.count = np.bincount(self.lat, minlength=self.n_groups)
+        self.kth_key = np.zeros(self.n_groups, self.key_dtype)
+        self.kth_idx = np.zeros(self.n_groups, np.int64)
+        if len(self.lat):
+            order = np.lexsort((self.idx, self.key, self.lat))
+            last = order[np.r_[self.lat[order][1:] != self.lat[order][:-1], True]]
+            self.kth_key[self.lat[last]], self.kth_idx[self.lat[last]] = self.key[last], self.idx[last]
 
     def merge(self, lat: np.ndarray, key: np.ndarray, idx: np.ndarray, act: np.ndarray,
-              windows: _Windows) -> None:
-        """Offer new entries; only those that stay in a latent's bottom-k get their window gathered."""
-        old = self.arrays
-        n_old = len(old["lat"])
-        keep = bottom_k(np.concatenate([old["lat"], lat]), np.concatenate([old["key"], key]),
-                        np.concatenate([old["idx"], idx]), self.k)
-        from_old, from_new = keep[keep < n_old], keep[keep >= n_old] - n_old
-        wtok_new, wact_new = windows.gather(idx[from_new], lat[from_new])
-        merged = {"lat": (old["lat"][from_old], lat[from_new]), "key": (old["key"][from_old], key[from_new]),
-                  "idx": (old["idx"][from_old], idx[from_new]), "act": (old["act"][from_old], act[from_new]),
-                  "wtok": (old["wtok"][from_old], wtok_new), "wact": (old["wact"][from_old], wact_new)}
-        cat = {name: np.concatenate(parts) for name, parts in merged.items()}
-        order = np.lexsort((cat["idx"], cat["key"], cat["lat"]))
-        self.arrays = {name: a[order] for name, a in cat.items()}
+              gather: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]) -> None:
+        """Offer new entries; `gather(idx, lat)` returns the slabs of the survivors."""
+        full = self.count[lat] >= self.k
+        thr_key, thr_idx = self.kth_key[lat], self.kth_idx[lat]
+        ok = ~full | (key < thr_key) | ((key == thr_key) & (idx < thr_idx))
+        if not ok.any():
+            return
+        lat, key, idx, act = lat[ok], key[ok], idx[ok], act[ok]
+        touched = np.zeros(self.n_groups, bool)
+        touched[lat] = True
+        sel = touched[self.lat]
+        n_sel = int(sel.sum())
+        sub = {"lat": np.concatenate([self.lat[sel], lat]), "key": np.concatenate([self.key[sel], key]),
+               "idx": np.concatenate([self.idx[sel], idx]), "act": np.concatenate([self.act[sel], act])}
+        keep = bottom_k(sub["lat"], sub["key"], sub["idx"], self.k)
+        old_slots = self.slot[sel]
+        kept_old = np.zeros(n_sel, bool)
+        kept_old[keep[keep < n_sel]] = True
+        new_pos = keep[keep >= n_sel] - n_sel
+        self.free = np.concatenate([self.free, old_slots[~kept_old]])
+        slots_new = self._take_slots(len(new_pos))
+        for name, values in gather(idx[new_pos], lat[new_pos]).items():
+            self.slabs[name][slots_new] = values
+        slot_sub = np.concatenate([old_slots, np.zeros(len(lat), np.int64)])
+        slot_sub[n_sel + new_pos] = slots_new
+        rest = ~sel
+        self.lat = np.concatenate([self.lat[rest], sub["lat"][keep]])
+        self.key = np.concatenate([self.key[rest], sub["key"][keep]])
+        self.idx = np.concatenate([self.idx[rest], sub["idx"][keep]])
+        self.act = np.concatenate([self.act[rest], sub["act"][keep]])
+        self.slot = np.concatenate([self.slot[rest], slot_sub[keep]])
+        kl = sub["lat"][keep]
+        self.count[touched] = 0
+        self.count += np.bincount(kl, minlength=self.n_groups)
+        last = np.r_[kl[1:] != kl[:-1], True]
+        self.kth_key[kl[last]] = sub["key"][keep][last]
+        self.kth_idx[kl[last]] = sub["idx"][keep][last]
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        if len(self.free) < n:
+            size = len(next(iter(self.slabs.values())))
+            grow = max(n - len(self.free), size)
+            for name, slab in self.slabs.items():
+                self.slabs[name] = np.concatenate([slab, np.zeros((grow, *slab.shape[1:]), slab.dtype)])
+            self.free = np.concatenate([self.free, np.arange(size, size + grow)])
+        taken, self.free = self.free[:n], self.free[n:]
+        return taken
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every entry, ordered by (group, key, index), with its slabs."""
+        order = np.lexsort((self.idx, self.key, self.lat))
+        out = {name: getattr(self, name)[order] for name in self.KEYS}
+        out.update({name: slab[self.slot[order]] for name, slab in self.slabs.items()})
+        return out
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore from `arrays` (the output of `arrays`)."""
+        for name in self.KEYS:
+            setattr(self, name, arrays[name])
+        self.slabs = {name: arrays[name] for name in self.slabs}
+        self.slot = np.arange(len(self.lat))
+        self.free = np.zeros(0, np.int64)
+        self._recount()
 
 
 class _Windows:
-    """Context windows of one chunk: token ids and one latent's activations around a global index."""
+    """Context windows of one chunk: token ids, one latent's activations, firing latents around an index."""
 
-    def __init__(self, ids: np.ndarray, acts: Tensor, first_context: int, left: int, right: int) -> None:
+    def __init__(self, ids: np.ndarray, acts: Tensor, first_context: int, left: int, right: int,
+                 rows: np.ndarray, lat: np.ndarray) -> None:
         self.ids, self.acts, self.first = ids, acts, first_context
         self.T = ids.shape[1]
+        self.left, self.right = left, right
         self.offsets = np.arange(-left, right + 1)
+        self.rows, self.lat = rows, lat  # firing entries of the chunk, rows ascending
 
     def positions(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = idx // self.T - self.first
@@ -147,21 +220,28 @@ class _Windows:
         valid = (pos >= 0) & (pos < self.T)
         return c, np.clip(pos, 0, self.T - 1), valid
 
-    def gather(self, idx: np.ndarray, lat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def tokens(self, idx: np.ndarray) -> np.ndarray:
         c, pos, valid = self.positions(idx)
-        wtok = np.where(valid, self.ids[c[:, None], pos], -1).astype(np.int32)
-        if lat is None or len(idx) == 0:
-            return wtok, np.zeros(wtok.shape, np.float32)
-        ct, pt, lt = (torch.from_numpy(a) for a in (c[:, None], pos, lat[:, None]))
-        wact = self.acts[ct, pt, lt].numpy()
-        return wtok, np.where(valid, wact, 0).astype(np.float32)
+        return np.where(valid, self.ids[c[:, None], pos], -1).astype(np.int32)
 
-    def firing(self, idx: np.ndarray) -> np.ndarray:
-        """Bit-packed `[n, ceil(d_sae / 8)]`: latents that fire anywhere in each window."""
+    def with_acts(self, idx: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
         c, pos, valid = self.positions(idx)
-        rows = self.acts[torch.from_numpy(c[:, None]), torch.from_numpy(pos)] > 0  # [n, W, d_sae]
-        rows &= torch.from_numpy(valid)[:, :, None]
-        return np.packbits(rows.any(1).numpy(), axis=1)
+        ct, pt, lt = (torch.from_numpy(a) for a in (c[:, None], pos, lat[:, None]))
+        wact = self.acts[ct, pt, lt].numpy() if len(idx) else np.zeros(pos.shape, np.float32)
+        return {"wtok": self.tokens(idx), "wact": np.where(valid, wact, 0).astype(np.float32)}
+
+    def with_firing(self, idx: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
+        """Tokens and the bit-packed set of latents firing anywhere in each window."""
+        d_sae = self.acts.shape[-1]
+        fire = np.zeros((len(idx), d_sae), bool)
+        local = idx - self.first * self.T
+        p = idx % self.T
+        lo = local - np.minimum(p, self.left)
+        hi = local + np.minimum(self.T - 1 - p, self.right) + 1
+        a, b = np.searchsorted(self.rows, lo), np.searchsorted(self.rows, hi)
+        for n in range(len(idx)):
+            fire[n, self.lat[a[n]:b[n]]] = True
+        return {"wtok": self.tokens(idx), "fire": np.packbits(fire, axis=1)}
 
 
 class Accumulator:
@@ -173,10 +253,11 @@ class Accumulator:
         self.sum = np.zeros(d_sae, np.longdouble)
         self.max = np.zeros(d_sae, np.float32)
         self.hist = np.zeros((d_sae, cfg.hist_bins), np.int64)
-        self.top = Ranked(cfg.top_k, cfg.window, np.float64)
-        self.sample = Ranked(cfg.sample_size, cfg.window, np.uint64)
-        self.pool = Ranked(cfg.random_pool, cfg.window, np.uint64)
-        self.pool_fire = np.zeros((0, (d_sae + 7) // 8), np.uint8)
+        windows = {"wtok": ((cfg.window,), np.int32), "wact": ((cfg.window,), np.float32)}
+        self.top = Ranked(cfg.top_k, d_sae, np.float64, windows)
+        self.sample = Ranked(cfg.sample_size, d_sae, np.uint64, windows)
+        self.pool = Ranked(cfg.random_pool, 1, np.uint64,
+                           {"wtok": ((cfg.window,), np.int32), "fire": (((d_sae + 7) // 8,), np.uint8)})
         self.cooc = torch.zeros(d_sae, d_sae, dtype=torch.int32) if d_sae <= cfg.max_cooccurrence_latents else None
         self.tokens = 0
         self.contexts = 0
@@ -189,14 +270,13 @@ class Accumulator:
         Positions where `keep` is False (BOS, padding) count as no token: they are zeroed in `acts`.
         """
         n_ctx, T = ids.shape
+        acts = acts.float()
         if keep is not None:
             acts = acts * keep[:, :, None].to(acts.dtype)
-        acts = acts.float().contiguous()
+        acts = acts.contiguous()
         flat = acts.view(-1, self.d_sae)
-        rows, lat = (t.numpy() for t in flat.nonzero(as_tuple=True))
+        rows, lat = (t.numpy() for t in (flat > 0).nonzero(as_tuple=True))
         vals = flat.numpy()[rows, lat]
-        pos_ok = vals > 0
-        rows, lat, vals = rows[pos_ok], lat[pos_ok], vals[pos_ok]
         gidx = first_context * T + rows
         self.count += np.bincount(lat, minlength=self.d_sae)
         self.sum += np.bincount(lat, weights=vals.astype(np.float64), minlength=self.d_sae)
@@ -206,45 +286,29 @@ class Accumulator:
                        0, self.cfg.hist_bins - 1)
         self.hist += np.bincount(lat * self.cfg.hist_bins + bins,
                                  minlength=self.d_sae * self.cfg.hist_bins).reshape(self.d_sae, -1)
-        ids_np = ids.numpy()
-        windows = _Windows(ids_np, acts, first_context, self.cfg.window_left, self.cfg.window_right)
-        self.top.merge(lat, -vals.astype(np.float64), gidx, vals, windows)
-        self.sample.merge(lat, mix_hash(self.cfg.seed, lat, gidx), gidx, vals, windows)
+        windows = _Windows(ids.numpy(), acts, first_context, self.cfg.window_left, self.cfg.window_right, rows, lat)
+        self.top.merge(lat, -vals.astype(np.float64), gidx, vals, windows.with_acts)
+        self.sample.merge(lat, mix_hash(self.cfg.seed, lat, gidx), gidx, vals, windows.with_acts)
         kept = np.arange(n_ctx * T) if keep is None else np.flatnonzero(keep.numpy().reshape(-1))
-        self._merge_pool(first_context * T + kept, windows)
+        zeros = np.zeros(len(kept), np.int64)
+        pool_idx = first_context * T + kept
+        self.pool.merge(zeros, mix_hash(self.cfg.seed, zeros + POOL_SALT, pool_idx), pool_idx,
+                        np.zeros(len(kept), np.float32), windows.with_firing)
         if self.cooc is not None:
             self._count_pairs(rows, lat)
         self.tokens += len(kept)
         self.contexts += n_ctx
 
-    def _merge_pool(self, gidx: np.ndarray, windows: _Windows) -> None:
-        old_n = len(self.pool.arrays["idx"])
-        before = self.pool.arrays["idx"].copy()
-        zeros = np.zeros(len(gidx), np.int64)
-        self.pool.merge(zeros, mix_hash(self.cfg.seed, zeros + POOL_SALT, gidx), gidx,
-                        np.zeros(len(gidx), np.float32), _NoActs(windows))
-        now = self.pool.arrays["idx"]
-        fire = np.zeros((len(now), self.pool_fire.shape[1]), np.uint8)
-        is_old = np.isin(now, before)
-        if old_n:
-            where = {int(i): n for n, i in enumerate(before)}
-            fire[is_old] = self.pool_fire[[where[int(i)] for i in now[is_old]]]
-        if (~is_old).any():
-            fire[~is_old] = windows.firing(now[~is_old])
-        self.pool_fire = fire
-
     def _count_pairs(self, rows: np.ndarray, lat: np.ndarray) -> None:
-        """Add 1 to `cooc[i, j]` (i < j) for every token where latents i and j both fire."""
+        """Add 1 to `cooc[i, j]` (i < j) for every token where latents i and j both fire (`rows` ascending)."""
         if len(rows) == 0:
             return
         counts = np.bincount(rows)
         kmax = int(counts.max())
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        order = np.argsort(rows, kind="stable")
-        r, l_sorted = rows[order], lat[order]
-        slot = np.arange(len(r)) - starts[r]
+        slot = np.arange(len(rows)) - starts[rows]
         table = np.full((len(counts), kmax), -1, np.int64)
-        table[r, slot] = l_sorted
+        table[rows, slot] = lat
         assert self.cooc is not None
         step = max(1, (1 << 22) // (kmax * kmax))  # bounds the [tokens, kmax, kmax] pair block
         for start in range(0, len(table), step):
@@ -257,8 +321,7 @@ class Accumulator:
     def to_bytes(self) -> bytes:
         hi = self.sum.astype(np.float64)
         data = {"count": self.count, "sum_hi": hi, "sum_lo": (self.sum - hi).astype(np.float64), "max": self.max,
-                "hist": self.hist, "pool_fire": self.pool_fire,
-                "progress": np.array([self.tokens, self.contexts], np.int64)}
+                "hist": self.hist, "progress": np.array([self.tokens, self.contexts], np.int64)}
         for name, ranked in (("top", self.top), ("sample", self.sample), ("pool", self.pool)):
             data.update({f"{name}.{k}": v for k, v in ranked.arrays.items()})
         if self.cooc is not None:
@@ -271,21 +334,11 @@ class Accumulator:
     def from_bytes(cls, blob: bytes, d_sae: int, cfg: CollectConfig, context_length: int) -> Accumulator:
         data = st_load(blob)
         acc = cls(d_sae, cfg, context_length)
-        acc.count, acc.max, acc.hist, acc.pool_fire = data["count"], data["max"], data["hist"], data["pool_fire"]
+        acc.count, acc.max, acc.hist = data["count"], data["max"], data["hist"]
         acc.sum = data["sum_hi"].astype(np.longdouble) + data["sum_lo"].astype(np.longdouble)
         acc.tokens, acc.contexts = (int(v) for v in data["progress"])
         for name, ranked in (("top", acc.top), ("sample", acc.sample), ("pool", acc.pool)):
-            ranked.arrays = {k: data[f"{name}.{k}"] for k in Ranked.FIELDS}
+            ranked.load({k[len(name) + 1:]: v for k, v in data.items() if k.startswith(name + ".")})
         if acc.cooc is not None:
             acc.cooc.view(-1)[torch.from_numpy(data["cooc_keys"])] = torch.from_numpy(data["cooc_vals"])
         return acc
-
-
-class _NoActs:
-    """Window gathering for the random pool: tokens only (activations are not needed there)."""
-
-    def __init__(self, windows: _Windows) -> None:
-        self.windows = windows
-
-    def gather(self, idx: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.windows.gather(idx, None)

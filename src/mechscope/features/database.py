@@ -28,8 +28,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS latents (
     latent INTEGER PRIMARY KEY, n_fired INTEGER NOT NULL, density REAL NOT NULL,
-    max_act REAL NOT NULL, mean_act REAL NOT NULL, sum_act REAL NOT NULL,
-    hist TEXT NOT NULL, decoder_norm REAL NOT NULL);
+    max_act REAL NOT NULL, mean_act REAL, sum_act REAL,
+    hist TEXT NOT NULL, decoder_norm REAL);
 CREATE TABLE IF NOT EXISTS examples (
     latent INTEGER NOT NULL, kind TEXT NOT NULL, rank INTEGER NOT NULL, interval INTEGER,
     token_index INTEGER NOT NULL, context INTEGER NOT NULL, position INTEGER NOT NULL,

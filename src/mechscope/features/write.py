@@ -40,7 +40,8 @@ def example_rows(acc: Accumulator) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
 
     def add(latent: int, kind: str, rank: int, interval: int | None, a: dict[str, np.ndarray], i: int) -> None:
-        tokens, acts, center = window_row(a["wtok"][i], a["wact"][i], left)
+        wact = a["wact"][i] if "wact" in a else np.zeros(a["wtok"].shape[1], np.float32)
+        tokens, acts, center = window_row(a["wtok"][i], wact, left)
         idx = int(a["idx"][i])
         rows.append((latent, kind, rank, interval, idx, idx // T, idx % T, center, float(a["act"][i]),
                      json.dumps(tokens), json.dumps(acts)))
@@ -60,7 +61,7 @@ def example_rows(acc: Accumulator) -> list[tuple[Any, ...]]:
                 rank += 1
     pool = acc.pool.arrays
     if len(pool["idx"]) and cfg.n_random:
-        fire = np.unpackbits(acc.pool_fire, axis=1)[:, : acc.d_sae].astype(bool)  # [P, d_sae]
+        fire = np.unpackbits(pool["fire"], axis=1)[:, : acc.d_sae].astype(bool)  # [P, d_sae]
         lat = np.arange(acc.d_sae)
         prio = mix_hash(cfg.seed, lat[:, None], pool["idx"][None, :])
         prio[fire.T] = np.iinfo(np.uint64).max
