@@ -10,24 +10,17 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from _saved_models import save_tiny_llama
 from mechscope.apps.cli import main
 from mechscope.core.errors import OutputExistsError
-from mechscope.toys.induction import toy_tokenizer
 
 FOREIGN = b"my own notes\n"
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("toy")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=17, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    toy_tokenizer(16).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_llama(tmp_path_factory.mktemp("toy"))
 
 
 def _probe_data(tmp_path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class MechscopeError(Exception):
@@ -31,6 +32,32 @@ class HookShapeError(MechscopeError, ValueError):
 
 class OutputExistsError(MechscopeError, FileExistsError):
     """An output path holds a file mechscope did not write; `--force` is the only way past it."""
+
+
+class NonFiniteError(MechscopeError, ValueError):
+    """NaN or Inf where a number is needed: activations, logits, a metric or a training loss."""
+
+
+NONFINITE_HINT = "check the model's weights, or run in float32 (--dtype float32) if float16 overflowed"
+
+
+def require_finite(values: Any, what: str, fix: str = NONFINITE_HINT) -> None:
+    """Raise `NonFiniteError` naming `what` and `fix` when `values` (a tensor or number) holds NaN or Inf.
+
+    Example:
+        >>> require_finite(float("nan"), "the clean metric")
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.NonFiniteError: the clean metric is NaN or Inf (1 of 1 values); check the model's weights, or run in float32 (--dtype float32) if float16 overflowed.
+    """
+    import torch
+
+    tensor = torch.as_tensor(values).detach()
+    if not tensor.is_floating_point():
+        return
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        raise NonFiniteError(f"{what} is NaN or Inf ({int(bad.sum())} of {bad.numel()} values); {fix}.")
 
 
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:

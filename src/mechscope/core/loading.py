@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -25,7 +26,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from mechscope.core.errors import ModelLoadError
+from mechscope.core.errors import ModelLoadError, nearest, unknown_name_message
 from mechscope.core.files import sha256_file
 from mechscope.core.hooked import HookedModel
 
@@ -116,8 +117,16 @@ def _load_gguf(gguf: Path, name: str, device: str, dtype: torch.dtype) -> Hooked
         raise ModelLoadError(f"No GGUF file at {gguf}.")
     target = cache_dir() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
     if not (target / "mechscope.json").exists():
-        _dequantize_to_cache(gguf, target)
-    model = _load_folder(target, name, device, dtype)
+        try:
+            _dequantize_to_cache(gguf, target)
+        except Exception as err:  # gguf / transformers raise many types on a damaged file
+            raise ModelLoadError(f"Could not read {gguf} as a GGUF model ({_first_line(err)}); the file is corrupt, "
+                                 "truncated or not a supported model: download or assemble it again.") from err
+    try:
+        model = _load_folder(target, name, device, dtype)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"mechscope's cached copy of {gguf.name} in {target} is damaged ({err}); delete that "
+                             "folder and load again to rebuild it from the GGUF file.") from err
     model.source.update(json.loads((target / "mechscope.json").read_text()))
     return model
 
@@ -127,13 +136,33 @@ def _load_folder(folder: Path, name: str, device: str, dtype: torch.dtype) -> Ho
 
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"{folder} has no config.json; save a model there with save_pretrained first.")
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-    tokenizer = None
-    if any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+        tokenizer = None
+        if any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as err:  # safetensors, json and transformers each raise their own types
+        raise ModelLoadError(f"Could not load the model saved in {folder} ({_first_line(err)}); a file there is "
+                             "corrupt or incomplete: save the model there again with save_pretrained.") from err
     model = HookedModel(hf_model, tokenizer, name=name)
     model.source["path"] = str(folder)
     return model
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _shipped_name(key: str) -> str | None:
+    """`key` as a shipped model name (any case), or None; a near miss raises instead of reaching the hub."""
+    if key.lower() in _SHIPPED:
+        return key.lower()
+    close = nearest(key.lower(), _SHIPPED) if "/" not in key else []
+    if close and difflib.SequenceMatcher(None, key.lower(), close[0]).ratio() >= 0.6:
+        raise ModelLoadError(unknown_name_message("model", key, _SHIPPED)
+                             + f" Shipped models: {', '.join(_SHIPPED)}; otherwise give a path or a hub id.")
+    return None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -183,16 +212,17 @@ def load_model(name: str | os.PathLike[str] | None = None, device: str | torch.d
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     key = str(name) if name is not None else DEFAULT_MODEL
-    if key in _SHIPPED:
-        model = _load_gguf(shipped_gguf(key), key, device, dtype)
+    path = Path(key).expanduser()
+    plain_name = not (path.exists() or path.is_absolute() or path.suffix == ".gguf" or key.startswith((".", "~")))
+    shipped = _shipped_name(key) if plain_name else None
+    if shipped is not None:
+        model = _load_gguf(shipped_gguf(shipped), shipped, device, dtype)
+    elif path.suffix == ".gguf":
+        model = _load_gguf(path, path.stem, device, dtype)
+    elif path.is_dir():
+        model = _load_folder(path, key, device, dtype)
+    elif not plain_name or key.count("/") > 1:
+        raise ModelLoadError(f"No model at {key!r}: the path does not exist.")
     else:
-        path = Path(key).expanduser()
-        if path.suffix == ".gguf":
-            model = _load_gguf(path, path.stem, device, dtype)
-        elif path.is_dir():
-            model = _load_folder(path, key, device, dtype)
-        elif path.is_absolute() or key.startswith(".") or path.exists() or key.count("/") > 1:
-            raise ModelLoadError(f"No model at {key!r}: the path does not exist.")
-        else:
-            model = _load_hub(key, device, dtype)
+        model = _load_hub(key, device, dtype)
     return model

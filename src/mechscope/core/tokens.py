@@ -63,6 +63,29 @@ def tokenize(tokenizer: Any, texts: str | list[str], prepend_bos: bool | None = 
     return TokenBatch(ids, mask)
 
 
+def check_ids(ids: Tensor, d_vocab: int, n_ctx: int | None) -> None:
+    """Refuse token ids [batch, pos] the model cannot embed: outside `[0, d_vocab)` or longer than `n_ctx`.
+
+    Example:
+        >>> check_ids(torch.tensor([[1, 2, 99]]), d_vocab=50, n_ctx=8)
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.TokenizationError: Token id 99 (row 0, position 2) is outside this model's vocabulary of 50 ids (0..49); use ids the tokenizer produces.
+    """
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise TokenizationError(f"Token ids must be integers, got a {ids.dtype} tensor; pass ids from the tokenizer.")
+    if n_ctx is not None and ids.shape[-1] > n_ctx:
+        raise TokenizationError(
+            f"The input is {ids.shape[-1]} tokens long; this model's context is {n_ctx} tokens. "
+            "Shorten the prompt (or the sequence length asked for) to at most that.")
+    bad = (ids < 0) | (ids >= d_vocab)
+    if bool(bad.any()):
+        row, pos = (int(i) for i in bad.nonzero()[0])
+        raise TokenizationError(
+            f"Token id {int(ids[row, pos])} (row {row}, position {pos}) is outside this model's vocabulary of "
+            f"{d_vocab} ids (0..{d_vocab - 1}); use ids the tokenizer produces.")
+
+
 def str_tokens(tokenizer: Any, ids: Tensor | list[int]) -> list[str]:
     """Each token id decoded on its own, e.g. [' The', ' Eiff', 'el']."""
     tokenizer = require_tokenizer(tokenizer)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from mechscope.core import names
-from mechscope.core.errors import MechscopeError
+from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.hooked import HookedModel, HookSpec
 from mechscope.core.runner import HookPoint
 
@@ -95,6 +95,11 @@ def first_token_id(model: HookedModel) -> int:
     return int(bos) if isinstance(bos, int) and 0 <= bos < model.cfg.d_vocab else 0
 
 
+def max_seq_len(model: HookedModel) -> int:
+    """The longest `seq_len` whose repeated sequence (1 + 2 * seq_len tokens) fits the model's context."""
+    return (model.cfg.n_ctx - 1) // 2 if model.cfg.n_ctx else 1 << 30
+
+
 def repeated_random_tokens(model: HookedModel, seq_len: int = 50, batch: int = 8, seed: int = 0,
                            candidates: Tensor | None = None) -> Tensor:
     """Ids [batch, 1 + 2 * seq_len]: a first token, then `seq_len` random tokens twice.
@@ -109,6 +114,10 @@ def repeated_random_tokens(model: HookedModel, seq_len: int = 50, batch: int = 8
     """
     if seq_len < 2:
         raise MechscopeError(f"seq_len must be at least 2, got {seq_len}.")
+    longest = max_seq_len(model)
+    if seq_len > longest:
+        raise MechscopeError(f"seq_len {seq_len} makes sequences of {1 + 2 * seq_len} tokens; this model's context "
+                             f"is {model.cfg.n_ctx} tokens: use seq_len (--seq-len) {longest} or less.")
     pool = candidate_token_ids(model) if candidates is None else candidates
     generator = torch.Generator().manual_seed(seed)
     if len(pool) >= seq_len:
@@ -172,6 +181,7 @@ def detect_heads(model: HookedModel, seq_len: int = 50, batch: int = 8, seed: in
     _, cache = model.run_with_cache(tokens, names=pattern_names)
     table: list[HeadScores] = []
     for layer, name in enumerate(pattern_names):
+        require_finite(cache[name], f"The attention pattern {name}")
         scores = scores_from_patterns(cache[name], seq_len)
         for head in range(scores["induction"].shape[0]):
             values = {k: float(v[head]) for k, v in scores.items()}

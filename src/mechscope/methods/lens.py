@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mechscope.core import names
-from mechscope.core.errors import MechscopeError
+from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.hooked import HookedModel, Inputs
 from mechscope.core.provenance import provenance
 
@@ -177,6 +177,7 @@ def logit_lens(model: HookedModel, inputs: Inputs, sites: SiteSpec = "layers", k
     logit: dict[str, list[Tensor]] = {t: [] for t in wanted}
     for name, lens_logits, final in iter_lens_logits(model, ids, sites, translator):
         row = lens_logits[0].float()
+        require_finite(row, f"The {lens} lens logits at {name}")
         probs = torch.softmax(row, dim=-1)
         values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
         rows.append(name)

@@ -30,6 +30,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from mechscope.core.errors import MechscopeError, require_finite
+
 Reduce = Literal["mean", "none"]
 Tokens = int | Sequence[int] | Tensor
 Positions = int | Sequence[int] | Tensor
@@ -98,10 +100,25 @@ def kl_to_clean(logits: Tensor, clean_logits: Tensor, pos: Positions = -1, reduc
     return _reduce((log_p.exp() * (log_p - log_q)).sum(-1), reduce)
 
 
+def check_recoverable(clean: Tensor | float, corrupt: Tensor | float) -> None:
+    """Raise unless normalized recovery is defined: both metrics finite and apart by more than 1e-6."""
+    require_finite(clean, "The metric on the clean prompt")
+    require_finite(corrupt, "The metric on the corrupted prompt")
+    if abs(float(clean) - float(corrupt)) < 1e-6:
+        raise MechscopeError(f"The metric is the same on both prompts ({float(clean):.4g}); normalized recovery "
+                             "is undefined. Choose prompts or answers the model tells apart.")
+
+
 def normalized_recovery(patched: Tensor | float, clean: Tensor | float, corrupt: Tensor | float) -> Tensor:
-    """`(patched - corrupt) / (clean - corrupt)`: 1 = clean restored, 0 = unchanged from corrupt."""
-    patched, clean, corrupt = (torch.as_tensor(x, dtype=torch.float32) for x in (patched, clean, corrupt))
-    return (patched - corrupt) / (clean - corrupt)
+    """`(patched - corrupt) / (clean - corrupt)`: 1 = clean restored, 0 = unchanged from corrupt.
+
+    Raises (never returns NaN) when the metrics are not finite or clean equals corrupt.
+    """
+    check_recoverable(clean, corrupt)
+    require_finite(patched, "The metric of a patched run")
+    patched = torch.as_tensor(patched)
+    patched = patched if patched.is_floating_point() else patched.float()
+    return (patched - float(corrupt)) / (float(clean) - float(corrupt))
 
 
 class PositionMetric:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mechscope.core import names
-from mechscope.core.errors import MechscopeError
+from mechscope.core.errors import MechscopeError, require_finite
 
 
 def site_hook_names(model: Any, site: str, layers: list[int] | None = None) -> dict[int, str]:
@@ -42,4 +42,5 @@ def collect_activations(model: Any, texts: list[str], positions: list[int], hook
         rows = torch.arange(len(where))
         for layer, name in hook_names.items():
             chunks[layer].append(cache[name][rows, where.to(cache[name].device)].float().cpu())
+            require_finite(chunks[layer][-1], f"The activation {name} (examples {start}..{start + len(where) - 1})")
     return {layer: torch.cat(parts) for layer, parts in chunks.items()}

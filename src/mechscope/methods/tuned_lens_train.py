@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from mechscope.core.corpus import corpus_fingerprint, token_contexts
-from mechscope.core.errors import MechscopeError
+from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.files import atomic_write_bytes, atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
 from mechscope.methods.lens import kl_divergence
@@ -142,6 +142,8 @@ def _loop(model: HookedModel, lens: TunedLens, optimizer: torch.optim.Optimizer,
         for site in names:
             lens_logits = model.unembed(lens.translate(site, cache[site]))
             loss = loss + kl_divergence(target, lens_logits).mean()
+        require_finite(loss, f"The tuned-lens training loss at step {step + 1}",
+                       "lower --lr, or check the model's weights (its logits must be finite)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

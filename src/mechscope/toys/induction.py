@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.core.errors import require_finite
 from mechscope.core.files import atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
 from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
@@ -204,6 +205,7 @@ def _train(cfg: InductionToyConfig, out_dir: str | Path | None, progress: bool) 
     for step in range(1, cfg.steps + 1):
         ids = training_batch(cfg, generator)
         loss = model(ids, labels=ids).loss
+        require_finite(loss, f"The training loss at step {step}", "lower the learning rate or use another --seed")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

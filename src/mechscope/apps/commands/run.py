@@ -21,11 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mechscope.apps.output import write_json
     from mechscope.apps.report.core_sections import top_predictions
+    from mechscope.core.errors import require_finite
     from mechscope.core.provenance import provenance
 
     model = load(args)
     with torch.no_grad():
         logits = model(args.prompt)
+    require_finite(logits[:, -1], "The model's logits")
     top = top_predictions(model, logits, args.top_k)
     width = max(len(repr(t["token"])) for t in top)
     for rank, entry in enumerate(top, 1):

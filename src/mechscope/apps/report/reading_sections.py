@@ -17,7 +17,7 @@ from typing import Any
 from mechscope.apps.output import figure_png, png_data_uri
 from mechscope.apps.report.document import Section
 from mechscope.core.hooked import HookedModel
-from mechscope.methods.heads import THRESHOLDS, detect_heads, icl_score, repeated_random_tokens
+from mechscope.methods.heads import THRESHOLDS, detect_heads, icl_score, max_seq_len, repeated_random_tokens
 from mechscope.methods.lens import logit_lens
 from mechscope.methods.reading_plots import heads_figure, lens_grid_figure
 
@@ -37,7 +37,7 @@ def lens_section(model: HookedModel, context: dict[str, Any]) -> Section:
 
 def heads_section(model: HookedModel, context: dict[str, Any]) -> Section:
     """Detector heatmaps and the table of labelled heads, on repeated random tokens."""
-    seq_len = int(context.get("heads_seq_len", 50))
+    seq_len = min(int(context.get("heads_seq_len", 50)), max_seq_len(model))  # fits a short context
     ids = repeated_random_tokens(model, seq_len, int(context.get("heads_batch", 8)), seed=0)
     table = detect_heads(model, ids=ids)
     icl = icl_score(model, ids)
