@@ -145,3 +145,19 @@ def test_sweep_kl_is_zero_at_coefficient_zero(model) -> None:
     d = mean_difference(model, POS, NEG, SITE)
     result = steering_sweep(model, "a b", lambda c: [Add(d, c)], [0.0, 1.0], max_new_tokens=3, progress=False)
     assert result.points[0].kl_neutral == 0.0 and result.points[1].kl_neutral > 0
+
+
+def test_concept_latents_find_a_planted_latent(model) -> None:
+    from mechscope.features.steering.concepts import concept_latents, peak_activations
+
+    sae = make_dictionary("relu", d_in=64, d_sae=32, hook_name=SITE, seed=0)
+    peaks = peak_activations(model, sae, POS + NEG)
+    assert peaks.shape == (6, 32) and (peaks >= 0).all()
+    with torch.no_grad():
+        sae.b_enc.fill_(-10.0)  # silence every latent ...
+        _, cache = model.run_with_cache("a b c", names=[SITE])
+        sae.W_enc[:, 9] = 0.0  # ... but latent 9, which fires on the concept texts' token 'c'
+        sae.b_enc[9] = 0.0
+        sae.W_enc[:, 9] = cache[SITE][0, -1] / cache[SITE][0, -1].norm() ** 2
+    best = concept_latents(model, sae, ["a b c"], ["x y z"], n=3)
+    assert best[0].latent == 9 and best[0].concept_peak > 0.99 and best[0].score > 0

@@ -217,3 +217,37 @@ def load_directions(stem: str | Path) -> list[Direction]:
         raise MechscopeError(f"No saved directions at {json_path}: {exc.strerror}.") from None
     except (KeyError, TypeError, ValueError, SafetensorError) as exc:
         raise MechscopeError(f"{json_path} is not a readable steering-directions file ({exc}).") from None
+
+
+@dataclass
+class Pairs:
+    """Contrastive pairs: `positive[i]` against `negative[i]`, each read at its last token or its `*_tokens[i]`."""
+
+    positive: list[str]
+    negative: list[str]
+    positive_tokens: list[str | None] | None
+    negative_tokens: list[str | None] | None
+
+
+def load_pairs(path: str | Path) -> Pairs:
+    """Read JSONL pairs: `{"positive": ..., "negative": ...}` with optional `positive_token` / `negative_token`
+    (the substring whose last token is read, e.g. the answer letter of an A/B question)."""
+    from mechscope.core.files import iter_jsonl
+
+    pos, neg, pos_tok, neg_tok = [], [], [], []
+    try:
+        for lineno, row in iter_jsonl(path):
+            if not isinstance(row, dict) or "positive" not in row or "negative" not in row:
+                raise MechscopeError(f"{path}:{lineno}: each line needs 'positive' and 'negative' texts.")
+            pos.append(str(row["positive"]))
+            neg.append(str(row["negative"]))
+            pos_tok.append(row.get("positive_token"))
+            neg_tok.append(row.get("negative_token"))
+    except FileNotFoundError:
+        raise MechscopeError(f"No pairs file at {path}.") from None
+    except ValueError as exc:
+        raise MechscopeError(str(exc)) from None
+    if not pos:
+        raise MechscopeError(f"{path}: no pairs.")
+    has_tokens = any(t is not None for t in pos_tok + neg_tok)
+    return Pairs(pos, neg, pos_tok if has_tokens else None, neg_tok if has_tokens else None)
