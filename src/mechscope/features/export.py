@@ -46,8 +46,9 @@ def to_neuronpedia(db: FeatureDatabase, model_id: str | None = None, source: str
     """The whole database as one Neuronpedia batch."""
     meta = db.meta()
     layer, default_source = _source(meta)
+    layer, default_source = meta.get("layer", layer), meta.get("sae_set", default_source)
     edges = np.asarray(meta["hist_edges"])
-    centres = (10 ** ((edges[:-1] + edges[1:]) / 2)).tolist()
+    centres = meta.get("hist_bar_values") or (10 ** ((edges[:-1] + edges[1:]) / 2)).tolist()
     features = []
     for latent in range(db.d_sae):
         info = db.latent(latent)
@@ -125,6 +126,7 @@ def from_neuronpedia(batch: dict[str, Any], path: str | Path, force: bool = Fals
         db.con.executemany("INSERT INTO vocab VALUES (?, ?)", [(i, t) for t, i in vocab.items()])
         db.set_meta({"d_sae": d_sae, "model": batch.get("model_id", ""), "n_contexts": n_ctx, "context_length": T,
                      "n_tokens": n_tokens, "corpus": first.get("dataset", ""), "hist_edges": edges,
+                     "hist_bar_values": first.get("freq_hist_data_bar_values"),
                      "imported_from": "neuronpedia", "sae_set": batch.get("sae_set"), "layer": batch.get("layer"),
                      "complete": True}, commit=False)
     for f in features:
