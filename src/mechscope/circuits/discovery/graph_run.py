@@ -126,12 +126,13 @@ class GraphModel:
         if not self.post_norm:
             return result
         norm = self.attn_norm[layer]
-        total = result.sum(dim=2).float()
+        dtype = torch.promote_types(result.dtype, torch.float32)
+        total = result.sum(dim=2).to(dtype)
         eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6))
         scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)
-        ones = torch.ones(self.cfg.d_model, device=result.device, dtype=torch.float32)
+        ones = torch.ones(self.cfg.d_model, device=result.device, dtype=dtype)
         gain = norm(ones) * (1 + eps) ** 0.5  # the norm's per-channel gain, whatever its weight convention
-        return (result.float() * (scale * gain)[:, :, None]).to(result.dtype)
+        return (result.to(dtype) * (scale * gain.to(dtype))[:, :, None]).to(result.dtype)
 
     def sources(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Every source's value in a plain run: [batch, pos, n_sources, d_model] (no grad)."""
