@@ -34,13 +34,13 @@ from torch import Tensor
 
 from mechscope.core import names as hook_names
 from mechscope.core.errors import MechscopeError
+from mechscope.core.provenance import provenance
 from mechscope.methods.metrics import Metric
-from mechscope.methods.patching.engine import _row_bytes, forward_metric
-from mechscope.methods.patching.inputs import Answers, Prompts
+from mechscope.methods.patching.engine import _row_bytes, cached_runs, forward_metric
+from mechscope.methods.patching.inputs import Answers, Prompts, describe_metric, prepare_pair, resolve_metric
 from mechscope.methods.patching.result import PatchResult
 from mechscope.methods.patching.sweep import (
     BLOCK_SITES,
-    PairRuns,
     axis_labels,
     check_by,
     parse_by,
@@ -103,15 +103,10 @@ def gradients(model: Any, tokens: Any, metric: Metric, names: Sequence[str]) -> 
     embeds = [n for n in (hook_names.EMBED, hook_names.POS_EMBED) if n in model.sites]
     fwd = [*((n, leaf) for n in embeds), *((n, keep) for n in names)]
     with torch.enable_grad():
-        values = _forward_with_bwd(model, tokens, metric, fwd, [(n, keep_grad) for n in names])
+        values = forward_metric(model, tokens, metric, fwd, bwd_hooks=[(n, keep_grad) for n in names])
         torch.autograd.grad(values.mean(), leaves, allow_unused=True)
     zero = {n: torch.zeros_like(acts[n]) for n in names if n not in grads}
     return values.detach().float().cpu(), acts, {**grads, **zero}
-
-
-def _forward_with_bwd(model: Any, tokens: Any, metric: Metric, fwd: list, bwd: list) -> Tensor:
-    with model.hooks(bwd_hooks=bwd):
-        return forward_metric(model, tokens, metric, fwd)
 
 
 def _ig_layer_grads(model: Any, tokens: Any, metric: Metric, names: Sequence[str], base: dict[str, Tensor],
@@ -151,22 +146,44 @@ def _ig_layer_grads(model: Any, tokens: Any, metric: Metric, names: Sequence[str
     return out
 
 
-def _estimate(model: Any, runs: PairRuns, site: str, by: tuple[str, ...], mode: str, method: str,
-              steps: int, memory_mb: float, grad_run: tuple | None = None) -> Tensor:
-    names = _names(model, site)
-    base_tokens, _ = runs.pair.base_and_source(mode)
-    source = runs.clean_acts if mode == "denoise" else runs.corrupt_acts
-    base_acts = runs.corrupt_acts if mode == "denoise" else runs.clean_acts
-    if method == "attribution":
-        _, base_acts, grads = grad_run or gradients(model, base_tokens, runs.metric, names)
-    elif method == "ig":
-        grads = _ig_layer_grads(model, base_tokens, runs.metric, names, base_acts, source, steps, memory_mb)
-    else:
-        raise MechscopeError(f"method must be 'attribution' or 'ig', not {method!r}.")
-    rows = [_reduce(((source[n] - base_acts[n]) * grads[n]).float().cpu(), site, by) for n in names]
+class _Runs:
+    """What attribution needs of a prompt pair: the source run's activations and the base run's, with gradients.
+
+    Attribution patching reads the base run's activations from its own forward-and-backward
+    pass, so only the source prompt gets a separate (no-grad) run.
+    """
+
+    def __init__(self, model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | str | None,
+                 answer: Answers | None, wrong: Answers | None, names: Sequence[str], mode: str,
+                 with_grads: bool) -> None:
+        self.model, self.mode, self.names = model, mode, list(names)
+        self.pair = prepare_pair(model, clean, corrupt)
+        self.metric = resolve_metric(model, self.pair, metric, answer, wrong)
+        self.base_tokens, source_tokens = self.pair.base_and_source(mode)
+        source_value, self.source, _ = cached_runs(model, source_tokens, self.names, self.metric, keep_kv=False)
+        if with_grads:
+            base_value, self.base, self.grads = gradients(model, self.base_tokens, self.metric, self.names)
+        else:
+            base_value, self.base, _ = cached_runs(model, self.base_tokens, self.names, self.metric, keep_kv=False)
+        values = (source_value.mean().item(), base_value.mean().item())
+        self.clean_value, self.corrupt_value = values if mode == "denoise" else values[::-1]
+        if abs(self.clean_value - self.corrupt_value) < 1e-6:
+            raise MechscopeError(
+                f"The metric is the same on both prompts ({self.clean_value:.4g}); normalized recovery "
+                "is undefined. Choose prompts or answers the model tells apart.")
+
+    def result(self, scores: Tensor, site: str, by: tuple[str, ...], method: str, **extra: Any) -> PatchResult:
+        return PatchResult(scores, by, axis_labels(self.model, self.pair, by), site, method, self.mode,
+                           self.clean_value, self.corrupt_value, describe_metric(self.metric),
+                           provenance(self.model), extra)
+
+
+def _estimate(runs: _Runs, site: str, by: tuple[str, ...], grads: dict[str, Tensor]) -> Tensor:
+    names = _names(runs.model, site)
+    rows = [_reduce(((runs.source[n] - runs.base[n]) * grads[n]).float().cpu(), site, by) for n in names]
     delta = torch.stack(rows) if site != FINAL else rows[0]
     scale = runs.clean_value - runs.corrupt_value
-    return delta / scale if mode == "denoise" else 1 + delta / scale
+    return delta / scale if runs.mode == "denoise" else 1 + delta / scale
 
 
 def attribution_sweep(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | str | None = None, *,
@@ -181,16 +198,22 @@ def attribution_sweep(model: Any, clean: Prompts, corrupt: Prompts, metric: Metr
     """
     by = parse_by(by)
     _check(model, site, by)
-    runs = PairRuns(model, clean, corrupt, metric, answer, wrong, _names(model, site))
-    scores = _estimate(model, runs, site, by, mode, method, steps, memory_mb)
-    labels = axis_labels(model, runs.pair, by)
+    if method not in ("attribution", "ig"):
+        raise MechscopeError(f"method must be 'attribution' or 'ig', not {method!r}.")
+    runs = _Runs(model, clean, corrupt, metric, answer, wrong, _names(model, site), mode, method == "attribution")
+    if method == "ig":
+        grads = _ig_layer_grads(model, runs.base_tokens, runs.metric, runs.names, runs.base, runs.source, steps,
+                                memory_mb)
+    else:
+        grads = runs.grads
+    scores = _estimate(runs, site, by, grads)
     extra: dict[str, Any] = {"steps": steps} if method == "ig" else {}
     if compare and site != FINAL:
         reference = patch_sweep(model, clean, corrupt, metric, answer=answer, wrong=wrong, site=site, by=by,
                                 mode=mode, memory_mb=memory_mb).scores
         extra["activation_scores"] = reference.tolist()
         extra["activation_correlation"] = correlation(scores, reference)
-    return runs.result(scores, by, labels, site, method, mode, **extra)
+    return runs.result(scores, site, by, method, **extra)
 
 
 def attribution_every_site(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | str | None = None, *,
@@ -198,18 +221,15 @@ def attribution_every_site(model: Any, clean: Prompts, corrupt: Prompts, metric:
                            sites: Sequence[str] = (*BLOCK_SITES, "z"), mode: str = "denoise") -> dict[str, PatchResult]:
     """Attribution patching of every site at once (layer x position; heads as layer x head x position).
 
-    One clean forward pass, one base forward pass and one backward pass in all.
+    One source forward pass, then one forward and one backward pass of the base prompt, in all.
     """
     sites = [s for s in sites if not (s == "resid_mid" and model.cfg.parallel_attn_mlp)]
     names = [n for s in sites for n in _names(model, s)]
-    runs = PairRuns(model, clean, corrupt, metric, answer, wrong, names)
-    base_tokens, _ = runs.pair.base_and_source(mode)
-    grad_run = gradients(model, base_tokens, runs.metric, names)
+    runs = _Runs(model, clean, corrupt, metric, answer, wrong, names, mode, with_grads=True)
     out = {}
     for site in sites:
         by = ("layer", "head", "pos") if site == "z" else ("layer", "pos")
-        scores = _estimate(model, runs, site, by, mode, "attribution", 0, 0, grad_run)
-        out[site] = runs.result(scores, by, axis_labels(model, runs.pair, by), site, "attribution", mode)
+        out[site] = runs.result(_estimate(runs, site, by, runs.grads), site, by, "attribution")
     return out
 
 

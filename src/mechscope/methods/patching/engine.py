@@ -119,13 +119,13 @@ def metric_positions(metric: Metric, n_pos: int) -> Tensor | None:
 
 def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Sequence[Any] = (),
                    start: int = 0, resid: Tensor | None = None, kv: Sequence[tuple[Tensor, Tensor]] | None = None,
-                   offset: int = 0, keep_kv: list | None = None) -> Tensor:
+                   offset: int = 0, keep_kv: list | None = None, bwd_hooks: Sequence[Any] = ()) -> Tensor:
     """Per-row metric of one (hooked) run; logits only where a `PositionMetric` reads them.
 
     `resid` (resid_pre[start] at positions `offset..`) starts the run at layer `start`;
     `kv` (the base run's keys and values, one pair of `[n_pairs, kv_heads, pos, d_head]` per
     layer) with `offset > 0` runs positions `offset..` only. `keep_kv`, a list, receives the
-    run's own keys and values.
+    run's own keys and values. `bwd_hooks` go into the same hook context as `fwd_hooks`.
     """
     n_pos = tokens.ids.shape[1]
     ids = tokens.ids[:, offset:].to(model.device)
@@ -144,7 +144,7 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
         positions = positions.to(ids.device) - offset
         keep = positions.unique()
         kwargs["logits_to_keep"] = keep
-    with model.hooks(list(fwd_hooks)), replay_prefix(model, start if resid is not None else 0, resid):
+    with model.hooks(list(fwd_hooks), list(bwd_hooks)), replay_prefix(model, start if resid is not None else 0, resid):
         out = model.hf_model(input_ids=ids, attention_mask=mask, **kwargs)
     if keep_kv is not None:
         keep_kv.extend(_cache_tensors(out))
@@ -336,8 +336,11 @@ def _run_chunk(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], chun
 
 
 def cached_runs(model: Any, tokens: TokenBatch, names: Sequence[str], metric: Metric,
-                extra_hooks: Sequence[Any] = ()) -> tuple[Tensor, dict[str, Tensor], BaseStates]:
-    """One run: (per-pair metric, activations at `names`, resid_pre at every layer with the run's keys and values)."""
+                extra_hooks: Sequence[Any] = (), keep_kv: bool = True) -> tuple[Tensor, dict[str, Tensor], BaseStates]:
+    """One run: (per-pair metric, activations at `names`, resid_pre at every layer with the run's keys and values).
+
+    `keep_kv=False` keeps no keys and values (`BaseStates.kv` is None).
+    """
     wanted = list(dict.fromkeys([*names, *(hook_names.resid_pre(layer) for layer in range(model.cfg.n_layers))]))
     store: dict[str, Tensor] = {}
 
@@ -346,7 +349,8 @@ def cached_runs(model: Any, tokens: TokenBatch, names: Sequence[str], metric: Me
 
     kv: list[tuple[Tensor, Tensor]] = []
     with torch.no_grad():
-        value = forward_metric(model, tokens, metric, [*extra_hooks, *((n, keep) for n in wanted)], keep_kv=kv)
+        value = forward_metric(model, tokens, metric, [*extra_hooks, *((n, keep) for n in wanted)],
+                               keep_kv=kv if keep_kv else None)
     resid = [store[hook_names.resid_pre(layer)] for layer in range(model.cfg.n_layers)]
     n_pairs, n_pos = tokens.ids.shape
     usable = len(kv) == model.cfg.n_layers and all(k.shape[0] == n_pairs and k.dim() == 4 and k.shape[-2] == n_pos
