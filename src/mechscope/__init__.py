@@ -6,9 +6,7 @@ Example:
     >>> logits, cache = model.run_with_cache("The Eiffel Tower is in the city of")  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
-from mechscope.core import (  # noqa: E402
+from mechscope.core import (
     ActivationCache,
     HookedModel,
     HookNameError,
@@ -17,7 +15,7 @@ from mechscope.core import (  # noqa: E402
     TokenBatch,
     load_model,
 )
-from mechscope.toys import attn_only as _attn_only  # noqa: E402,F401  (registers the toy model type)
+from mechscope.core.provenance import __version__
 
 __all__ = [
     "ActivationCache",

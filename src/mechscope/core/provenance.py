@@ -9,7 +9,8 @@ from typing import Any
 import torch
 import transformers
 
-import mechscope
+# The one place that says which mechscope this is (the package root re-exports it).
+__version__ = "0.1.0"
 
 
 def weights_hash(model: Any) -> str:
@@ -40,7 +41,7 @@ def provenance(model: Any, seed: int | None = None, **extra: Any) -> dict[str, A
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "attn_implementation": model.attn_implementation,
-        "mechscope_version": mechscope.__version__,
+        "mechscope_version": __version__,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "python": platform.python_version(),

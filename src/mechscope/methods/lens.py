@@ -34,6 +34,7 @@ from mechscope.core import names
 from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.hooked import HookedModel, Inputs
 from mechscope.core.provenance import provenance
+from mechscope.methods.metrics import kl_divergence
 
 SiteSpec = str | Sequence[str]
 # translator(hook_name, resid [batch, pos, d_model]) -> resid; None means the identity (logit lens)
@@ -127,20 +128,6 @@ class LensResult:
             "targets": targets,
             "provenance": self.provenance,
         }
-
-
-def kl_divergence(ref_logits: Tensor, logits: Tensor) -> Tensor:
-    """KL(p || q) in nats over the last axis, with p = softmax(ref_logits), q = softmax(logits).
-
-    KL(p || q) = sum_v p_v (log p_v - log q_v).
-
-    Example:
-        >>> kl_divergence(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0])).item()
-        0.0
-    """
-    log_p = torch.log_softmax(ref_logits.float(), dim=-1)
-    log_q = torch.log_softmax(logits.float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
 def _target_ids(model: HookedModel, targets: Sequence[str | int]) -> dict[str, int]:

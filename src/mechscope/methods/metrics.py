@@ -92,12 +92,23 @@ def answer_prob(logits: Tensor, answer: Tokens, pos: Positions = -1, reduce: Red
     return _reduce(answer_logprob(logits, answer, pos, "none").exp(), reduce)
 
 
+def kl_divergence(ref_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(p || q) in nats over the last axis, with p = softmax(ref_logits), q = softmax(logits).
+
+    KL(p || q) = sum_v p_v (log p_v - log q_v).
+
+    Example:
+        >>> kl_divergence(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0])).item()
+        0.0
+    """
+    log_p = torch.log_softmax(ref_logits.float(), dim=-1)
+    log_q = torch.log_softmax(logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
 def kl_to_clean(logits: Tensor, clean_logits: Tensor, pos: Positions = -1, reduce: Reduce = "mean") -> Tensor:
     """`KL(p_clean || q)` at `pos`, where `clean_logits` holds one row per pair (or `[n_pairs, d_vocab]`)."""
-    log_q = logits_at(logits, pos).float().log_softmax(-1)
-    log_p = logits_at(clean_logits, pos).float().log_softmax(-1)
-    log_p = log_p.repeat(log_q.shape[0] // log_p.shape[0], 1)
-    return _reduce((log_p.exp() * (log_p - log_q)).sum(-1), reduce)
+    return _reduce(KLToClean(clean_logits, pos)(logits), reduce)
 
 
 def check_recoverable(clean: Tensor | float, corrupt: Tensor | float) -> None:
@@ -195,12 +206,10 @@ class KLToClean(PositionMetric):
 
     def __init__(self, clean_logits: Tensor, pos: Positions = -1) -> None:
         super().__init__(pos)
-        self.log_p = logits_at(clean_logits, pos).float().log_softmax(-1)
+        self.clean = logits_at(clean_logits, pos).float()
 
     def at(self, last: Tensor) -> Tensor:
-        log_q = last.log_softmax(-1)
-        log_p = self.log_p.to(last.device).repeat(last.shape[0] // self.log_p.shape[0], 1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
+        return kl_divergence(self.clean.to(last.device).repeat(last.shape[0] // self.clean.shape[0], 1), last)
 
 
 def _plain(tokens: Tokens) -> int | list[int]:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-import mechscope
+from mechscope.core.provenance import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ class ProbeReport:
             "contrast": list(self.contrast) if self.contrast else None,
             "n_train": self.n_train,
             "n_held_out": self.n_held_out,
-            "provenance": {"mechscope_version": mechscope.__version__, "seed": self.settings["seed"]},
+            "provenance": {"mechscope_version": __version__, "seed": self.settings["seed"]},
             "settings": self.settings,
             "layers": layers,
         }

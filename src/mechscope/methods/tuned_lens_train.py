@@ -34,7 +34,7 @@ from mechscope.core.corpus import corpus_fingerprint, token_contexts
 from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.files import atomic_write_bytes, atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
-from mechscope.methods.lens import kl_divergence
+from mechscope.methods.metrics import kl_divergence
 from mechscope.methods.tuned_lens import TunedLens
 
 log = logging.getLogger(__name__)

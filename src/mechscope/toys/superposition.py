@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import mechscope
+from mechscope.core.provenance import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class SuperpositionResult:
             "kind": "toy_superposition",
             "provenance": {
                 "model": "toy-superposition",
-                "mechscope_version": mechscope.__version__,
+                "mechscope_version": __version__,
                 "torch_version": torch.__version__,
                 "dtype": "float32",
                 "seed": self.config.seed,
