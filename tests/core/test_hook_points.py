@@ -123,6 +123,15 @@ def test_gradients_reach_the_pattern(tiny) -> None:
     _close(logits.detach(), tiny(ids), 1e-5)
 
 
+def test_gradient_at_hook_normalized_is_the_weight_times_the_gradient_at_hook_out() -> None:
+    model = tiny_model("gpt2")
+    ids = tiny_ids()
+    logits, cache = model.run_with_cache(ids, names=[names.LN_FINAL, names.LN_FINAL_OUT], grad=True)
+    g_norm, g_out = torch.autograd.grad(logits[:, -1, 3].sum(), [cache[names.LN_FINAL], cache[names.LN_FINAL_OUT]])
+    _close(g_norm, g_out * model.final_norm.weight)
+    assert g_norm.abs().max() > 0
+
+
 @torch.no_grad()
 def test_norm_pieces_rebuild_the_norm_output(tiny) -> None:
     """hook_out == w * hook_normalized (+ b), hook_normalized * hook_scale == the centered input; editing

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -52,6 +53,7 @@ class HookPoint:
 
 
 HookFn = Callable[[Tensor, HookPoint], "Tensor | None"]
+_REBUILT = "_mechscope_rebuilt_norm"
 
 
 class StopForward(Exception):
@@ -137,7 +139,8 @@ class HookRun:
         return None if new is raw else (args, {**kwargs, "hidden_states": new})
 
     def _run_norm(self, sites: list[Site], module: nn.Module, x: Tensor, out: Tensor) -> Tensor:
-        """`ln*.hook_scale` then `ln*.hook_normalized` (see norms.py); the output rebuilt after an edit."""
+        """`ln*.hook_scale` then `ln*.hook_normalized` (see norms.py); the output rebuilt after an edit
+        (or under autograd, equal within float rounding); else the module's own output, bit for bit."""
         spec = sites[0].norm
         assert spec is not None
         scale = scale_of(spec, x)
@@ -151,7 +154,14 @@ class HookRun:
         if "norm_normalized" in by_part:
             new = self._apply(by_part["norm_normalized"], normalized)
             edited, normalized = edited or new is not normalized, new
-        return weighted(spec, module, normalized) if edited else out
+        if edited:
+            return weighted(spec, module, normalized)
+        # Under autograd the output is rebuilt from these pieces so that gradients reach them, once
+        # per forward pass: a nested run must not cut the pieces an outer run's backward hooks watch.
+        if torch.is_grad_enabled() and normalized.requires_grad and not getattr(out, _REBUILT, False):
+            out = weighted(spec, module, normalized)
+            setattr(out, _REBUILT, True)
+        return out
 
     def _post_hook(self, sites: list[Site], internal: list[str], module: nn.Module, args: tuple, output: Any) -> Any:
         raw = _output_tensor(output)
