@@ -1,0 +1,58 @@
+"""The explainer: show a language model a latent's top examples, store its one-phrase explanation.
+
+The explainer sees only `top` examples; scorers use the `interval` and `random` examples
+(held out, see `score.held_out`).
+
+Example:
+    >>> explain_latent(db, 12, make_client("local"))   # doctest: +SKIP
+    7
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from mechscope.features.autointerp.client import ChatModel
+from mechscope.features.autointerp.prompts import PROMPT_VERSION, explain_messages
+from mechscope.features.database import FeatureDatabase, FeatureDatabaseError
+
+
+def clean_explanation(reply: str) -> str:
+    """The first non-empty line of a reply, without a leading 'Explanation:' label, quotes or final period.
+
+    Example:
+        >>> clean_explanation('Explanation: "digits in years".\\nMore text')
+        'digits in years'
+    """
+    for line in reply.strip().splitlines():
+        line = re.sub(r"^\W*(explanation|answer|phrase)\s*:\s*", "", line.strip(), flags=re.I)
+        line = line.strip().strip("\"'`*").strip().rstrip(".").strip()
+        if line:
+            return line
+    return ""
+
+
+def explain_latent(db: FeatureDatabase, latent: int, client: ChatModel, n_examples: int = 10) -> int:
+    """Ask `client` to explain `latent` from its top `n_examples`; store and return the explanation id."""
+    top = db.examples(latent, "top")[:n_examples]
+    if not top:
+        raise FeatureDatabaseError(f"latent {latent} never fired in {db.path}; there is nothing to explain")
+    reply = client.chat(explain_messages([(e["text"], e["acts"]) for e in top]), max_tokens=48)
+    text = clean_explanation(reply) or "(no explanation)"
+    return db.add_explanation(latent, text, client.name, "examples",
+                              detail={"prompt_version": PROMPT_VERSION, "examples": [e["token_index"] for e in top],
+                                      "reply": reply})
+
+
+def select_latents(db: FeatureDatabase, latents: list[int] | None = None, n: int | None = None, seed: int = 0,
+                   min_examples: int = 5) -> list[int]:
+    """`latents` as given (checked), else `n` live latents with at least `min_examples` top examples, seeded."""
+    if latents:
+        return [db.check_latent(k) for k in latents]
+    rows = db.con.execute("SELECT latent FROM examples WHERE kind = 'top' GROUP BY latent HAVING COUNT(*) >= ? "
+                          "ORDER BY latent", (min_examples,)).fetchall()
+    live = [r[0] for r in rows]
+    if n is None or n >= len(live):
+        return live
+    return sorted(random.Random(seed).sample(live, n))

@@ -1,0 +1,191 @@
+"""Scorers: how well an explanation predicts a latent's activations on held-out examples.
+
+- detection: the model is shown plain excerpts (activating and non-activating) and says which
+  ones the latent fires on; score = balanced accuracy.
+- fuzzing: activating excerpts, each with its true firing tokens marked or (seeded coin) as many
+  wrong, non-firing tokens marked; the model says which markings are right; balanced accuracy.
+- simulation: the model predicts a 0-10 activation per token; score = Pearson correlation over
+  all tokens of all excerpts pooled (OpenAI's and delphi's "all at once" definition).
+
+Balanced accuracy `= (TP / P + TN / N) / 2`. Held-out data: `interval` examples whose token is
+not among the `top` examples the explainer saw (activating), and `random` examples
+(non-activating).
+
+Example:
+    >>> balanced_accuracy([True, True, False, False], [True, False, False, False])
+    0.75
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mechscope.features.autointerp.client import ChatModel
+from mechscope.features.autointerp.prompts import (
+    PROMPT_VERSION,
+    detection_messages,
+    fuzzing_messages,
+    simulation_messages,
+)
+from mechscope.features.database import FeatureDatabase, FeatureDatabaseError
+
+METHODS = ("detection", "fuzzing", "simulation")
+
+
+def balanced_accuracy(truth: Sequence[bool], guess: Sequence[bool]) -> float:
+    """`(TP / P + TN / N) / 2`; a class with no members counts as 0.5 on its side."""
+    pos = [g for t, g in zip(truth, guess, strict=True) if t]
+    neg = [not g for t, g in zip(truth, guess, strict=True) if not t]
+    tpr = sum(pos) / len(pos) if pos else 0.5
+    tnr = sum(neg) / len(neg) if neg else 0.5
+    return (tpr + tnr) / 2
+
+
+def pooled_pearson(predicted: Sequence[Sequence[float]], true: Sequence[Sequence[float]]) -> float | None:
+    """Pearson correlation of all tokens of all excerpts pooled; None when either side is constant.
+
+    Example:
+        >>> pooled_pearson([[0, 1], [2]], [[0, 2], [4]])
+        1.0
+    """
+    x = [float(v) for row in predicted for v in row]
+    y = [float(v) for row in true for v in row]
+    if len(x) != len(y):
+        raise ValueError("predicted and true activations differ in length")
+    n = len(x)
+    if n < 2:
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def parse_yes_no(reply: str, n: int) -> list[bool]:
+    """Answers `N: yes|no` for N = 1..n; a missing or unreadable line counts as no."""
+    out = [False] * n
+    for m in re.finditer(r"^\W*(\d+)\s*[:.)\-]\s*(yes|no|true|false|1|0)\b", reply, flags=re.I | re.M):
+        i = int(m.group(1)) - 1
+        if 0 <= i < n:
+            out[i] = m.group(2).lower() in ("yes", "true", "1")
+    return out
+
+
+def parse_activations(reply: str, n: int) -> list[float]:
+    """Answers `N: value` for N = 0..n-1, clipped to [0, 10]; a missing line counts as 0."""
+    out = [0.0] * n
+    for m in re.finditer(r"^\W*(\d+)\s*[:\t.)\-]\s*(\d+(?:\.\d+)?)", reply, flags=re.M):
+        i = int(m.group(1))
+        if 0 <= i < n:
+            out[i] = min(max(float(m.group(2)), 0.0), 10.0)
+    return out
+
+
+@dataclass
+class HeldOut:
+    """Held-out excerpts of a latent: activating and non-activating, each `{text, acts}`."""
+
+    activating: list[dict[str, Any]]
+    non_activating: list[dict[str, Any]]
+
+
+@dataclass
+class Score:
+    """One scorer's result: `value` (None when undefined), number of items and the raw detail."""
+
+    method: str
+    value: float | None
+    n: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def held_out(db: FeatureDatabase, latent: int) -> HeldOut:
+    """Interval examples the explainer did not see, and random non-activating examples."""
+    seen = {e["token_index"] for e in db.examples(latent, "top")}
+    act = [e for e in db.examples(latent, "interval") if e["token_index"] not in seen and e["act"] > 0]
+    return HeldOut(act, db.examples(latent, "random"))
+
+
+def _batches(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def score_detection(client: ChatModel, explanation: str, data: HeldOut, batch: int = 10, seed: int = 0) -> Score:
+    items = [(e["text"], True) for e in data.activating] + [(e["text"], False) for e in data.non_activating]
+    random.Random(seed).shuffle(items)
+    guesses: list[bool] = []
+    replies = []
+    for chunk in _batches(items, batch):
+        reply = client.chat(detection_messages(explanation, [t for t, _ in chunk]), max_tokens=8 * len(chunk))
+        replies.append(reply)
+        guesses += parse_yes_no(reply, len(chunk))
+    truth = [t for _, t in items]
+    value = balanced_accuracy(truth, guesses) if items else None
+    return Score("detection", value, len(items), {"truth": truth, "guesses": guesses, "replies": replies})
+
+
+def score_fuzzing(client: ChatModel, explanation: str, data: HeldOut, batch: int = 10, seed: int = 0) -> Score:
+    rng = random.Random(seed)
+    items = []
+    for e in data.activating:
+        firing = [i for i, a in enumerate(e["acts"]) if a > 0]
+        quiet = [i for i, a in enumerate(e["acts"]) if a <= 0]
+        correct = rng.random() < 0.5 or len(quiet) < len(firing)
+        chosen = set(firing) if correct else set(rng.sample(quiet, len(firing)))
+        items.append((e["text"], [1.0 if i in chosen else 0.0 for i in range(len(e["acts"]))], correct))
+    guesses: list[bool] = []
+    replies = []
+    for chunk in _batches(items, batch):
+        reply = client.chat(fuzzing_messages(explanation, [(t, m) for t, m, _ in chunk]), max_tokens=8 * len(chunk))
+        replies.append(reply)
+        guesses += parse_yes_no(reply, len(chunk))
+    truth = [c for _, _, c in items]
+    value = balanced_accuracy(truth, guesses) if items else None
+    return Score("fuzzing", value, len(items), {"truth": truth, "guesses": guesses, "replies": replies})
+
+
+def score_simulation(client: ChatModel, explanation: str, data: HeldOut, n_activating: int = 6,
+                     n_non_activating: int = 4) -> Score:
+    excerpts = data.activating[:n_activating] + data.non_activating[:n_non_activating]
+    predicted, true, replies = [], [], []
+    for e in excerpts:
+        reply = client.chat(simulation_messages(explanation, e["text"]), max_tokens=8 * len(e["text"]) + 8)
+        replies.append(reply)
+        predicted.append(parse_activations(reply, len(e["text"])))
+        true.append(e["acts"])
+    value = pooled_pearson(predicted, true)
+    return Score("simulation", value, sum(len(t) for t in true), {"predicted": predicted, "replies": replies})
+
+
+def score_explanation(db: FeatureDatabase, explanation_id: int, client: ChatModel,
+                      methods: Sequence[str] = METHODS, seed: int = 0) -> dict[str, Score]:
+    """Score a stored explanation with each method and store the scores; returns them by method."""
+    row = db.con.execute("SELECT latent, text FROM explanations WHERE id = ?", (explanation_id,)).fetchone()
+    if row is None:
+        raise FeatureDatabaseError(f"no explanation with id {explanation_id} in {db.path}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        from mechscope.core.errors import unknown_name_message
+
+        raise FeatureDatabaseError(unknown_name_message("scoring method", unknown[0], METHODS))
+    latent, text = int(row[0]), str(row[1])
+    data = held_out(db, latent)
+    out: dict[str, Score] = {}
+    for method in methods:
+        if method == "detection":
+            score = score_detection(client, text, data, seed=seed)
+        elif method == "fuzzing":
+            score = score_fuzzing(client, text, data, seed=seed)
+        else:
+            score = score_simulation(client, text, data)
+        db.add_score(explanation_id, method, score.value, client.name, score.n,
+                     {"prompt_version": PROMPT_VERSION, "seed": seed, **score.detail})
+        out[method] = score
+    return out
