@@ -30,7 +30,7 @@ def test_clamp_sweep_writes_json_and_png(sae_dir, tmp_path, capsys) -> None:
                      "--keywords", "zz", "--max-new-tokens", "4", "--json", str(out), "--png", str(png)])
     assert code == 0
     data = json.loads(out.read_text())
-    assert [p["coef"] for p in data["points"]] == [0.0, 4.0, 8.0]
+    assert [p["coef"] for p in data["points"]] == [None, 0.0, 4.0, 8.0]  # the unsteered baseline first
     assert data["interventions"][0] == {"kind": "clamp", "hook_name": "blocks.1.hook_resid_post", "latents": [7],
                                         "value": 8.0, "coef": "swept", "where": "all"}
     assert all(p["latent_incidence"] is not None and p["keyword_incidence"] == 0.0 for p in data["points"])
@@ -48,7 +48,8 @@ def test_caa_vector_with_site_units_and_saved_direction(tmp_path) -> None:
                      "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["direction"]["source"]["kind"] == "mean_difference" and data["direction"]["site_norm"] > 0
-    assert [p["kl_neutral"] for p in data["points"]] == [0.0, 0.0]  # generated-only steering leaves text alone
+    # generated-only steering leaves neutral text alone
+    assert [p["kl_neutral"] for p in data["points"]] == [0.0, 0.0, 0.0]
     assert cli.main(["steer", "a b", "--vector", str(stem), "--ablate", "--max-new-tokens", "2"]) == 0
 
 

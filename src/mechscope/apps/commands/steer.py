@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the unsteered baseline row (measured by default)")
     p.add_argument("--save-direction", default=None, metavar="STEM", help="write the direction as STEM.safetensors "
                    "+ STEM.json")
     add_model_option(p)
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         if keywords or concept_latent is not None else None
     result = steering_sweep(model, args.prompts, make, values, concept=concept, neutral_texts=_neutral(args.neutral),
                             n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
+                            top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, baseline=args.baseline)
     data = result.to_dict()
     data["direction"] = {"hook_name": direction.hook_name, "norm": direction.norm, "source": direction.source,
                          "site_norm": site_norm}
@@ -172,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         write_bytes(args.png_path, figure_png(plot_sweep(result, title)), force=args.force)
     label = "clamp" if args.clamp is not None else ("coef" if args.coef is not None else "ablate")
     for p in result.points:
-        parts = [f"{label} {p.coef:g}" if label != "ablate" else "ablate", f"ppl {p.perplexity:.1f}",
+        name = "unsteered" if p.coef is None else (f"{label} {p.coef:g}" if label != "ablate" else "ablate")
+        parts = [name, f"ppl {p.perplexity:.1f}",
                  f"KL {p.kl_neutral:.3f}"]
         if p.keyword_incidence is not None:
             parts.append(f"keywords {p.keyword_incidence:.2f}")

@@ -63,7 +63,7 @@ class Concept:
 class SweepPoint:
     """The measurements at one coefficient value (see the module docstring)."""
 
-    coef: float
+    coef: float | None  # None: the unsteered baseline
     texts: list[str]
     perplexity: float
     kl_neutral: float
@@ -180,22 +180,25 @@ def steering_sweep(model: Any, prompts: str | Sequence[str], make: Callable[[flo
                    coefs: Sequence[float], *, concept: Concept | None = None,
                    neutral_texts: Sequence[str] = NEUTRAL_TEXTS, n: int = 1, max_new_tokens: int = 30,
                    temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
-                   progress: bool = True) -> SweepResult:
-    """Generate from `prompts` (each `n` times) under `make(coef)` for each coefficient and measure it."""
+                   baseline: bool = False, progress: bool = True) -> SweepResult:
+    """Generate from `prompts` (each `n` times) under `make(coef)` for each coefficient and measure it.
+
+    With `baseline=True` the first point (`coef=None`) is the unsteered model, measured the same way.
+    """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not coefs:
         raise MechscopeError("No coefficient values to sweep.")
     rows = [p for p in prompts for _ in range(n)]
     points, reference, described = [], None, []
-    for coef in tqdm(list(coefs), desc="steering sweep", disable=not progress):
-        interventions = list(make(coef))
-        described = [i.describe() for i in interventions]
+    for coef in tqdm([None] * baseline + list(coefs), desc="steering sweep", disable=not progress):
+        interventions = [] if coef is None else list(make(coef))
+        described = [i.describe() for i in interventions] or described
         gen = generate(model, rows, interventions, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_p=top_p, seed=seed, batch_size=batch_size)
         reading = read_generation(model, gen, concept)
         kl, reference = neutral_kl(model, neutral_texts, interventions, reference)
         points.append(SweepPoint(
-            coef=float(coef), texts=gen.texts, perplexity=float(reading["perplexity"]), kl_neutral=kl,  # type: ignore[arg-type]
+            coef=None if coef is None else float(coef), texts=gen.texts, perplexity=float(reading["perplexity"]), kl_neutral=kl,  # type: ignore[arg-type]
             keyword_incidence=keyword_incidence(gen.texts, concept.keywords) if concept and concept.keywords else None,
             latent_incidence=reading["latent_incidence"], latent_mean=reading["latent_mean"]))
     settings = {"n": n, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
@@ -213,19 +216,28 @@ def plot_sweep(result: SweepResult, title: str = "") -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    coefs = [p.coef for p in result.points]
+    swept = [p for p in result.points if p.coef is not None]
+    base = next((p for p in result.points if p.coef is None), None)
+    coefs = [p.coef for p in swept]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for key, label in (("keyword_incidence", "keyword incidence"), ("latent_incidence", "latent incidence")):
-        values = [getattr(p, key) for p in result.points]
+    for n, (key, label) in enumerate((("keyword_incidence", "keyword incidence"),
+                                      ("latent_incidence", "latent incidence"))):
+        values = [getattr(p, key) for p in swept]
         if any(v is not None for v in values):
-            axes[0].plot(coefs, [v if v is not None else float("nan") for v in values], "o-", label=label)
+            axes[0].plot(coefs, [v if v is not None else float("nan") for v in values], "o-", label=label,
+                         color=f"C{n}")
+            if base is not None and getattr(base, key) is not None:
+                axes[0].axhline(getattr(base, key), ls="--", lw=1, color=f"C{n}", label=f"{label}, unsteered")
     axes[0].set_ylim(-0.05, 1.05)
     axes[0].set_ylabel("fraction of generations")
     axes[0].legend(fontsize=8)
-    axes[1].plot(coefs, [p.perplexity for p in result.points], "o-", color="C2")
+    axes[1].plot(coefs, [p.perplexity for p in swept], "o-", color="C2")
+    if base is not None:
+        axes[1].axhline(base.perplexity, ls="--", lw=1, color="C2", label="unsteered")
+        axes[1].legend(fontsize=8)
     axes[1].set_yscale("log")
     axes[1].set_ylabel("perplexity (unsteered model)")
-    axes[2].plot(coefs, [p.kl_neutral for p in result.points], "o-", color="C3")
+    axes[2].plot(coefs, [p.kl_neutral for p in swept], "o-", color="C3")
     axes[2].set_ylabel("KL on neutral text (nats)")
     for ax in axes:
         ax.set_xlabel("coefficient")
