@@ -36,7 +36,7 @@ from mechscope.core.errors import MechscopeError, unknown_name_message
 METHODS = ("eap", "eap-ig", "eap-ig-act", "clean-corrupted", "exact")
 
 
-def _chunks(n: int, size: int) -> Iterator[slice]:
+def batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 
@@ -94,7 +94,7 @@ def attribute(gm: GraphModel, pairs: Pairs, method: str = "eap-ig", steps: int =
     corrupt = Corruption(gm, pairs, corruption, seed=seed, batch_size=batch_size)
     g = gm.graph
     total = torch.zeros(g.n_dests, g.n_sources, dtype=torch.float64)
-    for rows in tqdm(list(_chunks(len(pairs), batch_size)), desc=f"{method} scores", disable=not progress):
+    for rows in tqdm(list(batches(len(pairs), batch_size)), desc=f"{method} scores", disable=not progress):
         part = pairs.rows(rows)
         total += _chunk_scores(gm, part, corrupt.values(rows), method, steps).double().cpu()
     scores = masked(g, total / len(pairs))

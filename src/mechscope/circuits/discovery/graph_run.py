@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,6 +40,18 @@ from mechscope.core import names
 from mechscope.core.errors import MechscopeError
 from mechscope.core.families import get_module
 from mechscope.core.hooked import HookedModel
+from mechscope.core.tokens import TokenBatch
+from mechscope.methods.patching.engine import layers_return_tensors, replay_prefix
+
+
+@dataclass
+class Trace:
+    """A graph run's logits, every source value [batch, pos, n_sources, d_model], and the
+    residual stream entering each layer plus the final norm's input (`resid[n_layers]`)."""
+
+    logits: Tensor
+    sources: Tensor
+    resid: list[Tensor]
 
 
 class _Run:
@@ -56,10 +69,10 @@ class _Run:
         self.resid: dict[Any, Tensor] = {}
         self.qkv: dict[int, Tensor] = {}
 
-    def add_source(self, start: int, value: Tensor) -> None:
+    def add_source(self, start: int, value: Tensor, record: bool = True) -> None:
         """Record sources `start..start+n` ([batch, pos, n, d_model])."""
         stop = start + value.shape[2]
-        if self.record:
+        if self.record and record:
             self.values.append(value.detach())
         if self.removed is None:
             return
@@ -157,11 +170,38 @@ class GraphModel:
         state = _Run(self, mask, corrupt, fixed_delta, record=False)
         return self._forward(state, ids, attention_mask, input_value)
 
+    def can_resume(self, ids: Tensor) -> bool:
+        """Whether runs can start at a later layer from a `Trace` (decoder layers return bare tensors)."""
+        if not hasattr(self, "_resumable"):
+            self._resumable = layers_return_tensors(self.model, TokenBatch(ids, ids.new_ones(ids.shape)))
+        return self._resumable
+
+    def trace(self, ids: Tensor, attention_mask: Tensor | None, mask: Tensor | None, corrupt: Tensor | None,
+              start: int = 0, prefix: Trace | None = None) -> Trace:
+        """A run that records everything; with `start > 0`, layers before `start` are taken from `prefix`.
+
+        Only valid when the edges into layers before `start` are the same as in `prefix`'s run.
+        """
+        n_layers = self.cfg.n_layers
+        if start and (prefix is None or not self.can_resume(ids)):
+            start = 0
+        state = _Run(self, mask, corrupt, None, record=True)
+        if start:
+            k = self.graph.layer_start(start) if start < n_layers else self.graph.n_sources
+            state.add_source(0, prefix.sources[:, :, :k], record=False)
+            state.resid["final"] = prefix.resid[n_layers]
+        with torch.no_grad(), replay_prefix(self.model, start, prefix.resid[start] if start else None):
+            logits = self._forward(state, ids, attention_mask, None, first=start)
+        new = [state.resid[("pre", layer)] for layer in range(start, n_layers)] + [state.resid["final"]]
+        sources = torch.cat(([prefix.sources[:, :, :k]] if start else []) + state.values, dim=2)
+        return Trace(logits, sources, (prefix.resid[:start] if start else []) + new)
+
     # -- hooks ------------------------------------------------------------------------------------
-    def _forward(self, state: _Run, ids: Tensor, attention_mask: Tensor | None, input_value: Tensor | None) -> Tensor:
+    def _forward(self, state: _Run, ids: Tensor, attention_mask: Tensor | None, input_value: Tensor | None,
+                 first: int = 0) -> Tensor:
         hooks: list[tuple[str, Callable]] = []
         g, n_layers = self.graph, self.cfg.n_layers
-        for layer in range(n_layers):
+        for layer in range(first, n_layers):
             hooks.append((names.resid_pre(layer), self._resid_pre_hook(state, layer, input_value)))
             for i, which in enumerate(("q", "k", "v")):
                 hooks.append((names.block(layer, f"attn.hook_{which}"), self._qkv_hook(state, layer, i)))
@@ -171,7 +211,8 @@ class GraphModel:
                     hooks.append((names.block(layer, "hook_resid_mid"), self._keep(state, ("mid", layer))))
                 hooks.append((names.block(layer, "ln2.hook_normalized"), self._mlp_in_hook(state, layer)))
                 hooks.append((names.block(layer, "hook_mlp_out"), self._mlp_out_hook(state, layer)))
-        hooks.append((names.resid_post(n_layers - 1), self._keep(state, "final")))
+        if first < n_layers:
+            hooks.append((names.resid_post(n_layers - 1), self._keep(state, "final")))
         hooks.append((names.LN_FINAL, self._final_hook(state)))
         with self.model.hooks(hooks):
             return self.model(ids, attention_mask)

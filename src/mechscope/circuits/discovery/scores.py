@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mechscope.circuits.discovery.component_graph import ComponentGraph
 from mechscope.core.errors import MechscopeError
-from mechscope.core.files import write_bytes, write_json
+from mechscope.core.files import check_writable, write_bytes, write_json
 
 
 @dataclass
@@ -53,6 +53,7 @@ class EdgeScores:
     def save(self, stem: str | Path, provenance: dict[str, Any], force: bool = False) -> tuple[Path, Path]:
         """`stem.safetensors` (the score matrix) and `stem.json` (graph, method, node names)."""
         stem = Path(stem)
+        check_writable(stem.with_suffix(".json"), force)  # refuse before writing either file
         tensors = {"scores": self.scores.detach().float().contiguous().cpu()}
         meta = {"method": self.method, "format": "mechscope.edge_scores/1"}
         st = write_bytes(stem.with_suffix(".safetensors"), save(tensors, metadata=meta), force=force)
