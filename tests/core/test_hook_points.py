@@ -223,3 +223,27 @@ def test_golden_hook_list(kind: str) -> None:
     expected = [*start, *(names.block(layer, s) for layer in range(3) for s in GOLDEN_BLOCK[kind]), *_GLOBAL_END]
     assert tiny_model(kind).hook_names() == expected
     assert set(GOLDEN_BLOCK) == set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_attn_scores",
+                                  "blocks.1.attn.hook_result", "blocks.1.ln2.hook_normalized",
+                                  "blocks.1.ln1.hook_scale", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_z"])
+@torch.no_grad()
+def test_in_place_edits_count_like_returned_ones(name: str) -> None:
+    """TransformerLens hook functions often edit in place and return the same tensor (or nothing)."""
+    model = tiny_model("llama")
+    ids = tiny_ids()
+
+    def in_place(act, hook):
+        act[:, 1] = act[:, 1] * 0.5
+        return act
+
+    def returned(act, hook):
+        act = act.clone()
+        act[:, 1] = act[:, 1] * 0.5
+        return act
+
+    a = model.run_with_hooks(ids, fwd_hooks=[(name, in_place)])
+    b = model.run_with_hooks(ids, fwd_hooks=[(name, returned)])
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, model(ids))

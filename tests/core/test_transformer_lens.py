@@ -61,3 +61,47 @@ def test_same_activations_as_transformer_lens(kind: str) -> None:
         compared += 1
     assert compared >= 10 * model.cfg.n_layers, f"only {compared} hook points in common"
     assert (logits - tl_logits).abs().max().item() <= RTOL * max(1.0, tl_logits.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@torch.no_grad()
+def test_weights_equal_transformer_lens(kind: str) -> None:
+    """W_* and b_* in TransformerLens shapes; K/V repeated per query head (GQA) as TransformerLens does."""
+    model = tiny_model(kind)
+    tl = _tl_model(kind, model)
+    fields = ["W_E", "W_U", "b_U", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_in", "W_out",
+              "b_in", "b_out", *(["W_pos"] if kind == "gpt2" else ["W_gate"])]
+    for name in fields:
+        ours, theirs = getattr(model, name), getattr(tl, name)
+        assert ours.shape == theirs.shape, f"{name}: {tuple(ours.shape)} vs {tuple(theirs.shape)}"
+        assert torch.equal(ours, theirs), name
+    layer = model.layer_weights(1)
+    assert layer.W_K.shape == (model.cfg.n_kv_heads, model.cfg.d_model, model.cfg.d_head)
+    assert layer.W_Q.untyped_storage().data_ptr() == model.hf_model.get_parameter(
+        "transformer.h.1.attn.c_attn.weight" if kind == "gpt2" else "model.layers.1.self_attn.q_proj.weight"
+    ).untyped_storage().data_ptr()  # a view, not a copy
+
+
+def test_a_hook_function_written_for_transformer_lens_runs_unchanged() -> None:
+    """A TransformerLens-style patching hook (hook.name, hook.layer(), in-place edit, returns the tensor)
+    gives the same logits on both libraries."""
+    model = tiny_model("llama")
+    tl = _tl_model("llama", model)
+    clean, corrupt = tiny_ids(1, 8, seed=2), tiny_ids(1, 8, seed=3)
+    _, clean_cache = tl.run_with_cache(clean)
+    layers_seen: list[int] = []
+
+    def patch_head_and_resid(activation, hook):
+        layers_seen.append(hook.layer())
+        if hook.name.endswith("hook_z"):
+            activation[:, :, 1, :] = clean_cache[hook.name][:, :, 1, :]
+        else:
+            activation[:, 3, :] = clean_cache[hook.name][:, 3, :]
+        return activation
+
+    hooks = [("blocks.1.attn.hook_z", patch_head_and_resid), ("blocks.2.hook_resid_pre", patch_head_and_resid)]
+    ours = model.run_with_hooks(corrupt, fwd_hooks=hooks)
+    theirs = tl.run_with_hooks(corrupt, fwd_hooks=hooks)
+    assert layers_seen == [1, 2, 1, 2]
+    assert (ours - theirs).abs().max().item() <= RTOL * max(1.0, theirs.abs().max().item())
+    assert not torch.allclose(ours, model(corrupt))

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from mechscope.core import names as hook_names
 from mechscope.core import tokens as tok
+from mechscope.core import weights
 from mechscope.core.attention import attn_implementation
 from mechscope.core.cache import ActivationCache
 from mechscope.core.config import ModelConfig, config_from_hf
@@ -35,6 +36,11 @@ from mechscope.core.sites import build_sites
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 Inputs = str | Sequence[str] | Tensor | tok.TokenBatch
 HookSpec = Sequence[tuple[str | Callable[[str], bool], HookFn]]
+
+
+def _stacked(name: str) -> property:
+    return property(lambda self: weights.stacked(self, name),
+                    doc=f"{name} of every layer in TransformerLens's shape (see mechscope.core.weights).")
 
 
 class HookedModel(nn.Module):
@@ -79,6 +85,32 @@ class HookedModel(nn.Module):
     @property
     def attn_implementation(self) -> str:
         return attn_implementation(self.hf_model)
+
+    # -- weights in TransformerLens shapes (mechscope.core.weights) ----------------------------
+    W_Q, W_K, W_V, W_O = _stacked("W_Q"), _stacked("W_K"), _stacked("W_V"), _stacked("W_O")
+    b_Q, b_K, b_V, b_O = _stacked("b_Q"), _stacked("b_K"), _stacked("b_V"), _stacked("b_O")
+    W_in, W_gate, W_out = _stacked("W_in"), _stacked("W_gate"), _stacked("W_out")
+    b_in, b_out = _stacked("b_in"), _stacked("b_out")
+
+    @property
+    def W_E(self) -> Tensor:
+        return weights.embedding(self)
+
+    @property
+    def W_pos(self) -> Tensor:
+        return weights.positions(self)
+
+    @property
+    def W_U(self) -> Tensor:
+        return weights.unembedding(self)[0]
+
+    @property
+    def b_U(self) -> Tensor:
+        return weights.unembedding(self)[1]
+
+    def layer_weights(self, layer: int) -> weights.LayerWeights:
+        """Block `layer`'s weights in TransformerLens shapes, as views of the HF parameters."""
+        return weights.layer_weights(self, layer)
 
     def hook_names(self) -> list[str]:
         """Every hook name of this model, in the order the forward pass reaches them."""

@@ -95,6 +95,7 @@ class HookRun:
         if point is None:
             point = self._points[site.name] = HookPoint(site.name, site.layer)
         new = act
+        version = _version(act)
         for fn in self.fwd.get(site.name, ()):
             out = fn(new, point)
             if out is None:
@@ -107,6 +108,9 @@ class HookRun:
                     f"return one like the activation: {tuple(new.shape)} {new.dtype} on {new.device}."
                 )
             new = out
+        if new is act and version is not None and _version(act) != version:
+            # Edited in place (TransformerLens style): a new object tells every caller it changed.
+            new = act.clone()
         for fn in self.bwd.get(site.name, ()):
             if new.requires_grad:
                 new.register_hook(partial(_backward_call, fn, point))
@@ -255,6 +259,14 @@ class HookRun:
                 self._patterns.__exit__(None, None, None)
         finally:
             self._remove()
+
+
+def _version(tensor: Tensor) -> int | None:
+    """The in-place version counter (None for inference-mode tensors, which have none)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
 
 
 def _backward_call(fn: HookFn, point: HookPoint, grad: Tensor) -> Tensor | None:
