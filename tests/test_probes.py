@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from _tokenizers import WhitespaceTokenizer, real_tokenizer
+from mechscope.core.errors import BadInputError
 from mechscope.methods.probe_data import load_probe_dataset, read_word_type, resolve_read_position
+from mechscope.methods.probe_models import difference_of_means, fit_logistic, fit_ridge, r2_score
 from mechscope.methods.probe_plots import plot_probe_report
-from mechscope.methods.probes import (
-    control_labels,
-    difference_of_means,
-    encode_labels,
-    fit_logistic,
-    fit_probes_by_layer,
-    fit_ridge,
-    held_out_split,
-    r2_score,
-)
+from mechscope.methods.probes import control_labels, encode_labels, fit_probes_by_layer, held_out_split
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -143,15 +136,30 @@ def test_control_task_selectivity() -> None:
     X_lab, y_lab, types_lab = _word_type_data(encode_identity=False)
     memorised = fit_probes_by_layer({0: X_id}, y_id, types_id).layers[0]
     linear = fit_probes_by_layer({0: X_lab}, y_lab, types_lab).layers[0]
-    # both probes reach the accuracy the 5% label noise allows
-    assert memorised.score > 0.85 and linear.score > 0.85
-    # type identity is linearly decodable: the control task is learnt too, selectivity is low
-    assert memorised.control_score > 0.85
+    # evaluated on held-out words: memorising word identity fits the training words only
+    assert memorised.train_score > 0.85 and memorised.score < 0.7
     assert memorised.selectivity < 0.15
-    # only the label is encoded: control labels cannot be read, selectivity is high
+    # the label direction generalises to unseen words; their control labels cannot be read
+    assert linear.score > 0.85
     assert linear.control_score < 0.75
     assert linear.selectivity > 0.2
     assert linear.selectivity == pytest.approx(linear.score - linear.control_score)
+
+
+def test_held_out_words_never_meet_training_words() -> None:
+    X, y, types = _word_type_data(encode_identity=False)
+    report = fit_probes_by_layer({0: X}, y, types, held_out_fraction=0.25, seed=3)
+    held = set(report.settings["held_out_words"])
+    train, test = held_out_split(len(types), 0.25, 3, groups=types, strata=y.tolist())
+    assert {types[i] for i in test.tolist()} == held
+    assert held.isdisjoint(types[i] for i in train.tolist())
+    assert len(train) + len(test) == len(types) and report.n_held_out == len(test)
+    assert set(y[test].tolist()) == {0, 1}  # drawn per class: both classes are held out
+    assert report.settings["split"] == "held-out words" and 0.15 < len(test) / len(types) < 0.4
+    with pytest.raises(BadInputError, match="Every example is read at the same word \('the'\)"):
+        held_out_split(4, 0.5, groups=["the"] * 4)
+    one_word_per_class = held_out_split(6, 0.3, groups=["a", "a", "a", "b", "b", "b"], strata=[0, 0, 0, 1, 1, 1])
+    assert len(one_word_per_class[1]) == 3 and len(one_word_per_class[0]) == 3
 
 
 def test_report_json_and_plot(tmp_path) -> None:

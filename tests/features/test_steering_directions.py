@@ -33,7 +33,7 @@ from mechscope.features.steering.sweep import (
     plot_sweep,
     steering_sweep,
 )
-from mechscope.methods.probes import fit_logistic
+from mechscope.methods.probe_models import fit_logistic
 from tiny_lm import tiny_lm
 
 SITE = "blocks.1.hook_resid_post"

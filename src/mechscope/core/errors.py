@@ -34,6 +34,10 @@ class OutputExistsError(MechscopeError, FileExistsError):
     """An output path holds a file mechscope did not write; `--force` is the only way past it."""
 
 
+class BadInputError(MechscopeError, ValueError):
+    """Data a user handed in that a method cannot use (labels, read positions, a split, settings)."""
+
+
 class NonFiniteError(MechscopeError, ValueError):
     """NaN or Inf where a number is needed: activations, logits, a metric or a training loss."""
 

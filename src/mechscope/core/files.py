@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mechscope.core.errors import OutputExistsError
+from mechscope.core.errors import BadInputError, OutputExistsError
 
 MARKER = "<!-- written by mechscope -->"
 OWNER_FILE = ".mechscope"
@@ -53,7 +53,7 @@ def iter_jsonl(path: PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                raise BadInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
 
 
 def written_by_mechscope(path: PathLike) -> bool:

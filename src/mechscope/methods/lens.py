@@ -34,6 +34,7 @@ from mechscope.core import names
 from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.hooked import HookedModel, Inputs
 from mechscope.core.provenance import provenance
+from mechscope.core.tokens import TokenBatch
 from mechscope.methods.metrics import kl_divergence
 
 SiteSpec = str | Sequence[str]
@@ -154,7 +155,12 @@ def logit_lens(model: HookedModel, inputs: Inputs, sites: SiteSpec = "layers", k
         >>> r.top_tokens[-1][-1][0]                                                               # doctest: +SKIP
         ' Paris'
     """
-    ids, _ = model._prepare(inputs, None)
+    if isinstance(inputs, TokenBatch):
+        ids = inputs.ids
+    elif isinstance(inputs, Tensor):
+        ids = inputs if inputs.dim() == 2 else inputs[None]
+    else:
+        ids = model.to_tokens(inputs)
     if ids.shape[0] != 1:
         raise MechscopeError(f"logit_lens reads one prompt; got a batch of {ids.shape[0]}.")
     wanted = _target_ids(model, targets)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mechscope.core.errors import BadInputError
 from mechscope.core.files import iter_jsonl
 
 
@@ -24,7 +25,7 @@ def _encode_with_offsets(tokenizer: Any, text: str, add_special_tokens: bool) ->
     try:
         enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     except NotImplementedError as exc:
-        raise ValueError("resolving read positions needs a fast tokenizer (offsets mapping)") from exc
+        raise BadInputError("resolving read positions needs a fast tokenizer (offsets mapping)") from exc
     return [tuple(span) for span in enc["offset_mapping"]]
 
 
@@ -34,22 +35,22 @@ def _token_span(
     offsets = _encode_with_offsets(tokenizer, text, add_special_tokens)
     real = [i for i, (a, b) in enumerate(offsets) if b > a]
     if not real:
-        raise ValueError(f"text {text!r} has no tokens")
+        raise BadInputError(f"text {text!r} has no tokens")
     if token is None:
         return real[-1], offsets[real[-1]]
     starts = [i for i in range(len(text)) if text.startswith(token, i)]
     if not starts:
-        raise ValueError(f"token {token!r} does not occur in {text!r}")
+        raise BadInputError(f"token {token!r} does not occur in {text!r}")
     try:
         start = starts[occurrence]
     except IndexError:
-        raise ValueError(
+        raise BadInputError(
             f"token {token!r} occurs {len(starts)} times in {text!r}, no occurrence {occurrence}"
         ) from None
     end = start + len(token)
     overlapping = [i for i in real if offsets[i][0] < end and offsets[i][1] > start]
     if not overlapping:
-        raise ValueError(f"no token of {text!r} covers {token!r}")
+        raise BadInputError(f"no token of {text!r} covers {token!r}")
     last = overlapping[-1]
     return last, offsets[last]
 
@@ -129,13 +130,13 @@ def load_probe_dataset(
     for lineno, row in iter_jsonl(path):
         missing = [k for k in (text_field, label_field) if not isinstance(row, dict) or k not in row]
         if missing:
-            raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
+            raise BadInputError(f"{path}:{lineno}: missing field(s) {missing}")
         token = row.get(token_field)
         if token is not None and token not in row[text_field]:
-            raise ValueError(f"{path}:{lineno}: token {token!r} does not occur in the text")
+            raise BadInputError(f"{path}:{lineno}: token {token!r} does not occur in the text")
         texts.append(str(row[text_field]))
         labels.append(row[label_field])
         tokens.append(token)
     if not texts:
-        raise ValueError(f"{path}: no examples")
+        raise BadInputError(f"{path}: no examples")
     return ProbeDataset(texts, labels, tokens)

@@ -24,14 +24,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from mechscope.core.errors import BadInputError
 from mechscope.core.provenance import __version__
+from mechscope.methods.probe_models import (
+    LogisticProbe,
+    MeanDifference,
+    RidgeProbe,
+    difference_of_means,
+    fit_logistic,
+    fit_ridge,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +51,63 @@ Task = Literal["auto", "classification", "regression"]
 # ----------------------------------------------------------------------------- split, labels
 
 
-def held_out_split(n: int, held_out_fraction: float = 0.2, seed: int = 0) -> tuple[Tensor, Tensor]:
+def held_out_split(n: int, held_out_fraction: float = 0.2, seed: int = 0, groups: Sequence[str] | None = None,
+                   strata: Sequence[Any] | None = None) -> tuple[Tensor, Tensor]:
     """Deterministic random split of ``range(n)`` into (train, held-out) index tensors.
 
-    The held-out part has ``max(1, round(n * held_out_fraction))`` examples.
+    Without ``groups`` the held-out part has ``max(1, round(n * held_out_fraction))`` examples.
+    With ``groups`` (the word each example is read at) whole groups are held out, so no word is
+    on both sides: a probe cannot score by memorising words. With ``strata`` (class labels)
+    groups are drawn per class (by each group's most common label), ``round(fraction * groups)``
+    of each class that has two or more groups.
 
     Example:
         >>> train, test = held_out_split(10, 0.3)
         >>> len(train), len(test), sorted(torch.cat([train, test]).tolist()) == list(range(10))
         (7, 3, True)
+        >>> words = ["cat", "dog", "cow", "cat", "dog", "cow"]
+        >>> train, test = held_out_split(6, 0.3, groups=words)
+        >>> sorted({words[i] for i in test}), sorted({words[i] for i in train})
+        (['cow'], ['cat', 'dog'])
     """
     if not 0.0 < held_out_fraction < 1.0:
-        raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
+        raise BadInputError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
     if n < 2:
-        raise ValueError(f"need at least 2 examples to split, got {n}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = min(n - 1, max(1, round(n * held_out_fraction)))
-    return perm[n_test:].sort().values, perm[:n_test].sort().values
+        raise BadInputError(f"need at least 2 examples to split, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    if groups is None:
+        perm = torch.randperm(n, generator=generator)
+        n_test = min(n - 1, max(1, round(n * held_out_fraction)))
+        return perm[n_test:].sort().values, perm[:n_test].sort().values
+    held = _held_out_groups(list(groups), list(strata) if strata is not None else [0] * n, held_out_fraction,
+                            generator)
+    test = torch.tensor([i for i, g in enumerate(groups) if g in held], dtype=torch.long)
+    train = torch.tensor([i for i, g in enumerate(groups) if g not in held], dtype=torch.long)
+    return train, test
+
+
+def _held_out_groups(groups: list[str], strata: list[Any], fraction: float, generator: torch.Generator) -> set[str]:
+    unique = sorted(set(groups))
+    if len(unique) < 2:
+        raise BadInputError(f"Every example is read at the same word ({unique[0]!r}); holding out words needs at "
+                            "least two different words: vary the read token (the 'token' field).")
+    votes: dict[str, Counter] = {g: Counter() for g in unique}
+    for g, s in zip(groups, strata, strict=True):
+        votes[g][s] += 1
+    by_stratum: dict[str, list[str]] = {}
+    for g in unique:
+        by_stratum.setdefault(repr(votes[g].most_common(1)[0][0]), []).append(g)
+    held: set[str] = set()
+    for key in sorted(by_stratum):
+        members = by_stratum[key]
+        if len(members) >= 2:
+            order = torch.randperm(len(members), generator=generator).tolist()
+            k = min(len(members) - 1, max(1, round(len(members) * fraction)))
+            held.update(members[i] for i in order[:k])
+    if not held:  # every class has a single word: hold out one word of the largest class
+        largest = max(by_stratum.values(), key=len)
+        held.add(largest[int(torch.randint(len(largest), (1,), generator=generator))])
+    return held
 
 
 def encode_labels(labels: Sequence[Any] | Tensor) -> tuple[Tensor, list[Any]]:
@@ -86,182 +136,12 @@ def control_labels(word_types: Sequence[str], labels: Tensor, seed: int = 0) -> 
         True
     """
     if len(word_types) != len(labels):
-        raise ValueError(f"{len(word_types)} word types for {len(labels)} labels")
+        raise BadInputError(f"{len(word_types)} word types for {len(labels)} labels")
     gen = torch.Generator().manual_seed(seed)
     types = sorted(set(word_types))
     draws = torch.randint(0, len(labels), (len(types),), generator=gen)
     by_type = {t: labels[int(j)] for t, j in zip(types, draws, strict=True)}
     return torch.stack([by_type[t] for t in word_types])
-
-
-# ----------------------------------------------------------------------------- probes
-
-
-def _standardise(X: Tensor) -> tuple[Tensor, Tensor]:
-    mean = X.mean(0)
-    std = X.std(0, unbiased=False).clamp_min(1e-6)
-    return mean, std
-
-
-@dataclass
-class LogisticProbe:
-    """Multinomial logistic regression on standardised features.
-
-    ``logits = ((X - mean) / std) @ weight.T + bias`` with ``weight`` ``[C, d]``.
-    """
-
-    weight: Tensor
-    bias: Tensor
-    mean: Tensor
-    std: Tensor
-    classes: list[Any] = field(default_factory=list)
-
-    def logits(self, X: Tensor) -> Tensor:
-        """Class logits ``[n, C]``."""
-        Z = (X.to(self.mean.dtype) - self.mean) / self.std
-        return Z @ self.weight.T + self.bias
-
-    def predict(self, X: Tensor) -> Tensor:
-        """Predicted class indices ``[n]``."""
-        return self.logits(X).argmax(-1)
-
-    def accuracy(self, X: Tensor, y: Tensor) -> float:
-        """``mean(predict(X) == y)``."""
-        return float((self.predict(X) == y).double().mean())
-
-
-def fit_logistic(
-    X: Tensor, y: Tensor, *, l2: float = 1e-3, n_classes: int | None = None, max_iter: int = 500
-) -> LogisticProbe:
-    """Fit multinomial logistic regression with L-BFGS (float64).
-
-    Minimises ``mean_n CE(softmax(Z W^T + b), y) + (l2 / 2) ||W||_F^2`` where ``Z`` is
-    ``X`` standardised with the training mean and standard deviation; the bias is not
-    penalised.
-
-    Example:
-        >>> X = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
-        >>> fit_logistic(X, torch.tensor([0, 0, 1, 1])).accuracy(X, torch.tensor([0, 0, 1, 1]))
-        1.0
-    """
-    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
-        raise ValueError(f"expected X [n, d] and y [n], got {tuple(X.shape)} and {tuple(y.shape)}")
-    X = X.double()
-    mean, std = _standardise(X)
-    Z = (X - mean) / std
-    C = n_classes if n_classes is not None else int(y.max()) + 1
-    W = torch.zeros(C, X.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(C, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [W, b],
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(Z @ W.T + b, y) + 0.5 * l2 * (W**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return LogisticProbe(weight=W.detach(), bias=b.detach(), mean=mean, std=std)
-
-
-@dataclass
-class RidgeProbe:
-    """Ridge regression on standardised features: ``y_hat = ((X - mean) / std) @ weight + bias``."""
-
-    weight: Tensor
-    bias: Tensor
-    mean: Tensor
-    std: Tensor
-
-    def predict(self, X: Tensor) -> Tensor:
-        """Predictions ``[n]``."""
-        return ((X.to(self.mean.dtype) - self.mean) / self.std) @ self.weight + self.bias
-
-    def r2(self, X: Tensor, y: Tensor) -> float:
-        """Coefficient of determination, see :func:`r2_score`."""
-        return r2_score(self.predict(X), y)
-
-
-def r2_score(pred: Tensor, y: Tensor) -> float:
-    """``R^2 = 1 - sum (y - pred)^2 / sum (y - mean(y))^2`` (mean of the evaluated ``y``).
-
-    Example:
-        >>> r2_score(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 4.0]))
-        0.7857142857142857
-    """
-    y = y.double()
-    ss_res = ((y - pred.double()) ** 2).sum()
-    ss_tot = ((y - y.mean()) ** 2).sum()
-    return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
-
-
-def fit_ridge(X: Tensor, y: Tensor, *, alpha: float = 1.0) -> RidgeProbe:
-    """Closed-form ridge regression on standardised features (float64).
-
-    ``w = (Z^T Z + alpha I)^{-1} Z^T (y - mean(y))``, ``b = mean(y)``, with ``Z`` the
-    standardised ``X``; the bias is not penalised.
-
-    Example:
-        >>> X = torch.arange(10.0).view(10, 1)
-        >>> round(fit_ridge(X, 2 * X[:, 0] + 1, alpha=0.0).r2(X, 2 * X[:, 0] + 1), 6)
-        1.0
-    """
-    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
-        raise ValueError(f"expected X [n, d] and y [n], got {tuple(X.shape)} and {tuple(y.shape)}")
-    X, y = X.double(), y.double()
-    mean, std = _standardise(X)
-    Z = (X - mean) / std
-    y_mean = y.mean()
-    A = Z.T @ Z + alpha * torch.eye(Z.shape[1], dtype=torch.float64)
-    w = (
-        torch.linalg.lstsq(A, Z.T @ (y - y_mean)).solution
-        if alpha == 0
-        else torch.linalg.solve(A, Z.T @ (y - y_mean))
-    )
-    return RidgeProbe(weight=w, bias=y_mean, mean=mean, std=std)
-
-
-# ----------------------------------------------------------------------------- directions
-
-
-@dataclass
-class MeanDifference:
-    """``direction = mean(X[y == a]) - mean(X[y == b])``; ``unit = direction / ||direction||``."""
-
-    direction: Tensor
-    unit: Tensor
-    midpoint: Tensor
-
-    def accuracy(self, X: Tensor, is_a: Tensor) -> float:
-        """Accuracy of ``(X - midpoint) . unit > 0`` as a classifier of class ``a``."""
-        return float((((X.to(self.unit.dtype) - self.midpoint) @ self.unit > 0) == is_a).double().mean())
-
-
-def difference_of_means(X: Tensor, labels: Tensor, a: Any, b: Any) -> MeanDifference:
-    """Difference of class means ``mean(X | a) - mean(X | b)`` and its normalised version.
-
-    ``midpoint = (mean(X | a) + mean(X | b)) / 2``.
-
-    Example:
-        >>> X = torch.tensor([[2.0, 0.0], [4.0, 0.0], [0.0, 0.0]])
-        >>> difference_of_means(X, torch.tensor([1, 1, 0]), 1, 0).direction
-        tensor([3., 0.])
-    """
-    mask_a, mask_b = labels == a, labels == b
-    if not mask_a.any() or not mask_b.any():
-        raise ValueError(
-            f"both classes need examples: {int(mask_a.sum())} of {a!r}, {int(mask_b.sum())} of {b!r}"
-        )
-    mu_a, mu_b = X[mask_a].mean(0), X[mask_b].mean(0)
-    direction = mu_a - mu_b
-    return MeanDifference(direction, direction / direction.norm().clamp_min(1e-12), (mu_a + mu_b) / 2)
 
 
 # ----------------------------------------------------------------------------- per-layer report
@@ -394,20 +274,20 @@ def fit_probes_by_layer(
         >>> report.to_dict()["layers"][0]["accuracy"]                                          # doctest: +SKIP
     """
     if not acts:
-        raise ValueError("acts is empty")
+        raise BadInputError("acts is empty")
     n = len(labels)
     for layer, X in acts.items():
         if X.ndim != 2 or X.shape[0] != n:
-            raise ValueError(f"layer {layer}: expected activations [{n}, d_model], got {tuple(X.shape)}")
+            raise BadInputError(f"layer {layer}: expected activations [{n}, d_model], got {tuple(X.shape)}")
         if not torch.isfinite(X).all():
-            raise ValueError(f"layer {layer}: activations contain NaN or Inf")
+            raise BadInputError(f"layer {layer}: activations contain NaN or Inf")
     if word_types is not None and len(word_types) != n:
-        raise ValueError(f"{len(word_types)} word types for {n} labels")
+        raise BadInputError(f"{len(word_types)} word types for {n} labels")
     task = _infer_task(labels) if task == "auto" else task
     if task == "classification":
         y, classes = encode_labels(labels)
         if len(classes) < 2:
-            raise ValueError(f"classification needs at least 2 classes, got {classes}")
+            raise BadInputError(f"classification needs at least 2 classes, got {classes}")
         reg = 1e-3 if regularisation is None else regularisation
     else:
         y = (labels if isinstance(labels, Tensor) else torch.tensor(list(labels))).double()
@@ -418,8 +298,9 @@ def fit_probes_by_layer(
     if contrast is not None and task == "classification":
         missing = [c for c in contrast if c not in classes]
         if missing:
-            raise ValueError(f"contrast classes {missing} are not among the labels {classes}")
-    train, test = held_out_split(n, held_out_fraction, seed)
+            raise BadInputError(f"contrast classes {missing} are not among the labels {classes}")
+    strata = y.tolist() if task == "classification" else None
+    train, test = held_out_split(n, held_out_fraction, seed, groups=word_types, strata=strata)
     ctrl = control_labels(word_types, y, seed) if word_types is not None else None
     chance = float(torch.bincount(y[test]).max()) / len(test) if task == "classification" else 0.0
 
@@ -444,5 +325,8 @@ def fit_probes_by_layer(
             )
         layers[layer], probes[layer] = result, probe
         logger.info("layer %d: %s %.3f (control %s)", layer, task, score, result.control_score)
-    settings = {"regularisation": reg, "held_out_fraction": held_out_fraction, "seed": seed}
+    settings = {"regularisation": reg, "held_out_fraction": held_out_fraction, "seed": seed,
+                "split": "held-out examples" if word_types is None else "held-out words"}
+    if word_types is not None:
+        settings["held_out_words"] = sorted({word_types[i] for i in test.tolist()})
     return ProbeReport(task, layers, probes, directions, classes, contrast, len(train), len(test), settings)

@@ -40,7 +40,7 @@ from mechscope.core.names import parse_layer
 from mechscope.dictionaries.base import Dictionary
 from mechscope.methods.probe_collect import collect_activations
 from mechscope.methods.probe_data import resolve_read_position
-from mechscope.methods.probes import LogisticProbe
+from mechscope.methods.probe_models import LogisticProbe
 
 FORMAT = "mechscope-steering-directions"
 
