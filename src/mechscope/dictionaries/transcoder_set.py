@@ -151,8 +151,8 @@ def load_transcoder_set(path: str | Path) -> TranscoderSet:
     if kind == "per_layer":
         return PerLayerTranscoders([load_dictionary(folder / sub) for sub in meta["layers"]])
     if kind == "cross_layer":
-        from mechscope.dictionaries.clt import CrossLayerTranscoder
+        from mechscope.dictionaries.clt import CLTSet, CrossLayerTranscoder
 
-        return CrossLayerTranscoder.load(folder)
+        return CLTSet(CrossLayerTranscoder.load(folder))
     raise DictionaryFormatError(f"{meta_path}: unknown transcoder set kind {kind!r} (per_layer or cross_layer)")
 
