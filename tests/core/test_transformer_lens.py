@@ -1,8 +1,11 @@
-"""Cross-check against TransformerLens on a tiny GPT-2 and a tiny Llama (GQA).
+"""Cross-check against TransformerLens on a tiny GPT-2 and a tiny Llama (GQA): every hook name both
+libraries have (norm scales and pre-weight `hook_normalized`, rotated q/k, masked scores included),
+weights in TransformerLens shapes, the cache's analysis methods, and a TransformerLens-style hook function.
 
 TransformerLens is built from the same HF weights with its own conversion functions and
-no weight processing. Tolerance: 1e-4 relative to each activation's largest magnitude
-(TransformerLens computes attention and norms in its own order of float operations).
+no weight processing (except where a test says so). Tolerance: 1e-4 relative to each
+activation's largest magnitude (TransformerLens computes attention and norms in its own
+order of float operations).
 """
 
 from __future__ import annotations
@@ -105,3 +108,66 @@ def test_a_hook_function_written_for_transformer_lens_runs_unchanged() -> None:
     assert layers_seen == [1, 2, 1, 2]
     assert (ours - theirs).abs().max().item() <= RTOL * max(1.0, theirs.abs().max().item())
     assert not torch.allclose(ours, model(corrupt))
+
+
+def _both(x):
+    return x if isinstance(x, tuple) else (x, None)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@torch.no_grad()
+def test_cache_methods_equal_transformer_lens(kind: str) -> None:
+    model = tiny_model(kind)
+    tl = _tl_model(kind, model)
+    ids = tiny_ids(batch=2, pos=9)
+    _, ours = model.run_with_cache(ids)
+    _, theirs = tl.run_with_cache(ids)
+    calls = [
+        ("accumulated_resid", dict(return_labels=True)),
+        ("accumulated_resid", dict(layer=2, incl_mid=True, apply_ln=True, return_labels=True)),
+        ("accumulated_resid", dict(apply_ln=True, pos_slice=-1)),
+        ("accumulated_resid", dict(layer=1, mlp_input=True, apply_ln=True, return_labels=True)),
+        ("decompose_resid", dict(return_labels=True)),
+        ("decompose_resid", dict(layer=2, mode="attn", apply_ln=True, pos_slice=-1, return_labels=True)),
+        ("decompose_resid", dict(layer=1, mlp_input=True, apply_ln=True, return_labels=True)),
+        ("stack_head_results", dict(return_labels=True)),
+        ("stack_head_results", dict(layer=2, incl_remainder=True, apply_ln=True, pos_slice=-1, return_labels=True)),
+    ]
+    for method, kwargs in calls:
+        (a, a_labels), (b, b_labels) = _both(getattr(ours, method)(**kwargs)), _both(getattr(theirs, method)(**kwargs))
+        assert a_labels == b_labels, method
+        assert a.shape == b.shape, f"{method}{kwargs}: {tuple(a.shape)} vs {tuple(b.shape)}"
+        assert (a - b).abs().max().item() <= RTOL * max(1.0, b.abs().max().item()), f"{method}{kwargs}"
+    assert torch.equal(ours["pattern", 0], ours["blocks.0.attn.hook_pattern"])
+    assert torch.equal(ours["scale", -1, "ln2"], ours["blocks.2.ln2.hook_scale"])
+    for key in [("pattern", 0), ("resid_pre", -1), ("scale", 1, "ln1"), ("normalized", 2, "ln2"), ("z", 1, "attn"),
+                ("attn", 1), ("q", 0), ("post", 2), ("mlp_out", 0)]:
+        assert (ours[key] - theirs[key]).abs().max().item() <= RTOL * max(1.0, theirs[key].abs().max().item()), key
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@torch.no_grad()
+def test_logit_attrs_equal_transformer_lens_with_the_final_norm_folded(kind: str) -> None:
+    """TransformerLens's logit_attrs expects the final norm's weight folded into W_U; mechscope multiplies
+    the direction by it. Against a folded TransformerLens model they agree, and a full decomposition's
+    attributions sum to the logit difference."""
+    model = tiny_model(kind)
+    tl = _tl_model(kind, model)
+    tl.process_weights_(fold_ln=True, center_writing_weights=False, center_unembed=False)
+    ids = tiny_ids(batch=2, pos=9)
+    logits, ours = model.run_with_cache(ids)
+    _, theirs = tl.run_with_cache(ids)
+    stack = ours.decompose_resid(pos_slice=-1)
+    answer, wrong = torch.tensor([3, 5]), torch.tensor([7, 11])
+    a = ours.logit_attrs(stack, answer, wrong, pos_slice=-1)
+    b = theirs.logit_attrs(theirs.decompose_resid(pos_slice=-1), answer, wrong, pos_slice=-1)
+    assert a.shape == b.shape == (stack.shape[0], 2)
+    assert (a - b).abs().max().item() <= RTOL * max(1.0, b.abs().max().item())
+    diff = logits[:, -1].gather(1, answer[:, None]) - logits[:, -1].gather(1, wrong[:, None])
+    heads = ours.logit_attrs(ours.stack_head_results(pos_slice=-1, incl_remainder=True), answer, wrong, pos_slice=-1)
+    constant = 0.0
+    if kind == "gpt2":  # LayerNorm bias and b_U give a constant term
+        bias_dir = model.final_norm.bias @ (model.W_U[:, answer] - model.W_U[:, wrong])
+        constant = bias_dir + model.b_U[answer] - model.b_U[wrong]
+    for total in (a.sum(0), heads.sum(0)):
+        assert (total + constant - diff[:, 0]).abs().max().item() <= 1e-4 * max(1.0, diff.abs().max().item())

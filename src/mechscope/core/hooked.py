@@ -281,7 +281,7 @@ class HookedModel(nn.Module):
         if stop is not None:
             logits = None
         ordered = {n: store[n] for n in self.sites if n in store}
-        return logits, ActivationCache(ordered)
+        return logits, ActivationCache(ordered, model=self)
 
     def __repr__(self) -> str:
         c = self.cfg
