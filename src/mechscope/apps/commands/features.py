@@ -220,6 +220,61 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_match(args: argparse.Namespace) -> int:
-    from mechscope.apps.commands.features_match import run
+    from mechscope.core.files import figure_png, write_bytes, write_json
+    from mechscope.dictionaries import load_dictionary
+    from mechscope.features.universality import activation_match, decoder_match, plot_match
 
-    return run(args)
+    sae_a, sae_b = load_dictionary(args.a), load_dictionary(args.b)
+    result: dict[str, Any] = {"a": str(args.a), "b": str(args.b), "d_sae_a": sae_a.cfg.d_sae, "d_sae_b": sae_b.cfg.d_sae}
+    if sae_a.cfg.d_out == sae_b.cfg.d_out and sae_a.cfg.model_name == sae_b.cfg.model_name:
+        result["decoder"] = decoder_match(sae_a.W_dec, sae_b.W_dec, args.threshold)
+    provenance: dict[str, Any] = {"seed": None}
+    if args.activations:
+        model_a = _model_for(args, sae_a)
+        model_b = model_a
+        if args.model_b or (sae_b.cfg.model_name and sae_b.cfg.model_name != model_a.cfg.name):
+            from mechscope.core.loading import load_model
+
+            model_b = load_model(args.model_b or sae_b.cfg.model_name, device=args.device, dtype=args.dtype)
+        acts_a, acts_b = _aligned_activations(model_a, sae_a, model_b, sae_b, args.corpus, args.tokens)
+        result["activations"] = activation_match(acts_a, acts_b, args.threshold)
+        result["activations"]["tokens"] = int(acts_a.shape[0])
+        from mechscope.core.provenance import provenance as make_provenance
+
+        provenance = make_provenance(model_a, model_b=model_b.cfg.name)
+    if "decoder" not in result and "activations" not in result:
+        raise MechscopeError("the dictionaries read different models or sites: pass --activations to match them "
+                             "by activation correlation on the same text")
+    for key in ("decoder", "activations"):
+        if key in result:
+            r = result[key]
+            print(f"{key}: mean max A->B {r['mean_max_a_to_b']:.3f}, B->A {r['mean_max_b_to_a']:.3f}, "
+                  f"Hungarian mean {r['hungarian_mean']:.3f}, above {r['threshold']}: {r['fraction_above_threshold']:.1%}")
+    if args.json_path:
+        write_json(args.json_path, {**result, "provenance": provenance}, args.force)
+    if args.png_path:
+        write_bytes(args.png_path, figure_png(plot_match(result, f"{args.a} vs {args.b}")), args.force)
+    return 0
+
+
+def _aligned_activations(model_a: Any, sae_a: Any, model_b: Any, sae_b: Any, corpus: str, n_tokens: int) -> Any:
+    """Activations of A and B on the same text, B aligned to A's tokens by character spans."""
+    import torch
+
+    from mechscope.core.corpus import iter_documents
+    from mechscope.features.universality import align_by_spans, text_activations
+
+    rows_a, rows_b, total = [], [], 0
+    for doc in iter_documents(corpus):
+        for start in range(0, len(doc), 1500):
+            piece = doc[start:start + 1500]
+            if not piece.strip():
+                continue
+            acts_a, spans_a = text_activations(model_a, sae_a, piece)
+            acts_b, spans_b = text_activations(model_b, sae_b, piece)
+            rows_a.append(acts_a)
+            rows_b.append(acts_b if model_b is model_a else align_by_spans(spans_a, spans_b, acts_b))
+            total += acts_a.shape[0]
+            if total >= n_tokens:
+                return torch.cat(rows_a), torch.cat(rows_b)
+    return torch.cat(rows_a), torch.cat(rows_b)

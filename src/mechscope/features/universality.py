@@ -1,0 +1,135 @@
+"""Feature universality: match the latents of two dictionaries.
+
+- By decoder direction (same site width only): `C = cos(W_dec^A, W_dec^B)` `[n_A, n_B]`; for each
+  latent of A the best cosine in B (mean max cosine, MMCS, both ways), and a one-to-one matching
+  that maximises the summed cosine (Hungarian, `scipy.optimize.linear_sum_assignment`).
+- By activations on the same text: Pearson correlation of every pair of latents over tokens,
+  best match per latent and a Hungarian matching. Two dictionaries of different models see
+  different tokenizations; they are aligned by character spans: each token of A is paired with
+  the maximum activation of B over B's tokens whose character spans overlap it.
+
+Quality distribution: a histogram of the matched values; the fraction above a threshold.
+
+Example:
+    >>> import torch
+    >>> W = torch.eye(3)
+    >>> decoder_match(W, W[[2, 0, 1]])["hungarian_mean"]
+    1.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from mechscope.core.errors import MechscopeError
+
+
+def _unit(W: Tensor) -> Tensor:
+    W = W.detach().double()
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def summarise(similarity: np.ndarray, threshold: float, bins: int = 20) -> dict[str, Any]:
+    """Best-match and Hungarian statistics of a similarity matrix `[n_A, n_B]`."""
+    best_a, best_b = similarity.max(axis=1), similarity.max(axis=0)
+    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    matched = similarity[rows, cols]
+    hist, edges = np.histogram(matched, bins=bins, range=(-1.0, 1.0))
+    return {
+        "mean_max_a_to_b": float(best_a.mean()), "mean_max_b_to_a": float(best_b.mean()),
+        "hungarian_mean": float(matched.mean()),
+        "fraction_above_threshold": float((matched > threshold).mean()), "threshold": threshold,
+        "hungarian_pairs": [[int(r), int(c), float(v)] for r, c, v in zip(rows, cols, matched, strict=True)],
+        "best_a": best_a.tolist(), "histogram": {"edges": edges.tolist(), "counts": hist.tolist()},
+    }
+
+
+def decoder_match(W_a: Tensor, W_b: Tensor, threshold: float = 0.7) -> dict[str, Any]:
+    """Match decoder rows `W_a [n_A, d]` and `W_b [n_B, d]` by cosine similarity."""
+    if W_a.shape[1] != W_b.shape[1]:
+        raise MechscopeError(f"decoder widths differ ({W_a.shape[1]} vs {W_b.shape[1]}): the dictionaries write to "
+                             "different spaces; match them by activations instead")
+    return summarise((_unit(W_a) @ _unit(W_b).t()).numpy(), threshold)
+
+
+def correlation_matrix(acts_a: Tensor, acts_b: Tensor) -> np.ndarray:
+    """Pearson correlation `[n_A, n_B]` of activations `[tokens, n_A]` and `[tokens, n_B]` (0 for constant latents)."""
+    a = acts_a.double() - acts_a.double().mean(0)
+    b = acts_b.double() - acts_b.double().mean(0)
+    na, nb = a.norm(dim=0), b.norm(dim=0)
+    corr = (a.t() @ b) / (na[:, None] * nb[None, :]).clamp_min(1e-12)
+    corr[(na == 0)[:, None].expand_as(corr) | (nb == 0)[None, :].expand_as(corr)] = 0.0
+    return corr.numpy()
+
+
+def activation_match(acts_a: Tensor, acts_b: Tensor, threshold: float = 0.7) -> dict[str, Any]:
+    """Match latents by the correlation of their activations on the same tokens."""
+    if acts_a.shape[0] != acts_b.shape[0]:
+        raise MechscopeError(f"activations cover {acts_a.shape[0]} and {acts_b.shape[0]} tokens; align them first")
+    return summarise(correlation_matrix(acts_a, acts_b), threshold)
+
+
+def align_by_spans(spans_a: list[tuple[int, int]], spans_b: list[tuple[int, int]], acts_b: Tensor) -> Tensor:
+    """For each token of A (char span), the max activation of B over B's tokens overlapping it `[n_tokens_A, n_B]`.
+
+    Example:
+        >>> align_by_spans([(0, 4)], [(0, 2), (2, 4), (4, 6)], torch.tensor([[1.0], [3.0], [9.0]])).tolist()
+        [[3.0]]
+    """
+    out = acts_b.new_zeros(len(spans_a), acts_b.shape[1])
+    j0 = 0
+    for i, (s, e) in enumerate(spans_a):
+        while j0 < len(spans_b) and spans_b[j0][1] <= s:
+            j0 += 1
+        j = j0
+        hits = []
+        while j < len(spans_b) and spans_b[j][0] < e:
+            if spans_b[j][1] > s:
+                hits.append(j)
+            j += 1
+        if hits:
+            out[i] = acts_b[hits].amax(0)
+    return out
+
+
+@torch.no_grad()
+def text_activations(model: Any, dictionary: Any, text: str) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Latent activations `[tokens, d_sae]` of one text (no BOS) and each token's character span."""
+    from mechscope.features.collect import encode_contexts
+
+    enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    spans = [tuple(map(int, s)) for s in enc["offset_mapping"]]
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    prefix = [bos] if bos is not None else []
+    acts, _ = encode_contexts(model, dictionary, torch.tensor([prefix + ids]))
+    return acts[0, len(prefix):], spans  # type: ignore[return-value]
+
+
+def plot_match(result: dict[str, Any], title: str) -> Any:
+    """Histograms of the matched values (decoder cosine and/or activation correlation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [(k, v) for k, v in (("decoder cosine", result.get("decoder")),
+                                 ("activation correlation", result.get("activations"))) if v]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 3.4), squeeze=False)
+    for ax, (label, part) in zip(axes[0], parts, strict=True):
+        matched = [p[2] for p in part["hungarian_pairs"]]
+        ax.hist(matched, bins=40, range=(-1, 1), color="#4c72b0", alpha=0.8, label="Hungarian match")
+        ax.hist(part["best_a"], bins=40, range=(-1, 1), histtype="step", color="#dd8452", label="best match of A")
+        ax.axvline(part["threshold"], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("latents")
+        ax.set_title(f"{label}: MMCS {part['mean_max_a_to_b']:.3f}, "
+                     f">{part['threshold']}: {part['fraction_above_threshold']:.1%}", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
