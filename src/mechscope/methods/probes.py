@@ -68,7 +68,7 @@ def held_out_split(n: int, held_out_fraction: float = 0.2, seed: int = 0, groups
         >>> words = ["cat", "dog", "cow", "cat", "dog", "cow"]
         >>> train, test = held_out_split(6, 0.3, groups=words)
         >>> sorted({words[i] for i in test}), sorted({words[i] for i in train})
-        (['cow'], ['cat', 'dog'])
+        (['dog'], ['cat', 'cow'])
     """
     if not 0.0 < held_out_fraction < 1.0:
         raise BadInputError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
