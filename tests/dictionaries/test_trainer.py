@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from mechscope.dictionaries import CheckpointError, DictionaryConfigError, make_dictionary
 from mechscope.dictionaries.checkpoint import list_checkpoints
+from mechscope.dictionaries.errors import TrainingDivergedError
 from mechscope.dictionaries.initialisation import geometric_median
-from mechscope.dictionaries.metrics import fixed_norm_scale
-from mechscope.dictionaries.trainer import Trainer, TrainerConfig
+from mechscope.dictionaries.metrics import fixed_norm_scale, mean_l0
+from mechscope.dictionaries.synthetic import SyntheticData
+from mechscope.dictionaries.trainer import L0Controller, Trainer, TrainerConfig
 
 
 def _stream(n: int, batch: int = 64, d: int = 8, seed: int = 0, pairs: bool = False):
@@ -146,3 +149,87 @@ def test_resume_checks_the_dictionary_shape(tmp_path):
     other = Trainer(make_dictionary("relu", d_in=8, d_sae=16), TrainerConfig(total_steps=4, progress=False))
     with pytest.raises(CheckpointError, match="d_sae"):
         other.fit(_stream(4), resume_from=tmp_path)
+
+
+def _checkpointed(tmp_path):
+    _fresh("relu", tmp_path, 4, every=2).fit(_stream(4))
+    return tmp_path / "step_00000004"
+
+
+def _zero_block(path):
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    data[header + 16: header + 80] = bytes(64)  # inside the tensor data: the header still parses
+    path.write_bytes(bytes(data))
+
+
+def _drop_key(path):
+    state = json.loads(path.read_text())
+    del state["tokens_since_fired"]
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("damage,file,message", [
+    (_zero_block, "dictionary.safetensors", "dictionary.safetensors is damaged: its sha256 differs"),
+    (_drop_key, "state.json", "state.json is incomplete: missing tokens_since_fired"),
+    (lambda p: p.write_text(p.read_text()[:100]), "state.json", "state.json is unreadable or truncated"),
+    (lambda p: p.unlink(), "optimizer.safetensors", "optimizer.safetensors is missing"),
+])
+def test_damaged_checkpoint_gives_one_clear_line(tmp_path, damage, file, message):
+    folder = _checkpointed(tmp_path)
+    damage(folder / file)
+    with pytest.raises(CheckpointError, match=message) as info:
+        _fresh("relu", tmp_path, 8, every=2).fit(_stream(8), resume_from=tmp_path)
+    assert "\n" not in str(info.value) and str(folder) in str(info.value)
+
+
+def test_resume_with_other_settings_lists_them_and_refuses_unless_allowed(tmp_path):
+    _checkpointed(tmp_path)
+    with pytest.raises(CheckpointError, match=r"settings differ .*lr 0\.003 -> 0\.01") as info:
+        trainer = Trainer(_make("relu"), TrainerConfig(
+            total_steps=4, lr=1e-2, lr_warmup_steps=3, sparsity_warmup_steps=5, progress=False, dead_window_tokens=200,
+            resample_every=4, checkpoint_dir=str(tmp_path), checkpoint_every=2, seed=7))
+        trainer.fit(_stream(4), resume_from=tmp_path)
+    assert "\n" not in str(info.value)
+    trainer.fit(_stream(4), resume_from=tmp_path, allow_changes=True)
+    assert trainer.step == 4
+
+
+def test_divergence_names_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    batches = list(_stream(10))
+    batches[6] = batches[6].clone()
+    batches[6][3, 2] = float("inf")
+    trainer = _fresh("relu", tmp_path, 10, every=2)
+    with pytest.raises(TrainingDivergedError, match="step 6: the loss is .*NaN or Inf activations") as info:
+        trainer.fit(batches)
+    assert "step_00000006" in str(info.value) and "\n" not in str(info.value)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002", "step_00000004", "step_00000006"]
+
+
+def test_target_l0_needs_a_penalty_architecture():
+    with pytest.raises(DictionaryConfigError, match="sets its L0 with k"):
+        Trainer(_make("topk"), TrainerConfig(total_steps=3, target_l0=4.0))
+
+
+@pytest.mark.parametrize("arch", ["relu", pytest.param("jumprelu", marks=pytest.mark.slow),
+                                  pytest.param("gated", marks=pytest.mark.slow)])
+def test_target_l0_ends_within_ten_percent_on_synthetic_data(arch):
+    """The controller steers the coefficient from its default; the L0 is measured in eval mode on fresh data."""
+    data = SyntheticData(seed=1, true_l0=4.0)
+    sae = make_dictionary(arch, d_in=data.d_model, d_sae=128, seed=1)
+    trainer = Trainer(sae, TrainerConfig(total_steps=800, target_l0=4.0, progress=False, log_every=800))
+    trainer.fit(data.batches(256, 800))
+    sae.eval()
+    with torch.no_grad():
+        l0 = mean_l0(sae.encode(data.sample(4096)))
+    assert abs(l0 - 4.0) <= 0.4, (arch, l0)
+    name = sae.cfg.sparsity_coefficient
+    assert getattr(sae.cfg, name) != getattr(type(sae.cfg), name)  # the coefficient reached is the one saved
+
+
+def test_l0_controller_law():
+    c = L0Controller(target=10.0, gain=0.5)
+    assert c.update(10.0) == 1.0  # on target: unchanged
+    assert c.update(20.0) == pytest.approx(math.exp(0.1))  # 0.5 * log 2 = 0.35, bounded to 0.1
+    assert c.update(10.0 * math.exp(-0.1)) == pytest.approx(math.exp(0.05))
+    assert c.update(0.0) == pytest.approx(math.exp(-0.05))  # nothing fires: floor at target/20, finite

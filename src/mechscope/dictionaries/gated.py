@@ -36,6 +36,7 @@ class GatedSAEConfig(DictionaryConfig):
 
     architecture = "gated"
     decoder_norms = ("unit", "weighted")
+    sparsity_coefficient = "l1_coefficient"
 
     def __post_init__(self) -> None:
         super().__post_init__()

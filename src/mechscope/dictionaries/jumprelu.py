@@ -73,7 +73,7 @@ class JumpReLUSAEConfig(DictionaryConfig):
 
     l0_coefficient: float = 1e-3
     bandwidth: float = 0.05
-    threshold_init: float = 0.1
+    threshold_init: float = 0.5
 
     architecture = "jumprelu"
     sparsity_coefficient = "l0_coefficient"

@@ -50,16 +50,16 @@ logger = logging.getLogger(__name__)
 
 
 def default_lr(d_sae: int, batch_size: int) -> float:
-    """The learning rate used when none is given: `2e-3 * (d_sae / 1024) ** -0.25 * (batch_size / 1024) ** 0.5`.
+    """The learning rate used when none is given: `5e-3 * (d_sae / 1024) ** -0.25 * (batch_size / 1024) ** 0.5`.
 
     Measured on the synthetic family (docs/dictionaries.md): the best rate falls slowly with the
     number of latents and grows with the square root of the batch (Adam's noise scale), capped at 1e-2.
 
     Example:
         >>> round(default_lr(1024, 1024), 6), round(default_lr(16384, 4096), 6)
-        (0.002, 0.002)
+        (0.005, 0.005)
     """
-    return min(1e-2, 2e-3 * (d_sae / 1024) ** -0.25 * (batch_size / 1024) ** 0.5)
+    return min(1e-2, 5e-3 * (d_sae / 1024) ** -0.25 * (batch_size / 1024) ** 0.5)
 
 
 class L0Controller:
@@ -67,7 +67,8 @@ class L0Controller:
 
     Control law (integral control in log space), applied after each step once the sparsity
     warm-up is over: `log m <- log m + clip(gain * log(max(l0, target / 20) / target), -0.1, 0.1)`,
-    where `l0` is the batch's mean number of active latents and `m` multiplies the coefficient.
+    where `l0` is the batch's mean number of active latents and `m` (kept in [1e-4, 1e4])
+    multiplies the coefficient.
     Too many active latents raise the penalty, too few lower it; the step is bounded so one
     noisy batch cannot swing it, and the floor keeps the law finite when nothing fires.
 
@@ -84,6 +85,7 @@ class L0Controller:
         """Apply one step of the law for the measured `l0`; returns the new multiplier."""
         err = math.log(max(l0, self.target / 20) / self.target)
         self.multiplier *= math.exp(min(0.1, max(-0.1, self.gain * err)))
+        self.multiplier = min(1e4, max(1e-4, self.multiplier))
         return self.multiplier
 
 
@@ -95,7 +97,10 @@ _FREE_ON_RESUME = ("progress", "log_path", "log_every", "wandb_project", "checkp
 class TrainerConfig:
     """Optimisation settings. `total_steps` counts optimizer steps (one batch each).
 
-    `lr=None` uses `default_lr(d_sae, batch)`. `target_l0` (penalty architectures only) turns on
+    `None` means the default rule: `lr` -> `default_lr(d_sae, batch)`; `lr_warmup_steps` -> 5% of
+    the steps; `sparsity_warmup_steps` -> 10%; `dead_window_tokens` -> `min(1_000_000,
+    total tokens / 10)`; `resample_every` (dictionaries without AuxK) -> every sixth of the run,
+    never during the final learning-rate decay (0 turns resampling off). `target_l0` (penalty architectures only) turns on
     the `L0Controller` with `l0_controller_gain`; the coefficient it reached is written back into
     the dictionary config at the end of `fit`.
     """
@@ -104,13 +109,13 @@ class TrainerConfig:
     lr: float | None = None
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int | None = None
     lr_decay_fraction: float = 0.2
-    sparsity_warmup_steps: int = 0
+    sparsity_warmup_steps: int | None = None
     b_dec_init: str = "geometric_median"
     normalize_input: bool = True
     init_batches: int = 4
-    dead_window_tokens: int = 1_000_000
+    dead_window_tokens: int | None = None
     resample_every: int | None = None
     grad_clip_norm: float | None = 1.0
     seed: int = 0
@@ -140,8 +145,12 @@ class TrainerConfig:
             raise DictionaryConfigError(f"b_dec_init must be geometric_median, mean or zeros, got {self.b_dec_init!r}")
         if self.checkpoint_every is not None and (self.checkpoint_every <= 0 or not self.checkpoint_dir):
             raise DictionaryConfigError("checkpoint_every needs a positive value and a checkpoint_dir")
-        if self.resample_every is not None and self.resample_every <= 0:
-            raise DictionaryConfigError("resample_every must be positive")
+        if self.resample_every is not None and self.resample_every < 0:
+            raise DictionaryConfigError("resample_every must be >= 0 (0: never)")
+        if self.lr_warmup_steps is None:
+            self.lr_warmup_steps = self.total_steps // 20
+        if self.sparsity_warmup_steps is None:
+            self.sparsity_warmup_steps = self.total_steps // 10
 
     def lr_at(self, step: int, base: float | None = None) -> float:
         """LR of 0-based `step`: `lr * min(1, (step+1)/warmup) * min(1, (total-step)/(decay_fraction*total))`.
@@ -208,6 +217,7 @@ class Trainer:
                                         f"{dictionary.cfg.architecture} sets its L0 with k")
         self.controller = L0Controller(config.target_l0, config.l0_controller_gain) if config.target_l0 else None
         self.base_lr = config.lr  # resolved from the first batch when None
+        self.dead_window = config.dead_window_tokens
         self.optimizer = _adam(list(dictionary.parameters()), config)
         self._model: torch.nn.Module = dictionary
         self._log_file: Any = None
@@ -367,11 +377,13 @@ class Trainer:
         lr = cfg.lr_at(step, self.base_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        dead_mask = self.tokens_since_fired >= cfg.dead_window_tokens if d.uses_aux_k else None
+        if self.dead_window is None:
+            self.dead_window = cfg.dead_window_tokens or min(1_000_000, cfg.total_steps * x.shape[0] * self.world // 10)
+        dead_mask = self.tokens_since_fired >= self.dead_window if d.uses_aux_k else None
         scale = cfg.sparsity_scale_at(step) * (self.controller.multiplier if self.controller else 1.0)
         out = self._model(x, t, sparsity_scale=scale, dead_mask=dead_mask)
         if not torch.isfinite(out.loss):
-            self._diverged(step, float(out.loss), x, t)
+            self._diverged(step, float(out.loss.detach()), x, t)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         d.before_optimizer_step()
@@ -394,8 +406,10 @@ class Trainer:
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[counts > 0] = 0
         self.step += 1
-        if cfg.resample_every and not d.uses_aux_k and self.step % cfg.resample_every == 0:
-            dead = self.tokens_since_fired >= cfg.dead_window_tokens
+        every = cfg.resample_every if cfg.resample_every is not None else max(1, cfg.total_steps // 6)
+        settling = self.step > cfg.total_steps * (1 - cfg.lr_decay_fraction)  # too late to train new latents
+        if every and not d.uses_aux_k and self.step % every == 0 and not settling:
+            dead = self.tokens_since_fired >= self.dead_window
             if bool(dead.any()):
                 n = resample_dead_latents(d, self.optimizer, dead, x, t, self.generator)
                 self.tokens_since_fired[dead] = 0
@@ -407,7 +421,7 @@ class Trainer:
             "step": float(self.step), "lr": lr, "loss": float(out.loss.detach()),
             **{k: float(v.detach()) for k, v in out.losses.items()},
             "l0": float(out.l0), "explained_variance": explained_variance(target, out.reconstruction.detach()),
-            "dead_fraction": dead_fraction(self.tokens_since_fired, cfg.dead_window_tokens),
+            "dead_fraction": dead_fraction(self.tokens_since_fired, self.dead_window),
         }
 
     def _diverged(self, step: int, loss: float, x: Tensor, t: Tensor | None) -> None:

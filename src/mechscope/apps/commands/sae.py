@@ -3,6 +3,9 @@
 Example:
     $ mechscope sae cache --layer 15 --site resid_post --tokens 500000 --out out/acts-l15
     $ mechscope sae train --acts out/acts-l15 --arch topk --k 32 --expansion 16 --out out/sae-l15
+    $ mechscope sae train --acts out/acts-l15 --arch jumprelu --target-l0 32 --out out/jumprelu-l15
+    $ mechscope sae cache --layer 5 --site ln2.hook_normalized,mlp_out --tokens 200000 --out out/mlp5
+    $ mechscope sae train --acts out/mlp5 --arch topk --k 32 --out out/transcoder-l5   # input -> target
     $ mechscope sae eval out/sae-l15 --json out/sae-l15/eval.json --png out/sae-l15/density.png
     $ mechscope sae synthetic --arch topk --seed 0 --json out/synthetic-topk.json
 """
@@ -40,6 +43,25 @@ def site_hook_name(site: str, layer: int | None) -> str:
     return names.block(layer, _SITE_ALIASES.get(site) or names.short_site(site))
 
 
+def site_hook_names(sites: str, layers: str | None) -> list[str]:
+    """Hook names from comma-separated `--site` values and a `--layer` spec (`3`, `0,2`, `0-5`), layer-major.
+
+    Example:
+        >>> site_hook_names("ln2.hook_normalized,mlp_out", "0-1")
+        ['blocks.0.ln2.hook_normalized', 'blocks.0.hook_mlp_out', 'blocks.1.ln2.hook_normalized', 'blocks.1.hook_mlp_out']
+    """
+    layer_list: list[int | None] = [None]
+    if layers is not None:
+        layer_list = []
+        for part in str(layers).split(","):
+            lo, dash, hi = part.partition("-")
+            try:
+                layer_list.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+            except ValueError:
+                raise MechscopeError(f"--layer expects L, L1,L2 or L1-L2, got {layers!r}") from None
+    return [site_hook_name(s.strip(), layer) for layer in layer_list for s in sites.split(",") if s.strip()]
+
+
 def _corpus_args(parser: argparse.ArgumentParser, split: str) -> None:
     parser.add_argument("--corpus", default="default",
                         help="text source: default, pydoc, stdlib, a .txt/.jsonl/.parquet file or folder, hf:NAME[:SPLIT]")
@@ -61,9 +83,10 @@ def _corpus_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _site_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--layer", type=int, default=None, help="block index of the site")
+    parser.add_argument("--layer", default=None, help="block index of the site (or L1,L2 / L1-L2 for several)")
     parser.add_argument("--site", default=None if not required else "resid_post",
-                        help="site: resid_pre|resid_mid|resid_post|attn_out|mlp_out|mlp_post|z|... or a full hook name")
+                        help="site: resid_pre|resid_mid|resid_post|attn_out|mlp_out|mlp_post|z|... or a full hook "
+                             "name; comma-separated for several sites stored row-aligned (a transcoder's input,target)")
     parser.add_argument("--tokens", type=int, default=None, help="number of activation rows (tokens)")
 
 
@@ -96,14 +119,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, default=4096, help="tokens per optimizer step")
     train.add_argument("--epochs", type=float, default=1.0, help="passes over the store (when --steps is not given)")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--target-l0", type=float, default=None,
+                       help="relu, jumprelu, gated: steer the sparsity coefficient so the L0 ends here")
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: from d_sae and the batch)")
     train.add_argument("--warmup-steps", type=int, default=None, help="LR warm-up (default 5%% of the steps)")
+    train.add_argument("--lr-decay-fraction", type=float, default=0.2,
+                       help="final fraction of the steps over which the LR decays linearly to 0")
+    train.add_argument("--sparsity-warmup-steps", type=int, default=None,
+                       help="steps over which the sparsity coefficient ramps up (default 10%% of the steps)")
+    train.add_argument("--b-dec-init", default="geometric_median", choices=["geometric_median", "mean", "zeros"],
+                       help="decoder-bias initialisation")
+    train.add_argument("--aux-k-coefficient", type=float, default=None, help="AuxK loss weight (topk, batchtopk)")
+    train.add_argument("--resample-every", type=int, default=None,
+                       help="steps between dead-latent resamplings (no-AuxK architectures; default 1/6 of the run; 0: off)")
+    train.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
     train.add_argument("--dead-window", type=int, default=None,
-                       help="tokens without firing after which a latent is dead (default min(1M, total/4))")
+                       help="tokens without firing after which a latent is dead (default min(1M, total/10))")
     train.add_argument("--shuffle-buffer", type=int, default=262_144, help="rows mixed across shards")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
+    train.add_argument("--allow-changed-settings", action="store_true",
+                       help="with --resume: accept settings that differ from the checkpoint's (listed otherwise)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar with live L0, explained variance and dead fraction (default: on a terminal)")
     train.add_argument("--out", required=True, help="folder for the dictionary (SAELens layout) and its logs")
@@ -140,16 +177,16 @@ def run_cache(args: argparse.Namespace) -> int:
     if not args.tokens or args.tokens <= 0:
         raise MechscopeError("--tokens must be a positive number of tokens")
     model = load(args)
-    hook = site_hook_name(args.site, args.layer)
+    hooks = site_hook_names(args.site, args.layer)
     kw = _corpus_kwargs(args)
-    folder = cache_activations(model, hook, args.out, n_tokens=args.tokens, source=kw["source"],
+    folder = cache_activations(model, hooks, args.out, force=args.force, n_tokens=args.tokens, source=kw["source"],
                                packages=kw["packages"], split=kw["split"], context_length=kw["context_length"],
                                dtype=args.store_dtype, **{k: kw[k] for k in ("text_field",) if k in kw},
                                batch_size=args.batch_size, shard_tokens=args.shard_tokens, keep_bos=args.keep_bos)
     reader = open_store(folder)
     man = reader.manifest
-    print(f"{folder}: {reader.n_tokens:,} tokens of {hook} (d={reader.d}, {man['dtype']}) "
-          f"in {len(man['shards'])} shards")
+    sites = ", ".join(f"{h} (d={d})" for h, d in zip(reader.hook_names, reader.ds, strict=True))
+    print(f"{folder}: {reader.n_tokens:,} tokens of {sites}, {man['dtype']}, in {len(man['shards'])} shards")
     if args.json_path:
         summary = {k: v for k, v in man.items() if k != "shards"}
         write_json(args.json_path, {**summary, "n_shards": len(man["shards"]), "folder": str(folder),
@@ -193,8 +230,15 @@ def _repeat(make: Any) -> Iterator[Any]:
             return
 
 
+def _check_pair(hooks: list[str], where: str) -> None:
+    if len(hooks) > 2:
+        raise MechscopeError(f"{where} gives {len(hooks)} sites ({', '.join(hooks)}); choose one (an SAE) or two "
+                             "(a transcoder's input,target) with --site and --layer")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from mechscope.apps.output import write_json
+    from mechscope.core.files import claim_output_dir
     from mechscope.dictionaries import Trainer, TrainerConfig, make_dictionary, save_dictionary
     from mechscope.dictionaries.checkpoint import latest_checkpoint
 
@@ -205,10 +249,15 @@ def run_train(args: argparse.Namespace) -> int:
 
         reader = open_store(args.acts)
         man = reader.manifest
-        hook, d_in, model_name, total_rows = reader.hook_name, reader.d, man["model_name"], reader.n_tokens
+        hooks = site_hook_names(args.site, args.layer) if args.site else reader.hook_names
+        _check_pair(hooks, args.acts)
+        widths = [reader.ds[reader.site_index(h)] for h in hooks]
+        model_name, total_rows = man["model_name"], reader.n_tokens
 
         def batches() -> Iterator[Any]:
-            return reader.batches(args.batch_size, seed=args.seed, buffer_tokens=args.shuffle_buffer, epochs=None)
+            it = reader.site_batches(args.batch_size, hooks, seed=args.seed, buffer_tokens=args.shuffle_buffer,
+                                     epochs=None)
+            return it if len(hooks) == 2 else (b[0] for b in it)
 
         prov = _store_provenance(man, args.seed)
         source_info: dict[str, Any] = {"acts": str(args.acts), "store_tokens": total_rows}
@@ -218,40 +267,49 @@ def run_train(args: argparse.Namespace) -> int:
         if not args.tokens:
             raise MechscopeError("streaming from the model needs --tokens N")
         from mechscope.core.provenance import provenance
-        from mechscope.dictionaries.store import iter_site_batches
+        from mechscope.dictionaries.store import iter_sites_batches
 
         model = load(args)
-        hook = site_hook_name(args.site or "resid_post", args.layer)
+        hooks = site_hook_names(args.site or "resid_post", args.layer)
+        _check_pair(hooks, "the model")
         kw = _corpus_kwargs(args)
         source, ctx = kw.pop("source"), kw.pop("context_length")
-        probe = next(iter_site_batches(model, hook, source=source, context_length=ctx, batch_size=1, **kw))
-        d_in, model_name, total_rows = probe.shape[1], model.cfg.name, args.tokens
+        probe = next(iter_sites_batches(model, hooks, source=source, context_length=ctx, batch_size=1, **kw))
+        widths, model_name, total_rows = [p.shape[1] for p in probe], model.cfg.name, args.tokens
 
         def batches() -> Iterator[Any]:
-            return iter_site_batches(model, hook, source=source, context_length=ctx, batch_size=args.batch_size,
-                                     shuffle_buffer=min(args.shuffle_buffer, 16 * args.batch_size), seed=args.seed,
-                                     max_tokens=args.tokens, **kw)
+            it = iter_sites_batches(model, hooks, source=source, context_length=ctx, batch_size=args.batch_size,
+                                    shuffle_buffer=min(args.shuffle_buffer, 16 * args.batch_size), seed=args.seed,
+                                    max_tokens=args.tokens, **kw)
+            return it if len(hooks) == 2 else (b[0] for b in it)
 
         prov = provenance(model, seed=args.seed)
         source_info = {"stream": True, "tokens": args.tokens}
 
+    hook, d_in = hooks[0], widths[0]
     steps = args.steps or max(1, math.floor(args.epochs * total_rows / args.batch_size))
     d_sae = args.d_sae or args.expansion * d_in
     extra = _parse_sets(args.set)
     if args.arch in ("topk", "batchtopk"):
         extra.setdefault("k", args.k)
+        if args.aux_k_coefficient is not None:
+            extra.setdefault("aux_k_coefficient", args.aux_k_coefficient)
+    if len(hooks) == 2:
+        extra.update(d_out=widths[1], hook_name_out=hooks[1])
     sae = make_dictionary(args.arch, d_in=d_in, d_sae=d_sae, hook_name=hook, model_name=model_name,
                           seed=args.seed, **extra)
-    total_tokens = steps * args.batch_size
     tcfg = TrainerConfig(
-        total_steps=steps, lr=args.lr, seed=args.seed,
+        total_steps=steps, lr=args.lr, seed=args.seed, target_l0=args.target_l0,
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
-        lr_warmup_steps=args.warmup_steps if args.warmup_steps is not None else steps // 20,
-        dead_window_tokens=args.dead_window or max(args.batch_size, min(1_000_000, total_tokens // 4)),
+        lr_warmup_steps=args.warmup_steps, lr_decay_fraction=args.lr_decay_fraction,
+        sparsity_warmup_steps=args.sparsity_warmup_steps, b_dec_init=args.b_dec_init,
+        resample_every=args.resample_every, grad_clip_norm=args.grad_clip or None,
+        dead_window_tokens=args.dead_window,
         log_path=str(out / "train_log.jsonl"), log_every=max(1, min(50, steps // 20)),
         checkpoint_dir=str(out / "checkpoints") if (args.checkpoint_every or args.resume) else None,
         checkpoint_every=args.checkpoint_every,
     )
+    claim_output_dir(out, force=args.force or args.resume)
     resume_from = None
     if args.resume:
         resume_from = latest_checkpoint(out / "checkpoints")
@@ -260,10 +318,11 @@ def run_train(args: argparse.Namespace) -> int:
     elif (out / "train_log.jsonl").exists():
         (out / "train_log.jsonl").unlink()
     stream = _repeat(batches) if args.acts is None else batches()
-    result = Trainer(sae, tcfg).fit(stream, resume_from=resume_from)
+    result = Trainer(sae, tcfg).fit(stream, resume_from=resume_from, allow_changes=args.allow_changed_settings)
     save_dictionary(sae, out, overwrite=True)
-    summary = {"architecture": args.arch, "hook_name": hook, "d_in": d_in, "d_sae": d_sae, "steps": result.steps,
-               "batch_size": args.batch_size, "tokens_trained": result.steps * args.batch_size, "lr": args.lr,
+    summary = {"architecture": args.arch, "hook_name": hook, "hook_name_out": sae.cfg.hook_name_out, "d_in": d_in,
+               "d_sae": d_sae, "steps": result.steps, "batch_size": args.batch_size,
+               "tokens_trained": result.steps * args.batch_size, "lr": args.lr, "target_l0": args.target_l0,
                "final_metrics": result.metrics, "dictionary_config": sae.cfg.to_dict(), **source_info,
                "provenance": prov}
     write_json(out / "training.json", summary, force=True)
