@@ -89,8 +89,12 @@ def run_checks(model: HookedModel, ids: Tensor, padded_texts: list[str] | None =
                                    stop_at_layer=layer)
     checks.append(Check(f"stop_at_layer={layer} == full pass", max(_diff(v, cache[k]) for k, v in early.items()), 0.0))
     pattern_logits, patterns = model.run_with_cache(ids, names=lambda x: x.endswith("hook_pattern"))
+    with using_implementation(hf, "eager"):  # the same upstream activations as HF's eager run
+        _, same_inputs = model.run_with_cache(ids, names=lambda x: x.endswith("hook_pattern"))
+    worst = max(_diff(same_inputs[names.pattern(i)], eager.attentions[i]) for i in range(n))
+    checks.append(Check("hook_pattern == HF eager attentions (same inputs)", worst, 1e-6))
     worst = max(_diff(patterns[names.pattern(i)], eager.attentions[i]) for i in range(n))
-    checks.append(Check("hook_pattern == HF eager attentions", worst, 1e-6))
+    checks.append(Check("hook_pattern of the model's own run == HF eager run", worst, atol))
     checks.append(Check("logits with patterns cached (bit-exact)", _diff(pattern_logits, plain.logits), 0.0))
     if padded_texts and model.tokenizer is not None:
         checks.append(Check("padded batch rows == unpadded prompts", _padding_diff(model, padded_texts),
