@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechscope.core.errors import MechscopeError
-from mechscope.core.files import atomic_write_bytes, check_writable
+from mechscope.core.files import atomic_write_bytes, claim_output_dir
 
 GRAPH_TENSORS = "graph.safetensors"
 GRAPH_JSON = "graph.json"
@@ -111,9 +111,10 @@ class AttributionGraph:
 
     # -- files -------------------------------------------------------------------------------
     def save(self, folder: str | Path, *, provenance: dict[str, Any], force: bool = False) -> Path:
-        """mechscope's own form: `graph.safetensors` (tensors) + `graph.json` (the rest, with provenance)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        """mechscope's own form: `graph.safetensors` (tensors) + `graph.json` (the rest, with provenance).
+
+        The folder must be new, empty or mechscope's (a foreign non-empty folder needs `force`)."""
+        folder = claim_output_dir(folder, force=force)
         tensors = {"input_tokens": self.input_tokens, "active_features": self.active_features,
                    "activation_values": self.activation_values, "selected_features": self.selected_features,
                    "adjacency": self.adjacency, "logit_tokens": self.logit_tokens,
@@ -121,8 +122,6 @@ class AttributionGraph:
         meta = {"format_version": FORMAT_VERSION, "prompt": self.prompt, "token_strings": self.token_strings,
                 "n_layers": self.n_layers, "logit_labels": self.logit_labels, "info": self.info,
                 "provenance": provenance}
-        check_writable(folder / GRAPH_TENSORS, force=force)
-        check_writable(folder / GRAPH_JSON, force=force)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / GRAPH_TENSORS))
         atomic_write_bytes(folder / GRAPH_JSON, json.dumps(meta, indent=1).encode())
         return folder

@@ -12,7 +12,8 @@ feature's decoder rows into all its layers, concatenated; the pre-activation ter
 features' pre-activations up. TopK uses the MSE (and the pre-activation term) only.
 
 As a `Dictionary` it trains with the existing `Trainer` on pairs of concatenated MLP inputs and
-outputs (`d_in = d_out = n_layers * d_model`, `d_sae = n_layers * F`); `CLTSet` gives it the
+outputs (`d_in = d_out = n_layers * d_model`, `d_sae = n_layers * F`; pass `resample_every=0`:
+dead features are the pre-activation loss's job); `CLTSet` gives it the
 `TranscoderSet` interface the circuits layer reads. Files: circuit-tracer's CLT layout
 (`W_enc_{l}.safetensors` with `W_enc_{l} [F, d]`, `b_enc_{l}`, `b_dec_{l}`, `threshold_{l}`;
 `W_dec_{l}.safetensors` with `W_dec_{l} [F, n_layers - l, d]`, all in model units) plus
