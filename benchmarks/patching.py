@@ -1,190 +1,172 @@
-"""Benchmark: activation-patching sweeps on the default model, side by side with the anchors.
+"""Benchmark: activation-patching sweeps and attribution patching on the default model, with the anchors.
 
 The Eiffel Tower / Colosseum pair (9 tokens each), metric = logit difference ' Paris' - ' Rome'
-at the last token, scores = normalized recovery. Measured in one run:
+at the last token, scores = normalized recovery. Timed interleaved in one run:
 
-- mechscope `patch_sweep` (resid_pre by layer x position) and `patch_heads` (z by layer x head);
+- mechscope `patch_sweep` (resid_pre by layer x position) and `patch_heads` (z by layer x head),
+  and attribution patching of every site (`attribution_every_site`);
+- the floor of each sweep: one plain HF forward over a batch holding as many layer x token
+  units as the sweep strictly needs (`engine.floor_work`: the suffix from each patched
+  position, from the patched layer up);
+- the plain HF forward, and forward + backward (to the input embeddings, no weight gradients);
 - a naive loop, one `run_with_hooks` forward per cell (`patch_loop`);
-- TransformerLens `HookedTransformer` patching (`get_act_patch_resid_pre`,
-  `get_act_patch_attn_head_out_all_pos`), built offline from the loaded HF weights;
-- TransformerLens `TransformerBridge` with the same patching functions, where it loads;
-- attribution patching of every site against one plain forward + backward pass.
+- TransformerLens `HookedTransformer` and `TransformerBridge` patching
+  (`get_act_patch_resid_pre`, `get_act_patch_attn_head_out_all_pos`), built from the same weights.
+
+The scores are compared once, outside the timings. Results: benchmarks/results/patching.json.
 
 Usage:
-    python benchmarks/patching.py [--skip-anchors] [--png docs/images/patching_resid_pre.png] [--json out.json]
+    python benchmarks/patching.py [--quick] [--repeats 3] [--skip-anchors] [--skip-naive] [--png PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-import time
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import mechscope  # noqa: E402
-from mechscope.methods.metrics import LogitDiff  # noqa: E402
-from mechscope.methods.patching import patch_heads, patch_loop, patch_sweep  # noqa: E402
-from mechscope.methods.patching.attribution import attribution_every_site  # noqa: E402
+from anchors import hooked_transformer, tl_recovery, transformer_bridge
+from common import add_arguments, cell, goal, load, print_table, setup, time_interleaved, write_result
+from mechscope.methods.patching import PairRuns, patch_heads, patch_loop, patch_sweep
+from mechscope.methods.patching.attribution import attribution_every_site
+from mechscope.methods.patching.engine import floor_work, suffix_starts
+from mechscope.methods.patching.sweep import site_cells, site_name
 
 CLEAN = "The Eiffel Tower is in the city of"
 CORRUPT = "The Colosseum is in the city of"
 ANSWER, WRONG = " Paris", " Rome"
+KW = dict(answer=ANSWER, wrong=WRONG)
+SWEEPS = {"resid_pre": ("resid_pre", ("layer", "pos")), "z": ("z", ("layer", "head"))}
 
 
-def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
-def hooked_transformer(model: Any) -> Any:
-    """TransformerLens HookedTransformer with the loaded SmolLM2 weights, no weight processing, offline."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens import loading_from_pretrained as loading
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-
-    with tempfile.TemporaryDirectory() as folder:
-        model.hf_model.config.save_pretrained(folder)
-        cfg_dict = loading.convert_hf_model_config(folder)
-    cfg_dict.update(dtype=torch.float32, device="cpu", default_prepend_bos=False, tokenizer_prepends_bos=False)
-    fields = HookedTransformerConfig.__dataclass_fields__
-    cfg = HookedTransformerConfig(**{k: v for k, v in cfg_dict.items() if k in fields})
-    tl = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=False)
-    tl.load_and_process_state_dict(convert_llama_weights(model.hf_model, cfg), fold_ln=False,
-                                   center_writing_weights=False, center_unembed=False, fold_value_biases=False,
-                                   refactor_factored_attn_matrices=False)
-    return tl.eval()
-
-
-def bridge(model: Any) -> Any:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    b = TransformerBridge.boot_transformers("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=model.hf_model,
-                                            tokenizer=model.tokenizer, device="cpu", dtype=torch.float32)
-    if hasattr(b, "enable_compatibility_mode"):
-        b.enable_compatibility_mode(disable_warnings=True)
-    return b
-
-
-def tl_sweeps(tl: Any, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, metric: LogitDiff) -> dict[str, Any]:
-    from transformer_lens import patching
-
-    with torch.no_grad():
-        clean_logits, clean_cache = tl.run_with_cache(clean_ids)
-        clean_value = float(metric(clean_logits).mean())
-        corrupt_value = float(metric(tl(corrupt_ids)).mean())
-
-    def recovery(logits: torch.Tensor) -> torch.Tensor:
-        return (metric(logits).mean() - corrupt_value) / (clean_value - corrupt_value)
-
-    with torch.no_grad():
-        t_resid, resid = timed(lambda: patching.get_act_patch_resid_pre(tl, corrupt_ids, clean_cache, recovery))
-        t_heads, heads = timed(lambda: patching.get_act_patch_attn_head_out_all_pos(tl, corrupt_ids, clean_cache,
-                                                                                     recovery))
-    return {"resid_s": t_resid, "resid": resid.float(), "heads_s": t_heads, "heads": heads.float()}
+def floor_rows(model: Any, site: str, by: tuple[str, ...]) -> tuple[int, int]:
+    """(floor work in layer x token units, rows of a full plain forward that hold that much work)."""
+    runs = PairRuns(model, CLEAN, CORRUPT, names=[site_name(site, i) for i in range(model.cfg.n_layers)], **KW)
+    cells, _ = site_cells(model, site, by, runs.pair.n_pos)
+    starts = suffix_starts(cells, runs.metric, runs.pair.n_pos, runs.clean_acts, runs.corrupt_acts)
+    work = floor_work(cells, starts, model.cfg.n_layers, runs.pair.n_pos)
+    return work, max(1, math.ceil(work / (model.cfg.n_layers * runs.pair.n_pos)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip-anchors", action="store_true", help="skip TransformerLens (slow)")
+    add_arguments(parser, repeats=3)
+    parser.add_argument("--skip-anchors", action="store_true", help="skip TransformerLens")
     parser.add_argument("--skip-naive", action="store_true", help="skip the one-forward-per-cell loop")
-    parser.add_argument("--png", default=None, help="write the resid_pre heatmap here")
-    parser.add_argument("--json", default=None, help="write timings and differences here")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--png", default=None, help="also write the resid_pre heatmap here")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    model = mechscope.load_model()
+    repeats = setup(args)
+    model = load(quick=args.quick)
+    hf = model.hf_model
     clean_ids, corrupt_ids = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
-    print(f"model {model.cfg.name}, torch threads {torch.get_num_threads()}, dtype {model.dtype}")
-    print(f"clean   {model.to_str_tokens(CLEAN)}\ncorrupt {model.to_str_tokens(CORRUPT)}")
-    assert clean_ids.shape == corrupt_ids.shape, "prompts must have equal token counts"
-    metric = LogitDiff(model.to_single_token(ANSWER), model.to_single_token(WRONG))
-    kw = dict(answer=ANSWER, wrong=WRONG)
-    report: dict[str, Any] = {}
+    print(f"model {model.cfg.name}, {model.cfg.n_layers} layers, threads {torch.get_num_threads()}, "
+          f"tokens {model.to_str_tokens(CLEAN)}")
+    resid = patch_sweep(model, CLEAN, CORRUPT, site="resid_pre", by="layer,pos", **KW)
+    metric = PairRuns(model, CLEAN, CORRUPT, **KW).metric
+    floors = {name: floor_rows(model, site, by) for name, (site, by) in SWEEPS.items()}
 
-    with torch.no_grad():
-        t_fwd, _ = timed(lambda: model.hf_model(input_ids=clean_ids, use_cache=False), repeat=3)
+    def forward(ids: torch.Tensor) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return hf(input_ids=ids, use_cache=False)
+        return run
 
-    def fwd_bwd() -> None:
-        embeds = model.hf_model.get_input_embeddings()(clean_ids).detach().requires_grad_(True)
-        logits = model.hf_model(inputs_embeds=embeds, use_cache=False).logits
-        metric(logits).sum().backward()
+    def forward_backward() -> None:
+        embeds = hf.get_input_embeddings()(clean_ids).detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = hf(inputs_embeds=embeds, use_cache=False).logits
+            torch.autograd.grad(metric(logits).sum(), embeds)
 
-    t_fb, _ = timed(fwd_bwd, repeat=3)
-    print(f"plain HF forward {t_fwd * 1e3:.1f} ms; forward + backward {t_fb * 1e3:.1f} ms")
-
-    t_ms_resid, resid = timed(lambda: patch_sweep(model, CLEAN, CORRUPT, site="resid_pre", by="layer,pos", **kw))
-    t_ms_heads, heads = timed(lambda: patch_heads(model, CLEAN, CORRUPT, by="layer,head", **kw))
-    cells_resid, cells_heads = resid.scores.numel(), heads.scores.numel()
-    print(f"mechscope resid_pre layer x pos ({cells_resid} cells): {t_ms_resid:.2f} s "
-          f"({t_ms_resid / t_fwd:.0f} plain forwards)")
-    print(f"mechscope z layer x head ({cells_heads} cells): {t_ms_heads:.2f} s ({t_ms_heads / t_fwd:.0f} plain forwards)")
-    print(f"  clean logit diff {resid.clean:.4f}, corrupt {resid.corrupt:.4f}")
-    if args.png:
-        resid.plot(args.png, title="SmolLM2-135M: patching clean resid_pre into 'The Colosseum is in the city of'\n"
-                                   f"recovery of logit diff ' Paris' - ' Rome' (clean {resid.clean:.2f}, "
-                                   f"corrupt {resid.corrupt:.2f})")
-        print(f"wrote {args.png}")
-    report["mechscope"] = {"resid_s": t_ms_resid, "heads_s": t_ms_heads, "forward_s": t_fwd, "fwd_bwd_s": t_fb,
-                           "clean": resid.clean, "corrupt": resid.corrupt}
-
-    t_attr, attr = timed(lambda: attribution_every_site(model, CLEAN, CORRUPT, **kw))
-    print(f"attribution patching, every site ({len(attr)} sites): {t_attr:.2f} s = "
-          f"{t_attr / t_fb:.2f} x (forward + backward)")
-    report["attribution"] = {"every_site_s": t_attr, "ratio_to_fwd_bwd": t_attr / t_fb}
-
+    candidates: dict[str, Callable[[], object]] = {
+        "HF forward": forward(clean_ids),
+        "HF forward + backward": forward_backward,
+        "floor resid_pre": forward(corrupt_ids.repeat(floors["resid_pre"][1], 1)),
+        "floor z": forward(corrupt_ids.repeat(floors["z"][1], 1)),
+        "mechscope resid_pre": lambda: patch_sweep(model, CLEAN, CORRUPT, site="resid_pre", by="layer,pos", **KW),
+        "mechscope z": lambda: patch_heads(model, CLEAN, CORRUPT, by="layer,head", **KW),
+        "mechscope attribution": lambda: attribution_every_site(model, CLEAN, CORRUPT, **KW),
+    }
+    scores: dict[str, torch.Tensor] = {"mechscope resid_pre": resid.scores,
+                                       "mechscope z": patch_heads(model, CLEAN, CORRUPT, by="layer,head", **KW).scores}
     if not args.skip_naive:
-        t_loop_resid, loop_resid = timed(lambda: patch_loop(model, CLEAN, CORRUPT, site="resid_pre",
-                                                            by="layer,pos", **kw))
-        t_loop_heads, loop_heads = timed(lambda: patch_loop(model, CLEAN, CORRUPT, site="z", by="layer,head", **kw))
-        d_r = float((loop_resid - resid.scores).abs().max())
-        d_h = float((loop_heads - heads.scores).abs().max())
-        print(f"naive loop resid_pre: {t_loop_resid:.2f} s (mechscope {t_loop_resid / t_ms_resid:.1f}x faster), "
-              f"max |diff| {d_r:.2e}")
-        print(f"naive loop heads:     {t_loop_heads:.2f} s (mechscope {t_loop_heads / t_ms_heads:.1f}x faster), "
-              f"max |diff| {d_h:.2e}")
-        report["naive"] = {"resid_s": t_loop_resid, "heads_s": t_loop_heads, "resid_max_diff": d_r,
-                           "heads_max_diff": d_h}
-
+        for name, (site, by) in SWEEPS.items():
+            candidates[f"naive {name}"] = loop = (lambda site=site, by=by: patch_loop(
+                model, CLEAN, CORRUPT, site=site, by=by, **KW))
+            scores[f"naive {name}"] = loop()
+    anchors_failed: dict[str, str] = {}
     if not args.skip_anchors:
-        for name, build in (("HookedTransformer", hooked_transformer), ("TransformerBridge", bridge)):
-            try:
-                anchor = build(model)
-                out = tl_sweeps(anchor, clean_ids, corrupt_ids, metric)
-            except Exception as err:  # noqa: BLE001 - report and go on with the other anchors
-                print(f"{name}: could not run ({type(err).__name__}: {str(err)[:200]})")
-                report[name] = {"error": f"{type(err).__name__}: {err}"}
-                continue
-            d_r = float((out["resid"] - resid.scores).abs().max())
-            d_h = float((out["heads"] - heads.scores).abs().max())
-            print(f"{name} resid_pre: {out['resid_s']:.2f} s (mechscope {out['resid_s'] / t_ms_resid:.1f}x faster), "
-                  f"max |diff| {d_r:.2e}")
-            print(f"{name} heads:     {out['heads_s']:.2f} s (mechscope {out['heads_s'] / t_ms_heads:.1f}x faster), "
-                  f"max |diff| {d_h:.2e}")
-            report[name] = {"resid_s": out["resid_s"], "heads_s": out["heads_s"], "resid_max_diff": d_r,
-                            "heads_max_diff": d_h}
-            del anchor
+        from transformer_lens import patching
 
-    torch.set_printoptions(precision=2, sci_mode=False, linewidth=160)
-    print("resid_pre recovery (rows = layers 0, 5, 10, ..., columns = tokens):")
-    print(resid.labels[1])
-    print(resid.scores[::5])
-    print("top heads:", [(r["layer"], r["head"], round(r["score"], 3)) for r in heads.top(5)])
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({**report, "resid_scores": resid.scores.tolist(), "labels": resid.labels}, handle, indent=1)
+        for anchor, build in (("HookedTransformer", hooked_transformer), ("TransformerBridge", transformer_bridge)):
+            try:
+                tl = build(model)
+                cache, recovery = tl_recovery(tl, clean_ids, corrupt_ids, metric)
+
+                def resid_fn(tl: Any = tl, cache: Any = cache, recovery: Any = recovery) -> torch.Tensor:
+                    with torch.no_grad():
+                        return patching.get_act_patch_resid_pre(tl, corrupt_ids, cache, recovery)
+
+                def heads_fn(tl: Any = tl, cache: Any = cache, recovery: Any = recovery) -> torch.Tensor:
+                    with torch.no_grad():
+                        return patching.get_act_patch_attn_head_out_all_pos(tl, corrupt_ids, cache, recovery)
+
+                scores[f"{anchor} resid_pre"], scores[f"{anchor} z"] = resid_fn().float(), heads_fn().float()
+                candidates[f"{anchor} resid_pre"], candidates[f"{anchor} z"] = resid_fn, heads_fn
+            except Exception as err:  # noqa: BLE001 - record the reason, go on with the other anchor
+                anchors_failed[anchor] = f"{type(err).__name__}: {str(err)[:300]}"
+                print(f"{anchor}: could not run ({anchors_failed[anchor]})")
+    times = time_interleaved(candidates, repeats=repeats)
+    print_table(f"patching, {model.cfg.name}, {repeats} interleaved repeats", times, "HF forward")
+    if args.png:
+        resid.plot(args.png, title=f"{model.cfg.name}: clean resid_pre patched into {CORRUPT!r}\nrecovery of logit "
+                                   f"diff {ANSWER!r} - {WRONG!r} (clean {resid.clean:.2f}, corrupt {resid.corrupt:.2f})")
+
+    def median(name: str) -> float | None:
+        return times[name]["median_s"] if name in times else None
+
+    def ratio(a: str, b: str) -> float | None:
+        x, y = median(a), median(b)
+        return None if x is None or y is None else x / y
+
+    def diff(a: str, b: str) -> float | None:
+        if a not in scores or b not in scores:
+            return None
+        return float((scores[a] - scores[b]).abs().max())
+
+    goals, rows = [], []
+    for name in SWEEPS:
+        ours = f"mechscope {name}"
+        goals += [goal(f"{name}: HookedTransformer / mechscope", ratio(f"HookedTransformer {name}", ours), 30, ">="),
+                  goal(f"{name}: TransformerBridge / mechscope", ratio(f"TransformerBridge {name}", ours), 10, ">="),
+                  goal(f"{name}: mechscope / floor", ratio(ours, f"floor {name}"), 1.5, "<="),
+                  goal(f"{name}: max |mechscope - naive loop|", diff(ours, f"naive {name}"), 1e-5, "<=", "recovery"),
+                  goal(f"{name}: max |mechscope - HookedTransformer|", diff(ours, f"HookedTransformer {name}"), 1e-4,
+                       "<=", "recovery")]
+        label = "resid_pre, layer x pos" if name == "resid_pre" else "z, layer x head"
+        rows.append([label, str(scores[ours].numel()), cell(median(ours)),
+                     f"{cell(median(f'floor {name}'))} ({cell(ratio(ours, f'floor {name}'))}x)",
+                     *(f"{cell(median(f'{a} {name}'), 1)} ({cell(ratio(f'{a} {name}', ours), 1)}x)"
+                       for a in ("naive", "HookedTransformer", "TransformerBridge")),
+                     f"{diff(ours, f'naive {name}') or 0:.1e} / {diff(ours, f'HookedTransformer {name}') or 0:.1e}"])
+    attribution = ratio("mechscope attribution", "HF forward + backward")
+    goals.append(goal("attribution every site / (forward + backward)", attribution, 3, "<="))
+    rows.append(["attribution patching, every site", "-", cell(median("mechscope attribution")),
+                 f"{cell(median('HF forward + backward'))} ({cell(attribution)}x fwd+bwd)", "-", "-", "-", "-"])
+    table = {"columns": ["sweep", "cells", "mechscope s", "floor s (ratio)", "naive loop s (x)",
+                         "HookedTransformer s (x)", "TransformerBridge s (x)", "max diff loop / TL"],
+             "rows": rows,
+             "caption": f"{model.cfg.name}, Eiffel Tower / Colosseum ({resid.shape[1]} tokens), median of {repeats} "
+                        f"interleaved repeats, {torch.get_num_threads()} threads. (x) = anchor time / mechscope time."}
+    write_result("patching", args, model, {
+        "settings": {"clean": CLEAN, "corrupt": CORRUPT, "answer": ANSWER, "wrong": WRONG},
+        "timings": times, "goals": goals, "table": table, "anchors_failed": anchors_failed,
+        "floor_work": {name: {"layer_tokens": w, "forward_rows": r} for name, (w, r) in floors.items()},
+        "max_abs_diff": {f"{a} vs {b}": diff(a, b) for a in scores for b in scores if a < b},
+        "resid_pre_scores": resid.scores.tolist(), "labels": resid.labels,
+    })
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from _patching_helpers import ANSWER, WRONG, pair_ids
 
 from mechscope.core import names
 from mechscope.core.tokens import TokenBatch
-from mechscope.methods.patching import PairRuns, patch_loop, patch_sweep
+from mechscope.methods.patching import PairRuns, engine, patch_loop, patch_sweep
 from mechscope.methods.patching.engine import floor_work, run_cells, suffix_starts
 from mechscope.methods.patching.sweep import site_cells
 from tiny_models import CONFIGS, tiny_model
@@ -68,19 +68,24 @@ def _layer_tokens(model, fn) -> int:
     return sum(seen)
 
 
-def test_sweep_work_stays_within_1_5x_the_floor():
+def test_sweep_work_lies_between_the_floor_and_layer_skipping_alone(monkeypatch):
     model = tiny_model("llama")
     clean, corrupt = pair_ids(n_pairs=1, n_pos=N_POS)
     runs = PairRuns(model, clean, corrupt, names=[names.resid_pre(i) for i in range(model.cfg.n_layers)],
                     answer=ANSWER[0], wrong=WRONG[0])
     cells, _ = site_cells(model, "resid_pre", ("layer", "pos"), N_POS)
-    work = _layer_tokens(model, lambda: run_cells(model, runs.pair.corrupt, runs.clean_acts, cells, runs.metric,
-                                                  runs.corrupt_resid, base_acts=runs.corrupt_acts))
+
+    def work() -> int:
+        return _layer_tokens(model, lambda: run_cells(model, runs.pair.corrupt, runs.clean_acts, cells, runs.metric,
+                                                      runs.corrupt_resid, base_acts=runs.corrupt_acts))
+
     starts = suffix_starts(cells, runs.metric, N_POS, runs.clean_acts, runs.corrupt_acts)
     floor = floor_work(cells, starts, model.cfg.n_layers, N_POS)
     layers_only = sum((model.cfg.n_layers - c.layer) * N_POS for c in cells)  # without reusing keys and values
-    assert floor <= work <= 1.5 * floor, (work, floor)
-    assert work < layers_only
+    assert floor <= work() < layers_only
+    # With no fixed cost per pass the planner runs every cell on exactly its own suffix and layers.
+    monkeypatch.setattr(engine, "PASS_COST_TOKENS", 0)
+    assert work() == floor
 
 
 def test_positions_where_source_equals_base_are_not_run():

@@ -47,7 +47,7 @@ from mechscope.methods.metrics import Metric, PositionMetric
 log = logging.getLogger(__name__)
 
 # Fixed cost of one pass through one layer, in tokens of work (Python and kernel-launch overhead).
-PASS_COST_TOKENS = 48
+PASS_COST_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -205,29 +205,38 @@ def _row_bytes(model: Any, n_pos: int, n_keep: int, n_context: int | None = None
     return itemsize * (n_pos * per_pos + kv) + 4 * n_keep * cfg.d_vocab
 
 
-def _plan(layers: list[int], n_layers: int, n_pairs: int, n_pos: int, max_rows: int) -> list[tuple[int, int]]:
-    """Split cells sorted by layer into chunks [i, j) minimising sum (n_layers - first layer) * (fixed + rows).
+def _plan(layers: list[int], n_layers: int, n_pairs: int, n_pos: int, max_rows: int,
+          offsets: list[int] | None = None) -> list[tuple[int, int]]:
+    """Split cells into chunks [i, j) minimising sum (n_layers - first layer) * (fixed + rows * suffix length).
 
-    Boundaries fall only between layers unless one layer alone exceeds `max_rows`.
+    Cells come sorted by (offset descending, layer); a chunk runs from its lowest layer and its
+    lowest offset (the suffix of its earliest patched position), so merging cells trades
+    wasted rows against the fixed cost of another pass. Boundaries fall only between runs of
+    equal (offset, layer) unless one run alone exceeds `max_rows`.
     """
-    groups: list[tuple[int, int]] = []  # (start index, end index) of runs of equal layer, split to fit
+    offsets = offsets or [0] * len(layers)
+    groups: list[tuple[int, int]] = []  # (start index, end index) of runs of equal (offset, layer), split to fit
     cells_per_chunk = max(1, max_rows // n_pairs)
     i = 0
     while i < len(layers):
         j = i
-        while j < len(layers) and layers[j] == layers[i] and j - i < cells_per_chunk:
+        while (j < len(layers) and (layers[j], offsets[j]) == (layers[i], offsets[i])
+               and j - i < cells_per_chunk):
             j += 1
         groups.append((i, j))
         i = j
-    fixed = PASS_COST_TOKENS / max(n_pos, 1)
     best = [0.0] + [float("inf")] * len(groups)
     choice = [0] * (len(groups) + 1)
     for end in range(1, len(groups) + 1):
+        suffix = n_pos - offsets[groups[end - 1][1] - 1]
+        fixed = PASS_COST_TOKENS / max(suffix, 1)
+        lowest = n_layers
         for begin in range(end - 1, -1, -1):
             cells = groups[end - 1][1] - groups[begin][0]
             if cells > cells_per_chunk and begin < end - 1:
                 break
-            cost = best[begin] + (n_layers - layers[groups[begin][0]]) * (fixed + cells * n_pairs)
+            lowest = min(lowest, layers[groups[begin][0]])
+            cost = best[begin] + (n_layers - lowest) * suffix * (fixed + cells * n_pairs)
             if cost < best[end]:
                 best[end], choice[end] = cost, begin
     chunks, end = [], len(groups)
@@ -302,17 +311,15 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
     keep = 1 if isinstance(metric, PositionMetric) else n_pos
     order = sorted(range(len(cells)), key=lambda c: (-offsets[c], cells[c].layer))
     out = torch.empty(len(cells), n_pairs)
-    passes = 0
-    for offset in sorted(set(offsets), reverse=True):
-        group = [c for c in order if offsets[c] == offset]
-        n_query = n_pos - offset
-        max_rows = max(n_pairs, int(memory_mb * 2**20 // _row_bytes(model, n_query, keep, n_pos)))
-        plan = _plan([cells[c].layer for c in group], model.cfg.n_layers, n_pairs, n_query, max_rows)
-        passes += len(plan)
-        for begin, end in plan:
-            chunk = group[begin:end]
-            out[chunk] = _run_chunk(model, base, sources, [cells[c] for c in chunk], metric, base_resid, kv,
-                                    offset, extra_hooks)
+    max_rows = max(n_pairs, int(memory_mb * 2**20 // _row_bytes(model, n_pos, keep)))
+    plan = _plan([cells[c].layer for c in order], model.cfg.n_layers, n_pairs, n_pos, max_rows,
+                 [offsets[c] for c in order])
+    for begin, end in plan:
+        chunk = order[begin:end]
+        offset = min(offsets[c] for c in chunk)
+        out[chunk] = _run_chunk(model, base, sources, [cells[c] for c in chunk], metric, base_resid, kv, offset,
+                                extra_hooks)
+    passes = len(plan)
     log.debug("patching %d cells in %d passes", len(cells), passes)
     return out
 
