@@ -167,3 +167,44 @@ def test_width_mismatch_in_weights_is_a_format_error(tmp_path):
     (folder / CFG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(DictionaryFormatError, match="valid dictionary"):
         load_dictionary(folder)
+
+
+def test_saelens_jumprelu_with_negative_and_zero_thresholds_gives_saelens_outputs(tmp_path, assert_close):
+    theirs = _saelens_sae("jumprelu")
+    with torch.no_grad():
+        theirs.threshold[:10] = -0.3  # negative: SAELens's ReLU makes these act as 0
+        theirs.threshold[10:15] = 0.0
+        theirs.b_enc[:15] -= 0.2  # some pre-activations fall between the threshold and 0
+    theirs.save_model(tmp_path / "sl")
+    mine = load_dictionary(tmp_path / "sl").eval()
+    x = _inputs()
+    with torch.no_grad():
+        pre = x @ theirs.W_enc + theirs.b_enc - theirs.b_dec @ theirs.W_enc
+        assert bool(((pre[:, :10] < 0) & (pre[:, :10] > -0.3)).any())  # the case a logarithm got wrong
+        their_acts, mine_acts = theirs.encode(x), mine.encode(x)
+        assert_close(mine_acts, their_acts, atol=1e-5, what="feature acts")
+        assert_close(mine.decode(mine_acts), theirs.decode(their_acts), atol=1e-5, what="reconstruction")
+        assert torch.isfinite(mine_acts).all() and (mine_acts[:, :15] > 0).any()
+    # and back: written here, read by SAELens, the same outputs again
+    back = sae_lens.SAE.load_from_disk(save_dictionary(mine, tmp_path / "back"))
+    with torch.no_grad():
+        assert_close(back.encode(x), their_acts, atol=1e-5, what="round-trip feature acts")
+
+
+def test_saelens_normalize_activations(tmp_path, assert_close):
+    from sae_lens.saes import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, normalize_activations="expected_average_only_in"))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.3)
+    sae.save_model(tmp_path / "avg")
+    mine = load_dictionary(tmp_path / "avg").eval()
+    x = _inputs()
+    with torch.no_grad():
+        assert_close(mine.decode(mine.encode(x)), sae.decode(sae.encode(x)), atol=1e-5, what="expected_average_only_in")
+    for mode in ("layer_norm", "constant_norm_rescale"):
+        other = StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, normalize_activations=mode))
+        other.save_model(tmp_path / mode)
+        with pytest.raises(DictionaryFormatError, match=f"normalize_activations='{mode}' is refused: SAELens rescales"):
+            load_dictionary(tmp_path / mode)

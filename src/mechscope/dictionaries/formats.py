@@ -130,7 +130,11 @@ def _config_from_saelens(cfg: dict[str, Any], arch: str) -> DictionaryConfig:
     meta = cfg.get("metadata") or {}
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", "expected_average_only_in", None):
-        raise DictionaryFormatError(f"normalize_activations={norm!r} is not supported (only none / folded scaling)")
+        raise DictionaryFormatError(
+            f"normalize_activations={norm!r} is refused: SAELens rescales each token by statistics of that token "
+            "(layer_norm: its mean and std; constant_norm_rescale: its norm; covariance_whitening: a whitening "
+            "matrix) and undoes it after decoding, a per-token state that mechscope's separate encode/decode do "
+            "not keep; only 'none' and 'expected_average_only_in' (a constant scale, already folded) load")
     if cfg.get("reshape_activations", "none") not in ("none", None):
         logger.warning("reshape_activations=%r ignored: pass flattened [batch, d_in] inputs", cfg["reshape_activations"])
     fields: dict[str, Any] = {
@@ -184,7 +188,12 @@ def _from_saelens_weights(w: dict[str, Tensor], c: DictionaryConfig, cfg: dict[s
         norms = sd["W_dec"].norm(dim=1)  # fold: topk(pre * n) then (f / n) @ W_dec
         sd["W_enc"], sd["b_enc"], sd["W_dec"] = sd["W_enc"] * norms, sd["b_enc"] * norms, sd["W_dec"] / norms[:, None]
     if c.architecture == "jumprelu":
-        sd["log_threshold"] = sd.pop("threshold").log()
+        th = sd.pop("threshold")
+        if bool((th <= 0).any()):
+            # SAELens computes ReLU(pre) * (pre > threshold): a threshold <= 0 acts exactly as 0, which
+            # log(0) = -inf represents (exp(-inf) = 0), so such latents fire whenever pre > 0.
+            logger.info("%d JumpReLU thresholds <= 0 act as 0, as in SAELens", int((th <= 0).sum()))
+        sd["log_threshold"] = th.clamp_min(0).log()
     elif c.architecture == "batchtopk":
         th = sd.pop("threshold")
         sd["threshold"] = th.double().max() if th.numel() else torch.tensor(-1.0, dtype=torch.float64)
