@@ -25,9 +25,9 @@ def top_latents(model: Any, dictionary: Dictionary, text: str, *, position: int 
     if not -T <= position < T:
         raise IndexError(f"position {position} is outside a prompt of {T} tokens")
     row = acts[0, position]
-    top = torch.topk(row, min(n, int((row > 0).sum()))) if (row > 0).any() else None
+    top = torch.topk(row, min(n, int((row > 0).sum())))
     out = []
-    for latent, act in zip(*(top if top is not None else (torch.zeros(0), torch.zeros(0))), strict=True):
+    for latent, act in zip(top.indices.tolist(), top.values.tolist(), strict=True):
         item: dict[str, Any] = {"latent": int(latent), "act": float(act), "density": float("nan"), "explanation": None}
         if db is not None:
             info = db.con.execute("SELECT density FROM latents WHERE latent = ?", (int(latent),)).fetchone()
