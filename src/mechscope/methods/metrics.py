@@ -76,20 +76,18 @@ def _gather(last: Tensor, tokens: Tokens) -> Tensor:
 
 def logit_diff(logits: Tensor, answer: Tokens, wrong: Tokens, pos: Positions = -1,
                reduce: Reduce = "mean") -> Tensor:
-    """`logits[answer] - logits[wrong]` at `pos`: per row, or their mean."""
-    last = logits_at(logits, pos).float()
-    return _reduce(_gather(last, answer) - _gather(last, wrong), reduce)
+    """`logits[answer] - logits[wrong]` at `pos`: per row, or their mean (`LogitDiff` as a function)."""
+    return _reduce(LogitDiff(answer, wrong, pos)(logits), reduce)
 
 
 def answer_logprob(logits: Tensor, answer: Tokens, pos: Positions = -1, reduce: Reduce = "mean") -> Tensor:
-    """`log softmax(logits)[answer]` at `pos`."""
-    last = logits_at(logits, pos).float().log_softmax(-1)
-    return _reduce(_gather(last, answer), reduce)
+    """`log softmax(logits)[answer]` at `pos` (`AnswerLogProb` as a function)."""
+    return _reduce(AnswerLogProb(answer, pos)(logits), reduce)
 
 
 def answer_prob(logits: Tensor, answer: Tokens, pos: Positions = -1, reduce: Reduce = "mean") -> Tensor:
-    """`softmax(logits)[answer]` at `pos`."""
-    return _reduce(answer_logprob(logits, answer, pos, "none").exp(), reduce)
+    """`softmax(logits)[answer]` at `pos` (`AnswerProb` as a function)."""
+    return _reduce(AnswerProb(answer, pos)(logits), reduce)
 
 
 def kl_divergence(ref_logits: Tensor, logits: Tensor) -> Tensor:

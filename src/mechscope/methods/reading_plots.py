@@ -1,7 +1,7 @@
 """Figures for the reading tools: the lens grid, head-score heatmaps, lens KL per layer, toy loss curves.
 
-Each function returns a matplotlib `Figure` (Agg backend); `mechscope.apps.output.figure_png`
-turns it into PNG bytes.
+Each function returns a matplotlib `Figure` (Agg backend); `mechscope.core.files.figure_png`
+turns it into tagged PNG bytes (`save_figure` writes it through the write guard).
 
 Example:
     >>> fig = lens_grid_figure(logit_lens(model, "The Eiffel Tower is in the city of"))  # doctest: +SKIP
@@ -53,17 +53,6 @@ def lens_grid_figure(result: LensResult, max_rows: int = 40) -> Figure:
     ax.set_xticks(range(n_pos), [_short(t) for t in result.tokens], rotation=60, ha="right", fontsize=7)
     ax.set_title(f"{result.lens} lens: top token and its probability")
     fig.colorbar(image, ax=ax, fraction=0.03, label="probability")
-    fig.tight_layout()
-    return fig
-
-
-def lens_target_figure(result: LensResult, target: str) -> Figure:
-    """Probability of `target` at the last position, row by row."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot(result.target_prob[target][:, -1].tolist(), marker="o", ms=3)
-    ax.set_xlabel("lens row (resid_pre 0 .. final resid_post)")
-    ax.set_ylabel(f"p({target!r})")
-    ax.set_title(f"{result.lens} lens: probability of {target!r} at the last position")
     fig.tight_layout()
     return fig
 
