@@ -12,7 +12,7 @@ import argparse
 import torch
 
 import mechscope
-from common import print_table, time_interleaved
+from common import add_arguments, cell, goal, print_table, setup, time_interleaved, write_result
 from mechscope.core.attention import using_implementation
 
 
@@ -48,9 +48,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pos", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
+    add_arguments(parser, repeats=7)
     args = parser.parse_args()
-    torch.manual_seed(0)
+    repeats = setup(args)
+    if args.quick:
+        args.batch, args.pos = 1, 8
     model = mechscope.load_model(dtype=torch.float32, device="cpu")
     ids = torch.randint(100, model.cfg.d_vocab, (args.batch, args.pos))
     hf = model.hf_model
@@ -85,7 +87,7 @@ def main() -> None:
             return saved
 
         candidates["nnsight trace, residual only"] = nnsight_resid
-    times = time_interleaved(candidates, repeats=args.repeats)
+    times = time_interleaved(candidates, repeats=repeats)
     print_table(f"forward overhead, {model.cfg.name}, batch {args.batch} x {args.pos} tokens, float32, "
                 f"{torch.get_num_threads()} threads", times, "HF forward (sdpa)")
     if tl is None:
@@ -102,6 +104,16 @@ def main() -> None:
         diff = max((cache[n] - tl_cache[n]).abs().max().item() / max(1.0, tl_cache[n].abs().max().item())
                    for n in resid)
         print(f"max relative |mechscope - TransformerLens| on resid_post = {diff:.3g}")
+    base = times["HF forward (sdpa)"]["median_s"]
+    every = times["mechscope run_with_cache, every hook point"]["median_s"] / base
+    rows = [[name, cell(t["median_s"], 4), cell(t["spread"]), cell(t["median_s"] / base)] for name, t in times.items()]
+    write_result("forward_overhead", args, model, {
+        "settings": {"batch": args.batch, "pos": args.pos, "dtype": "float32"}, "timings": times,
+        "goals": [goal("cache every hook point / HF forward", every, 1.10, "<=")],
+        "anchors_failed": {k: v for k, v in (("TransformerLens", why_not_tl), ("nnsight", why_not_nn)) if v},
+        "table": {"columns": ["what", "median s", "spread", "x HF forward"], "rows": rows,
+                  "caption": f"{model.cfg.name}, batch {args.batch} x {args.pos} tokens, float32, median of {repeats} "
+                             f"interleaved repeats, {torch.get_num_threads()} threads"}})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import argparse
 import torch
 
 import mechscope
-from common import print_table, time_interleaved
+from common import add_arguments, cell, print_table, setup, time_interleaved, write_result
 from forward_overhead import transformer_lens_model
 from mechscope.methods.lens import iter_lens_logits
 
@@ -27,9 +27,11 @@ from mechscope.methods.lens import iter_lens_logits
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pos", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_arguments(parser, repeats=5)
     args = parser.parse_args()
-    torch.manual_seed(0)
+    repeats = setup(args)
+    if args.quick:
+        args.pos = 8
     model = mechscope.load_model(dtype=torch.float32, device="cpu")
     ids = torch.randint(100, model.cfg.d_vocab, (1, args.pos))
     hf = model.hf_model
@@ -55,14 +57,24 @@ def main() -> None:
         candidates["TransformerLens accumulated_resid + unembed"] = transformer_lens
     else:
         print(f"TransformerLens skipped: {why}")
+    diffs = {}
     with torch.inference_mode():
         reference = hand()
         for name, fn in candidates.items():
-            diff = (fn() - reference).abs().max().item()
-            print(f"{name:<46} max |log p - hand-written| = {diff:.2e}")
-    times = time_interleaved(candidates, repeats=args.repeats)
+            diffs[name] = (fn() - reference).abs().max().item()
+            print(f"{name:<46} max |log p - hand-written| = {diffs[name]:.2e}")
+        times = time_interleaved(candidates, repeats=repeats)
     print_table(f"logit lens, {model.cfg.n_layers + 1} rows x {args.pos} positions x {model.cfg.d_vocab} tokens, "
                 f"CPU float32", times, baseline="hand-written (HF hidden states)")
+
+    base = times["hand-written (HF hidden states)"]["median_s"]
+    rows = [[name, cell(t["median_s"]), cell(t["median_s"] / base), f"{diffs[name]:.1e}"] for name, t in times.items()]
+    write_result("lens", args, model, {
+        "settings": {"pos": args.pos}, "timings": times, "max_abs_diff_logprob": diffs, "goals": [],
+        "anchors_failed": {} if tl is not None else {"TransformerLens": why},
+        "table": {"columns": ["what", "median s", "ratio", "max abs diff of log p"], "rows": rows,
+                  "caption": f"logit lens, {model.cfg.n_layers + 1} rows x {args.pos} positions x full vocabulary, "
+                             f"median of {repeats} interleaved repeats"}})
 
 
 if __name__ == "__main__":
