@@ -167,9 +167,16 @@ def suffix_of(name: str) -> str:
 
 
 def short_site(name: str) -> str:
-    """Accept the short site names a CLI user types: 'resid_pre' -> 'hook_resid_pre', 'z' -> 'attn.hook_z'."""
+    """Accept the short site names a CLI user types: 'resid_pre' -> 'hook_resid_pre', 'z' -> 'attn.hook_z'.
+
+    The one table from short site names to hook suffixes; a name it does not know comes back unchanged.
+
+    Example:
+        >>> [short_site(s) for s in ("resid_post", "z", "mlp_pre", "mlp_post", "ln2_normalized", "blocks")]
+        ['hook_resid_post', 'attn.hook_z', 'mlp.hook_pre', 'mlp.hook_post', 'ln2.hook_normalized', 'blocks']
+    """
     for suffix in BLOCK_SUFFIXES:
         tail = suffix.split(".")[-1]
-        if name in (suffix, tail, tail.removeprefix("hook_")):
+        if name in (suffix, tail, tail.removeprefix("hook_"), suffix.replace(".hook_", "_")):
             return suffix
     return name
