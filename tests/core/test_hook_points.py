@@ -247,3 +247,14 @@ def test_in_place_edits_count_like_returned_ones(name: str) -> None:
     b = model.run_with_hooks(ids, fwd_hooks=[(name, returned)])
     assert torch.equal(a, b)
     assert not torch.allclose(a, model(ids))
+
+
+@torch.no_grad()
+def test_results_read_lazily_equal_results_computed_in_the_run(tiny) -> None:
+    ids = tiny_ids()
+    _, lazy = tiny.run_with_cache(ids)
+    _, eager = tiny.run_with_cache(ids, names=lambda n: n.endswith("hook_result"),
+                                   fwd_hooks=[(lambda n: n.endswith("hook_result"), lambda a, h: None)])
+    assert list(lazy) == tiny.hook_names()
+    for layer in range(tiny.cfg.n_layers):
+        assert torch.equal(lazy[names.result(layer)], eager[names.result(layer)])

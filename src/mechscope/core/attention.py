@@ -143,12 +143,20 @@ def attention_scores(module: nn.Module, query: Tensor, key: Tensor, attention_ma
     return scores.masked_fill(~keep, float("-inf"))
 
 
-def pattern_from_scores(scores: Tensor) -> Tensor:
-    """Softmax over keys in float32, back in the scores' dtype; rows with no key allowed give zeros."""
+def pattern_from_scores(scores: Tensor, empty_rows: bool = True) -> Tensor:
+    """Softmax over keys in float32, back in the scores' dtype. Rows with no key allowed give zeros;
+    `empty_rows=False` says the mask has none (which saves a pass over the scores)."""
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    if scores.shape[-1] and bool(torch.isneginf(scores).all(dim=-1).any()):
+    if empty_rows:
         pattern = pattern.nan_to_num(0.0)
     return pattern.to(scores.dtype)
+
+
+def _has_empty_rows(attention_mask: Any, q_len: int, k_len: int, device: torch.device) -> bool:
+    if attention_mask is None:
+        return False
+    keep, _ = keep_mask(attention_mask, q_len, k_len, device)
+    return not bool(keep.any(dim=-1).all())
 
 
 def _hooked_attention(base: Callable[..., Any], hooks: tuple[AttentionHooks, ...], module: nn.Module, query: Tensor,
@@ -165,7 +173,8 @@ def _hooked_attention(base: Callable[..., Any], hooks: tuple[AttentionHooks, ...
     for h in hooks:
         if h.scores is not None:
             edited = h.scores(edited)
-    pattern = pattern_from_scores(edited)
+    pattern = pattern_from_scores(edited, empty_rows=edited is not scores or _has_empty_rows(
+        attention_mask, query.shape[-2], key.shape[-2], query.device))
     computed = pattern
     for h in hooks:
         if h.pattern is not None:

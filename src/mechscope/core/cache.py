@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -50,19 +50,31 @@ def _pos(t: Tensor, pos_slice: PosSlice, dim: int = -2) -> Tensor:
 class ActivationCache(Mapping[str, Tensor]):
     """A read-only mapping from hook name to activation, with helpful misses."""
 
-    def __init__(self, activations: dict[str, Tensor], model: Any = None) -> None:
+    def __init__(self, activations: dict[str, Tensor], model: Any = None,
+                 lazy: dict[str, Callable[[], Tensor]] | None = None) -> None:
         self._acts = activations
+        self._lazy = dict(lazy or {})  # name -> computes the activation on first access
         self.model = model
+        if self._lazy:
+            order = {n: i for i, n in enumerate(model.hook_names())} if model is not None else {}
+            self._keys = sorted([*activations, *self._lazy], key=lambda n: order.get(n, len(order)))
+        else:
+            self._keys = list(activations)
 
     # -- mapping -------------------------------------------------------------------------------
     def __getitem__(self, key: Key) -> Tensor:  # type: ignore[override]
         name = key if isinstance(key, str) else self._tuple_name(key)
-        if name not in self._acts and isinstance(key, str) and "." not in key:
+        if name not in self and isinstance(key, str) and "." not in key:
             name = _ALIASES.get(key, key)
+        if name in self._lazy:
+            self._acts[name] = self._lazy.pop(name)()
         try:
             return self._acts[name]
         except KeyError:
-            raise HookNameError(unknown_name_message("cached hook name", name, self._acts)) from None
+            raise HookNameError(unknown_name_message("cached hook name", name, self._keys)) from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._acts or key in self._lazy
 
     def _tuple_name(self, key: tuple[Any, ...]) -> str:
         """`("pattern", 0)` -> 'blocks.0.attn.hook_pattern'; `("scale", 2, "ln2")` -> 'blocks.2.ln2.hook_scale'."""
@@ -81,10 +93,10 @@ class ActivationCache(Mapping[str, Tensor]):
         return names.block(layer, matches[0])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._acts)
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self._acts)
+        return len(self._keys)
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations)"
@@ -95,7 +107,7 @@ class ActivationCache(Mapping[str, Tensor]):
         Example: `cache.stack("hook_resid_post")` -> [n_layers, batch, pos, d_model].
         """
         keyed = sorted(
-            (layer, act) for name, act in self._acts.items()
+            (layer, self[name]) for name in self._keys
             if names.suffix_of(name) == suffix and (layer := names.parse_layer(name)) is not None
         )
         if not keyed:
@@ -111,7 +123,7 @@ class ActivationCache(Mapping[str, Tensor]):
     def _n_layers(self) -> int:
         if self.model is not None:
             return int(self.model.cfg.n_layers)
-        layers = [layer for n in self._acts if (layer := names.parse_layer(n)) is not None]
+        layers = [layer for n in self._keys if (layer := names.parse_layer(n)) is not None]
         return max(layers) + 1 if layers else 0
 
     def _layer(self, layer: int | None) -> int:
@@ -159,10 +171,10 @@ class ActivationCache(Mapping[str, Tensor]):
         parts, labels = [], []
         if incl_embeds:
             for name, label in ((names.EMBED, "embed"), (names.POS_EMBED, "pos_embed")):
-                if name in self._acts:
+                if name in self:
                     parts.append(self[name])
                     labels.append(label)
-        has_mlp = any(n.endswith("hook_mlp_out") for n in self._acts)
+        has_mlp = any(n.endswith("hook_mlp_out") for n in self._keys)
         for index in range(layer):
             if mode != "mlp":
                 parts.append(self["attn_out", index])

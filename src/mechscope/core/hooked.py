@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -256,7 +257,9 @@ class HookedModel(nn.Module):
 
         `stop_at_layer=n` runs blocks 0..n-1 only and returns no logits. Runs without
         autograd unless `grad=True`. `fwd_hooks` edit the run; the cache sees their edits
-        where they come earlier in the forward pass.
+        where they come earlier in the forward pass. Without autograd, `attn.hook_result`s
+        that no hook edits are computed when first read, from the cached `hook_z` and `W_O`
+        (the same numbers; the run itself then costs no extra projection).
         """
         selected = self.resolve_names(names)
         stop = self._normalize_stop(stop_at_layer)
@@ -270,7 +273,12 @@ class HookedModel(nn.Module):
         def keep(act: Tensor, hook: Any) -> None:
             store[hook.name] = act if grad else act.detach()
 
-        cache_hooks = [(n, keep) for n in selected]
+        # Per-head results nobody edits are computed on first access, from the cached hook_z.
+        edited = self._hook_table(fwd_hooks, permanent=self._depth == 0)
+        lazy = {n: n.replace("attn.hook_result", "attn.hook_z") for n in selected
+                if not grad and self.sites[n].special.startswith("result") and n not in edited}
+        wanted = [n for n in selected if n not in lazy]
+        cache_hooks = [(n, keep) for n in [*wanted, *{z for z in lazy.values() if z not in wanted}]]
         logits: Tensor | None = None
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             try:
@@ -280,8 +288,9 @@ class HookedModel(nn.Module):
                 logits = None
         if stop is not None:
             logits = None
-        ordered = {n: store[n] for n in self.sites if n in store}
-        return logits, ActivationCache(ordered, model=self)
+        thunks = {n: partial(self.sites[n].read, store[z].flatten(-2)) for n, z in lazy.items() if z in store}
+        ordered = {n: store[n] for n in self.sites if n in store and n in wanted}
+        return logits, ActivationCache(ordered, model=self, lazy=thunks)
 
     def __repr__(self) -> str:
         c = self.cfg
