@@ -27,7 +27,7 @@ def global_batches(n: int, batch: int = 128, d: int = 16):
 
 
 def train(arch: str, out: str) -> None:
-    extra = {"k": 4} if arch == "topk" else {}
+    extra = {"k": 4} if "topk" in arch else {}
     sae = make_dictionary(arch, d_in=16, d_sae=64, seed=3, **extra)
     cfg = TrainerConfig(total_steps=20, lr=2e-3, lr_warmup_steps=2, sparsity_warmup_steps=5, progress=False,
                         dead_window_tokens=10**9, seed=5)

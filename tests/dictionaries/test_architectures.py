@@ -231,3 +231,20 @@ def test_relu_fused_l1_gradients_match_plain_autograd(norm):
     torch.testing.assert_close(out.loss, ref, atol=1e-10, rtol=0)
     for (name, _), g, r in zip(d.named_parameters(), torch.autograd.grad(out.loss, list(d.parameters())), ref_grads, strict=True):
         torch.testing.assert_close(g, r, atol=1e-10, rtol=0, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_batchtopk_selection_equals_a_full_sort(skewed):
+    """Candidates per token + a batch threshold pick exactly the k*batch largest (a skewed token takes the fallback)."""
+    d = make_dictionary("batchtopk", d_in=8, d_sae=200, k=4, seed=0)
+    pre = torch.randn(64, 200, generator=torch.Generator().manual_seed(1))
+    if skewed:
+        pre[5] += 10.0  # this token alone holds more winners than its 4k = 16 candidates
+    rows, cols, vals = d._select(pre)
+    assert torch.all(rows[1:] >= rows[:-1])
+    flat = pre.relu().reshape(-1)
+    top = flat.topk(4 * 64).indices
+    want = {(int(i) // 200, int(i) % 200) for i in top if flat[i] > 0}
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == want
+    torch.testing.assert_close(vals, pre[rows, cols])
+    assert (int((rows == 5).sum()) > 16) == skewed

@@ -27,7 +27,7 @@ def _run(args: list[str], tmp_path: Path) -> None:
 
 @pytest.mark.distributed
 def test_two_processes_match_one(tmp_path):
-    archs = ["relu", "topk"]
+    archs = ["relu", "topk", "batchtopk"]
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     _run([sys.executable, str(SCRIPT), str(tmp_path / "one"), *archs], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

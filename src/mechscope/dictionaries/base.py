@@ -178,6 +178,8 @@ class Dictionary(nn.Module):
 
     config_class: ClassVar[type[DictionaryConfig]] = DictionaryConfig
     uses_aux_k: ClassVar[bool] = False  # dead latents handled by the AuxK loss (else by resampling)
+    # Set by the Trainer under torchrun: batch-level choices (BatchTopK's threshold) span all ranks.
+    distributed: bool = False
 
     def __init__(self, cfg: DictionaryConfig, seed: int | None = None) -> None:
         super().__init__()

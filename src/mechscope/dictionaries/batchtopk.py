@@ -5,8 +5,15 @@ vary in how many latents they use, `k` on average) and tracks a threshold: the r
 `theta <- (1 - threshold_lr) * theta + threshold_lr * m` of `m`, the smallest activation kept in
 each batch. At evaluation (`model.eval()`) the dictionary is a JumpReLU with that threshold:
 `f = pre * (pre > theta)`, per token and independent of the batch. AuxK as in `topk`.
-Under DistributedDataParallel each rank selects within its own slice of the batch (so the
-selection equals a single process with the per-rank batch size); the threshold statistic is the
+
+Selection without a full sort of `batch * d_sae` values: each token's `c = min(d_sae, 4k)`
+largest pre-activations are the candidates (a per-row top-c, parallel over rows); the batch
+threshold `t` is the `(k * batch)`-th largest candidate, and the entries kept are the positive
+candidates `>= t`. This is exact whenever every token's smallest candidate lies below `t`
+(then no non-candidate can reach `t`); otherwise (a token with more than `c` winners) the
+threshold is taken over all values instead. Under `torchrun` (the trainer sets `distributed`)
+the candidates of every rank are gathered, so `t` is the global batch's threshold and two
+processes select what one process selects on the whole batch; the threshold statistic is the
 minimum over ranks.
 
 Example:
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from mechscope.dictionaries.base import DictionaryOutput, SparseCodes, register
@@ -57,10 +65,32 @@ class BatchTopKSAE(TopKSAE):
         self._last_min: Tensor | None = None
 
     def _select(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        flat = pre.relu().reshape(-1)
-        _, idx = flat.topk(self.cfg.k * pre.shape[0], sorted=False)
-        idx = idx.sort().values  # row-major order: rows ascending, as sparse patterns need
-        return idx // pre.shape[1], idx % pre.shape[1], flat[idx]
+        batch, d_sae = pre.shape
+        c = min(d_sae, 4 * self.cfg.k)
+        cand, cand_cols = pre.topk(c, dim=-1, sorted=False)
+        cand = cand.relu_()
+        thr = self._threshold(cand.reshape(-1), self.cfg.k * batch)
+        if c < d_sae and self._any(cand.amin(-1) >= thr):  # a token may hold winners beyond its candidates
+            cand, cand_cols = pre.relu(), torch.arange(d_sae, device=pre.device).expand(batch, d_sae)
+            thr = self._threshold(cand.reshape(-1), self.cfg.k * batch)
+        keep = (cand >= thr) & (cand > 0)
+        rows, j = keep.nonzero(as_tuple=True)  # row-major: rows ascending, as sparse patterns need
+        return rows, cand_cols[rows, j], cand[rows, j]
+
+    def _threshold(self, values: Tensor, n_local: int) -> Tensor:
+        """The `n`-th largest of `values` over the (global) batch, `n = k * global batch`."""
+        if self.distributed:
+            parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, values.contiguous())
+            values, n_local = torch.cat(parts), n_local * dist.get_world_size()
+        return values.topk(min(n_local, values.numel()), sorted=False).values.min()
+
+    def _any(self, flag: Tensor) -> bool:
+        """`flag.any()`, agreed across ranks."""
+        found = flag.any().to(torch.int64).reshape(1)
+        if self.distributed:
+            dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return bool(found)
 
     def _encode_n(self, x_n: Tensor) -> Tensor:
         pre = self._preact(x_n, self.b_enc)

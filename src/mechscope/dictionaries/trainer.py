@@ -334,6 +334,7 @@ class Trainer:
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
+            self.dictionary.distributed = True
             self._model = DistributedDataParallel(self.dictionary)
         self._open_logs()
         bar = self._progress()
