@@ -229,7 +229,7 @@ def test_end_to_end_true_explanation_scores_high_wrong_one_at_chance(server, pla
     assert right["simulation"].value == pytest.approx(1.0)
     assert wrong["detection"].value == pytest.approx(0.5, abs=0.15)
     assert wrong["fuzzing"].value == pytest.approx(0.5, abs=0.15)
-    assert abs(wrong["simulation"].value) < 0.3
+    assert wrong["simulation"].value < 0.2  # vowels and digits never share a token: no positive correlation
     assert stored[eid] == {m: s.value for m, s in right.items()}
     assert _Handler.requests[0]["auth"] == "Bearer sk-test"
     assert all(r["body"]["temperature"] == 0 for r in _Handler.requests)

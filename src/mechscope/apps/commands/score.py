@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("db", help="feature database with explanations (mechscope explain)")
     add_latent_options(parser)
     parser.add_argument("--methods", default="detection,fuzzing,simulation", help="comma-separated scorers")
+    parser.add_argument("--activating", type=int, default=20, help="held-out activating excerpts (detection, fuzzing)")
+    parser.add_argument("--non-activating", type=int, default=20, help="held-out non-activating excerpts (detection)")
+    parser.add_argument("--simulation", default="6,4", help="activating,non-activating excerpts for simulation")
     add_llm_options(parser)
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the scores as JSON")
     parser.add_argument("--force", action="store_true", help="overwrite files that mechscope did not write")
@@ -37,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
             explanations = db.explanations(latent)
             if not explanations:
                 raise MechscopeError(f"latent {latent} has no explanation yet; run `mechscope explain` first")
-            scores = score_explanation(db, explanations[0]["id"], client, methods, seed=args.seed)
+            sim = tuple(int(x) for x in args.simulation.split(","))
+            scores = score_explanation(db, explanations[0]["id"], client, methods, seed=args.seed,
+                                       n_activating=args.activating, n_non_activating=args.non_activating,
+                                       n_simulation=(sim[0], sim[1]))
             row = {"latent": latent, "explanation": explanations[0]["text"], "explainer": explanations[0]["explainer"],
                    **{m: s.value for m, s in scores.items()}}
             rows.append(row)

@@ -95,6 +95,16 @@ class HeldOut:
     activating: list[dict[str, Any]]
     non_activating: list[dict[str, Any]]
 
+    def subset(self, n_activating: int | None, n_non_activating: int | None) -> HeldOut:
+        """At most `n_activating` activating excerpts spread evenly over the intervals (they are ordered by
+        activation), and the first `n_non_activating` non-activating ones."""
+        act = self.activating
+        if n_activating is not None and len(act) > n_activating:
+            step = len(act) / n_activating
+            act = [act[int(i * step + step / 2)] for i in range(n_activating)]
+        non = self.non_activating if n_non_activating is None else self.non_activating[:n_non_activating]
+        return HeldOut(act, non)
+
 
 @dataclass
 class Score:
@@ -151,9 +161,8 @@ def score_fuzzing(client: ChatModel, explanation: str, data: HeldOut, batch: int
     return Score("fuzzing", value, len(items), {"truth": truth, "guesses": guesses, "replies": replies})
 
 
-def score_simulation(client: ChatModel, explanation: str, data: HeldOut, n_activating: int = 6,
-                     n_non_activating: int = 4) -> Score:
-    excerpts = data.activating[:n_activating] + data.non_activating[:n_non_activating]
+def score_simulation(client: ChatModel, explanation: str, data: HeldOut) -> Score:
+    excerpts = data.activating + data.non_activating
     predicted, true, replies = [], [], []
     for e in excerpts:
         reply = client.chat(simulation_messages(explanation, e["text"]), max_tokens=8 * len(e["text"]) + 8)
@@ -165,8 +174,13 @@ def score_simulation(client: ChatModel, explanation: str, data: HeldOut, n_activ
 
 
 def score_explanation(db: FeatureDatabase, explanation_id: int, client: ChatModel,
-                      methods: Sequence[str] = METHODS, seed: int = 0) -> dict[str, Score]:
-    """Score a stored explanation with each method and store the scores; returns them by method."""
+                      methods: Sequence[str] = METHODS, seed: int = 0, n_activating: int | None = 20,
+                      n_non_activating: int | None = 20, n_simulation: tuple[int, int] = (6, 4)) -> dict[str, Score]:
+    """Score a stored explanation with each method and store the scores; returns them by method.
+
+    Detection uses up to `n_activating` + `n_non_activating` held-out excerpts, fuzzing the
+    activating ones, simulation `n_simulation = (activating, non-activating)` excerpts.
+    """
     row = db.con.execute("SELECT latent, text FROM explanations WHERE id = ?", (explanation_id,)).fetchone()
     if row is None:
         raise FeatureDatabaseError(f"no explanation with id {explanation_id} in {db.path}")
@@ -176,7 +190,8 @@ def score_explanation(db: FeatureDatabase, explanation_id: int, client: ChatMode
 
         raise FeatureDatabaseError(unknown_name_message("scoring method", unknown[0], METHODS))
     latent, text = int(row[0]), str(row[1])
-    data = held_out(db, latent)
+    full = held_out(db, latent)
+    data = full.subset(n_activating, n_non_activating)
     out: dict[str, Score] = {}
     for method in methods:
         if method == "detection":
@@ -184,7 +199,7 @@ def score_explanation(db: FeatureDatabase, explanation_id: int, client: ChatMode
         elif method == "fuzzing":
             score = score_fuzzing(client, text, data, seed=seed)
         else:
-            score = score_simulation(client, text, data)
+            score = score_simulation(client, text, full.subset(*n_simulation))
         db.add_score(explanation_id, method, score.value, client.name, score.n,
                      {"prompt_version": PROMPT_VERSION, "seed": seed, **score.detail})
         out[method] = score
