@@ -42,6 +42,7 @@ from mechscope.core import names as hook_names
 from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_contexts
 from mechscope.core.tokens import TokenBatch
 from mechscope.dictionaries.base import Dictionary
+from mechscope.dictionaries.metrics import explained_variance_from_sums
 from mechscope.dictionaries.splice import _flat, hook_name_of
 from mechscope.dictionaries.store import keep_mask
 from mechscope.methods.patching.engine import layers_return_tensors, replay_prefix
@@ -121,8 +122,7 @@ class _Accumulator:
         n, d = self.n, self.sum_x.numel()
         if n == 0:
             raise ValueError("no held-out tokens to evaluate on")
-        total = self.sum_x2 - float(self.sum_x.pow(2).sum()) / n  # sum_b ||x_b - mean||^2
-        ev = 1.0 - self.sum_err2 / total if total > 0 else math.nan
+        ev = explained_variance_from_sums(self.sum_err2, self.sum_x2, self.sum_x, n)
         density = self.fired.double() / n
         return EvalResult(
             n_tokens=n, mse=self.sum_err2 / n, mse_per_dim=self.sum_err2 / (n * d), explained_variance=ev,

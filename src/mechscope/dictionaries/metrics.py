@@ -16,16 +16,29 @@ from torch import Tensor
 def explained_variance(x: Tensor, x_hat: Tensor) -> float:
     """`1 - sum_b ||x_b - x_hat_b||^2 / sum_b ||x_b - mean_b(x)||^2` over a batch `[batch, d]`.
 
-    One number for the whole batch (not a mean of per-token ratios).
+    One number for the whole batch (not a mean of per-token ratios); the one definition used
+    everywhere (training logs, evaluation, synthetic benchmark), through `explained_variance_from_sums`.
 
     Example:
         >>> explained_variance(torch.tensor([[0.0], [2.0]]), torch.tensor([[0.0], [1.0]]))
         0.5
     """
     x, x_hat = x.double(), x_hat.double()
-    resid = (x - x_hat).pow(2).sum()
-    total = (x - x.mean(0)).pow(2).sum()
-    return float(1.0 - resid / total) if total > 0 else float("nan")
+    return explained_variance_from_sums(float((x - x_hat).pow(2).sum()), float(x.pow(2).sum()), x.sum(0), x.shape[0])
+
+
+def explained_variance_from_sums(sum_err2: float, sum_x2: float, sum_x: Tensor, n: int) -> float:
+    """`explained_variance` from running sums over `n` tokens, for streaming evaluation.
+
+    `sum_err2 = sum_b ||x_b - x_hat_b||^2`, `sum_x2 = sum_b ||x_b||^2`, `sum_x = sum_b x_b` `[d]`;
+    `sum_b ||x_b - mean||^2 = sum_x2 - ||sum_x||^2 / n`. NaN when that total is 0.
+
+    Example:
+        >>> explained_variance_from_sums(1.0, 4.0, torch.tensor([2.0]), 2)  # x = [0], [2]; x_hat = [0], [1]
+        0.5
+    """
+    total = sum_x2 - float(sum_x.double().pow(2).sum()) / n
+    return 1.0 - sum_err2 / total if total > 0 else float("nan")
 
 
 def mean_l0(feature_acts: Tensor) -> float:
