@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.core import names as hook_names
+from mechscope.core.errors import MechscopeError
 from mechscope.core.tokens import TokenBatch
 from mechscope.methods.metrics import Metric, PositionMetric
 
@@ -305,6 +306,8 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
     at its first patched position (see `suffix_starts`; `base_acts`, the base run's
     activations at the cells' names, lets it skip positions where source and base agree).
     """
+    if not memory_mb > 0:
+        raise MechscopeError(f"memory_mb must be a positive number of MiB (the cap on one batched pass), not {memory_mb}.")
     n_pairs, n_pos = base.ids.shape
     kv = getattr(base_resid, "kv", None) if not extra_hooks else None
     offsets = suffix_starts(cells, metric, n_pos, sources, base_acts) if kv is not None else [0] * len(cells)
