@@ -85,7 +85,7 @@ def mlp_deltas(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit
 
 @dataclass
 class ConstrainedRun:
-    """Logits `[pos, d_vocab]`, each layer's MLP input and the unembedding's input `[pos, d_model]`."""
+    """Logits `[batch, pos, d_vocab]`, each layer's MLP input and the unembedding's input `[batch, pos, d_model]`."""
 
     logits: Tensor
     mlp_in: list[Tensor]
@@ -94,9 +94,10 @@ class ConstrainedRun:
 
 @torch.no_grad()
 def constrained_run(rm: ReplacementModel, state: PromptState, deltas: dict[int, Tensor] | None = None,
-                    embed_delta: Tensor | None = None) -> ConstrainedRun:
-    """One run of the local replacement model with `deltas[layer]` added to MLP outputs and
-    `embed_delta [pos, d_model]` to the token embeddings."""
+                    embed_delta: Tensor | None = None, batch: int = 1) -> ConstrainedRun:
+    """`batch` copies of the prompt through the local replacement model, with `deltas[layer]` added to
+    MLP outputs and `embed_delta` to the token embeddings (each `[pos, d_model]`, or `[batch, pos, d_model]`
+    for one intervention per copy)."""
     deltas = deltas or {}
     reads: dict[str, Tensor] = {}
 
@@ -104,7 +105,7 @@ def constrained_run(rm: ReplacementModel, state: PromptState, deltas: dict[int, 
         return recorded + deltas[layer].to(recorded.dtype) if layer in deltas else recorded
 
     def keep(act: Tensor, hook: Any) -> None:
-        reads[hook.name] = act[0].float()
+        reads[hook.name] = act.float()
 
     def embed(act: Tensor, hook: Any) -> Tensor:
         return act + embed_delta.to(act.dtype)  # type: ignore[union-attr]
@@ -115,28 +116,29 @@ def constrained_run(rm: ReplacementModel, state: PromptState, deltas: dict[int, 
     if embed_delta is not None:
         hooks.append((names.EMBED, embed))
     with rm.frozen(state, out, hooks):
-        logits = model(state.ids)[0].float()
+        logits = model(state.ids.expand(batch, -1)).float()
     return ConstrainedRun(logits, [reads[mlp_input_hook(model, layer)] for layer in range(rm.n_layers)],
                           reads[unembed_input_hook(model)])
 
 
 def target_values(rm: ReplacementModel, graph: AttributionGraph, run: ConstrainedRun,
                   logit_vectors: Tensor) -> Tensor:
-    """The value of every target row of `graph` in `run`: a feature's pre-activation (up to its
-    constant bias), zero for error and token rows, and `logit_vectors[k] . final[-1]` for the logits."""
-    values = torch.zeros(graph.adjacency.shape[0])
+    """`[batch, n_nodes]`: the value of every target row of `graph` in each copy of `run`: a feature's
+    pre-activation (up to its constant bias), zero for error and token rows, and `logit_vectors[k] . final[-1]`
+    for the logits."""
+    values = torch.zeros(run.final.shape[0], graph.adjacency.shape[0])
     for row, index in enumerate(graph.selected_features.tolist()):
         layer, pos, feat = graph.active_features[index].tolist()
         enc = rm.transcoders.encoder_vectors(layer, torch.tensor([feat]))[0].float()
-        values[row] = run.mlp_in[layer][pos] @ enc
-    values[-graph.n_logits:] = logit_vectors.float() @ run.final[-1]
+        values[:, row] = run.mlp_in[layer][:, pos] @ enc
+    values[:, -graph.n_logits:] = run.final[:, -1] @ logit_vectors.float().T
     return values
 
 
 def intervene(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit], mode: Mode = "constrained") -> Tensor:
     """Logits `[pos, d_vocab]` of the prompt with `edits` applied (see the module docstring for the modes)."""
     if mode == "constrained":
-        return constrained_run(rm, state, mlp_deltas(rm, state, edits)).logits
+        return constrained_run(rm, state, mlp_deltas(rm, state, edits)).logits[0]
     if mode == "free":
         return free_logits(rm, state.ids, edits)[0]
     raise MechscopeError(f"mode must be 'constrained' or 'free', got {mode!r}")

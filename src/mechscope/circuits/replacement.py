@@ -133,8 +133,11 @@ class ReplacementModel:
     # -- recording ------------------------------------------------------------------------------
     @torch.no_grad()
     def prepare(self, inputs: Any) -> PromptState:
-        """Run the real model once on `inputs` (a prompt or `[1, pos]` ids) and record the state."""
+        """Run the real model once on `inputs` (a prompt, tokenized with a BOS prepended, or `[1, pos]` ids)
+        and record the state."""
         model = self.model
+        if isinstance(inputs, str):  # circuit-tracer's convention: a special token first (its features are zeroed)
+            inputs = model.tokenize(inputs, prepend_bos=True).ids
         ids, _ = model._prepare(inputs, None)
         if ids.shape[0] != 1:
             raise ReplacementError(f"attribution takes one prompt at a time, got a batch of {ids.shape[0]}")
