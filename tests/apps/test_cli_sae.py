@@ -134,3 +134,57 @@ def test_clear_errors(capsys, tmp_path):
     assert cli.main(["sae", "synthetic", "--arch", "nope"]) == 2
     assert "unknown architecture" in capsys.readouterr().err
     assert cli.main(["sae", "eval", str(tmp_path / "missing")]) == 2
+
+
+def test_transcoder_from_a_paired_store(corpus, tmp_path, capsys):
+    store = tmp_path / "pair"
+    argv = ["sae", "cache", "--layer", "1", "--site", "ln2.hook_normalized,mlp_out", "--tokens", "600",
+            "--out", str(store), "--batch-size", "4", "--shard-tokens", "300", *_common(corpus)]
+    assert cli.main(argv) == 0
+    assert "blocks.1.ln2.hook_normalized (d=64), blocks.1.hook_mlp_out (d=64)" in capsys.readouterr().out
+    out = tmp_path / "tc"
+    argv = ["sae", "train", "--acts", str(store), "--arch", "relu", "--target-l0", "8", "--expansion", "2",
+            "--batch-size", "100", "--steps", "12", "--sparsity-warmup-steps", "2", "--b-dec-init", "mean",
+            "--lr-decay-fraction", "0.1", "--resample-every", "0", "--out", str(out)]
+    assert cli.main(argv) == 0
+    tc = load_dictionary(out)
+    assert tc.cfg.is_transcoder and tc.cfg.hook_name == "blocks.1.ln2.hook_normalized"
+    assert tc.cfg.hook_name_out == "blocks.1.hook_mlp_out" and tc.cfg.d_out == 64
+    assert tc.cfg.l1_coefficient != 1.0  # the controller's coefficient is the saved one
+    training = json.loads((out / "training.json").read_text())
+    assert training["target_l0"] == 8 and training["hook_name_out"] == "blocks.1.hook_mlp_out"
+    argv3 = ["sae", "train", "--acts", str(store), "--site", "blocks.1.hook_mlp_out", "--arch", "topk", "--k", "4",
+             "--expansion", "2", "--batch-size", "100", "--steps", "3", "--out", str(tmp_path / "sae-out")]
+    assert cli.main(argv3) == 0 and not load_dictionary(tmp_path / "sae-out").cfg.is_transcoder
+
+
+def test_train_out_refuses_a_foreign_folder(store, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "cfg.json").write_text("{}")
+    argv = ["sae", "train", "--acts", str(store), "--arch", "topk", "--k", "4", "--expansion", "2",
+            "--batch-size", "100", "--steps", "2", "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and "Traceback" not in err
+    assert (out / "cfg.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["cfg.json"]
+    assert cli.main([*argv, "--force"]) == 0
+
+
+def test_diverging_training_is_one_line_without_traceback(store, tmp_path, capsys):
+    argv = ["sae", "train", "--acts", str(store), "--arch", "relu", "--expansion", "2", "--batch-size", "100",
+            "--steps", "6", "--lr", "1e30", "--grad-clip", "0", "--checkpoint-every", "1", "--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "training stopped at step" in err and "the last good checkpoint" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_resume_with_another_lr_lists_the_difference(store, tmp_path, capsys):
+    base = ["sae", "train", "--acts", str(store), "--arch", "topk", "--k", "4", "--expansion", "2",
+            "--batch-size", "100", "--steps", "4", "--checkpoint-every", "2", "--out", str(tmp_path / "r")]
+    assert cli.main([*base, "--lr", "1e-3"]) == 0
+    assert cli.main([*base, "--lr", "2e-3", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lr 0.001 -> 0.002" in err and len(err.splitlines()) == 1
+    assert cli.main([*base, "--lr", "2e-3", "--resume", "--allow-changed-settings"]) == 0
