@@ -183,3 +183,54 @@ def test_ties_go_to_the_earlier_token_whatever_the_chunking() -> None:
             acc.update(ids[first:first + step], acts[first:first + step], first_context=first, keep=keep[first:first + step])
         results.append(acc.top.arrays["idx"].tolist())
     assert results == [[23, 1, 2]] * 3
+
+
+KILL_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from tiny_lm import tiny_lm
+from mechscope.dictionaries import make_dictionary
+from mechscope.features import CollectConfig, collect_features
+sae = make_dictionary("relu", d_in=64, d_sae=48, seed=1, hook_name="blocks.1.hook_resid_post")
+with torch.no_grad():
+    sae.b_enc.fill_(-0.05)
+collect_features(tiny_lm("llama"), sae, {db!r}, source={corpus!r}, context_length=24, batch_size=1,
+                 checkpoint_contexts=2, config=CollectConfig(**{cfg!r}), progress=False)
+"""
+
+
+@pytest.mark.slow  # starts a second Python process and kills it with SIGKILL
+def test_killed_process_resumes_to_the_same_database(setup, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, sae, _, _ = setup
+    corpus = write_corpus(tmp_path, n_docs=200, words=50, seed=5)
+    db = tmp_path / "killed.db"
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent.parent), db=str(db), corpus=str(corpus),
+                                cfg=CFG.to_dict())
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = 0
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                row = con.execute("SELECT contexts_done FROM collect_state").fetchone()
+                con.close()
+            except sqlite3.OperationalError:
+                row = None
+            if row and row[0] >= 4:
+                proc.send_signal(signal.SIGKILL)
+                done = row[0]
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and done >= 4  # killed mid-collection, after a checkpoint
+    collect_features(model, sae, db, source=corpus, context_length=T, batch_size=16, config=CFG, progress=False)
+    ref = tmp_path / "ref.db"
+    collect_features(model, sae, ref, source=corpus, context_length=T, batch_size=16, config=CFG, progress=False)
+    assert _dump(db) == _dump(ref)
