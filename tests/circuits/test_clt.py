@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from circuit_helpers import random_transcoders
@@ -13,7 +15,7 @@ from mechscope.circuits.replacement import ReplacementModel
 from mechscope.dictionaries import Trainer, TrainerConfig
 from mechscope.dictionaries.clt import CLTConfig, CLTSet, CrossLayerTranscoder
 from mechscope.dictionaries.errors import DictionaryConfigError
-from mechscope.dictionaries.transcoder_set import load_transcoder_set
+from mechscope.dictionaries.transcoder_set import PerLayerTranscoders, load_transcoder_set
 from tiny_models import tiny_ids, tiny_model
 
 
@@ -126,3 +128,22 @@ def test_bad_configs():
         CLTConfig.make(2, 4, 8, activation="topk")
     with pytest.raises(DictionaryConfigError, match="use CLTConfig.make"):
         CLTConfig(d_in=8, d_sae=16, n_layers=2, d_model=4, features_per_layer=4)
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "relu"])
+def test_per_layer_circuit_tracer_layout(tiny, tmp_path, architecture):
+    from circuit_tracer.transcoder.single_layer_transcoder import load_relu_transcoder
+
+    model, per_layer = tiny
+    tcs = copy.deepcopy(per_layer) if architecture == "jumprelu" else random_transcoders(model)
+    tcs.transcoders[1].cfg.input_scale, tcs.transcoders[1].cfg.output_scale = 3.0, 0.25
+    files = tcs.save_circuit_tracer(tmp_path / "ct")
+    back = PerLayerTranscoders.from_circuit_tracer(files)
+    x = torch.randn(7, model.cfg.d_model) * 3
+    for layer, path in enumerate(files):
+        ours = tcs.encode(layer, x)
+        assert ours.count_nonzero() > 0
+        assert torch.allclose(back.encode(layer, x), ours, atol=1e-5)
+        ref = load_relu_transcoder(str(path), layer, device=torch.device("cpu"), lazy_encoder=False, lazy_decoder=False)
+        assert torch.allclose(ref.encode(x), ours, atol=1e-5)
+        assert torch.allclose(ref.decode(ours), tcs.decode_to(layer, [ours] * (layer + 1)), atol=1e-5)

@@ -15,6 +15,9 @@ Every set answers the same questions in model units, whatever its kind:
 `PerLayerTranscoders` wraps one mechscope transcoder (any architecture) per layer and is saved
 as a folder of SAELens-layout subfolders `layer_{l}/` plus `transcoders.json`.
 A cross-layer transcoder (`mechscope.dictionaries.clt`) implements the same interface.
+`save_circuit_tracer` / `from_circuit_tracer` write and read circuit-tracer's single-layer
+layout: one safetensors file per layer with `W_enc [F, d]`, `W_dec [F, d]`, `b_enc`, `b_dec`
+and, for JumpReLU, `activation_function.threshold` (model units; ReLU and JumpReLU only).
 
 Example:
     >>> from mechscope.dictionaries import make_dictionary
@@ -31,11 +34,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mechscope.core import names
 from mechscope.core.files import atomic_write_json, claim_output_dir
-from mechscope.dictionaries.base import Dictionary
+from mechscope.dictionaries.base import Dictionary, make_dictionary
 from mechscope.dictionaries.errors import DictionaryConfigError, DictionaryFormatError
 from mechscope.dictionaries.formats import load_dictionary, save_dictionary
 
@@ -134,6 +138,46 @@ class PerLayerTranscoders(TranscoderSet):
                 "layers": [f"layer_{i}" for i in range(self.n_layers)]}
         atomic_write_json(folder / SET_FILE, meta)
         return folder
+
+
+    def save_circuit_tracer(self, path: str | Path, *, force: bool = False) -> list[Path]:
+        """Write `path/layer_{l}.safetensors` in circuit-tracer's single-layer layout; returns the files."""
+        folder = claim_output_dir(path, force=force)
+        files = []
+        for layer, t in enumerate(self.transcoders):
+            arch = t.cfg.architecture
+            if arch not in ("relu", "jumprelu") or t.cfg.apply_b_dec_to_input:
+                raise DictionaryConfigError(f"circuit-tracer's single-layer layout holds ReLU and JumpReLU transcoders "
+                                            f"reading the raw input; layer {layer} is {arch}")
+            s_in, s_out = t.cfg.input_scale, float(t.cfg.output_scale)  # type: ignore[arg-type]
+            tensors = {"W_enc": (t.W_enc * s_in).T, "W_dec": t.W_dec / s_out, "b_enc": t.b_enc, "b_dec": t.b_dec / s_out}
+            if arch == "jumprelu":
+                tensors["activation_function.threshold"] = t.log_threshold.exp()  # type: ignore[operator]
+            files.append(folder / f"layer_{layer}.safetensors")
+            save_file({k: v.detach().float().contiguous() for k, v in tensors.items()}, str(files[-1]))
+        return files
+
+    @classmethod
+    def from_circuit_tracer(cls, paths: list[str | Path]) -> PerLayerTranscoders:
+        """Read circuit-tracer single-layer files, one per layer in layer order."""
+        transcoders = []
+        for layer, path in enumerate(paths):
+            try:
+                w = load_file(str(path))
+                F, d = w["W_enc"].shape
+            except (OSError, ValueError, KeyError) as err:
+                raise DictionaryFormatError(f"{path} is not a circuit-tracer transcoder file: {err}") from err
+            if "W_skip" in w:
+                raise DictionaryFormatError(f"{path}: transcoders with a skip connection are not supported")
+            jump = "activation_function.threshold" in w
+            t = make_dictionary("jumprelu" if jump else "relu", d_in=d, d_sae=F, d_out=d, decoder_norm="free" if jump
+                                else "weighted", hook_name_out=names.mlp_out(layer), apply_b_dec_to_input=False)
+            state = {"W_enc": w["W_enc"].T, "W_dec": w["W_dec"], "b_enc": w["b_enc"], "b_dec": w["b_dec"]}
+            if jump:
+                state["log_threshold"] = w["activation_function.threshold"].reshape(F).clamp_min(1e-30).log()
+            t.load_state_dict({k: v.float().contiguous() for k, v in state.items()})
+            transcoders.append(t)
+        return cls(transcoders)
 
 
 def load_transcoder_set(path: str | Path) -> TranscoderSet:
