@@ -2,8 +2,8 @@
 
 `collect_features` fills one SQLite feature database per dictionary (examples, statistics,
 logit effects, neighbours); `FeatureDatabase` reads and annotates it; autointerp
-(`mechscope.features.autointerp`) writes and scores explanations; `match_dictionaries`
-compares two dictionaries.
+(`mechscope.features.autointerp`) writes and scores explanations; `features.universality`
+matches the latents of two dictionaries; `features.export` reads and writes Neuronpedia JSON.
 
 Example:
     >>> from mechscope.features import FeatureDatabase
