@@ -75,7 +75,7 @@ def test_single_edge_removal_matches_hand_written_hooks(kind):
     cases = []
     # logits <- a1.h2: the final norm reads the residual minus that head's (clean - corrupt)
     s = g.head_source(1, 2)
-    cases.append((g.logits_dest, s, None, names.LN_FINAL,
+    cases.append((g.logits_dest, s, None, names.LN_FINAL_OUT,
                   lambda r, a, s=s: model.final_norm.forward(r - (clean_src[:, :, s] - corrupt_src[:, :, s]))))
     # a2.h1.q <- input: only head 1's query is recomputed from the edited residual
     ln1 = layer.get_submodule(fam.ln1)

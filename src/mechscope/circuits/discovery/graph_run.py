@@ -209,11 +209,11 @@ class GraphModel:
             if g.has_mlp:
                 if not g.parallel:
                     hooks.append((names.block(layer, "hook_resid_mid"), self._keep(state, ("mid", layer))))
-                hooks.append((names.block(layer, "ln2.hook_normalized"), self._mlp_in_hook(state, layer)))
+                hooks.append((names.block(layer, "ln2.hook_out"), self._mlp_in_hook(state, layer)))
                 hooks.append((names.block(layer, "hook_mlp_out"), self._mlp_out_hook(state, layer)))
         if first < n_layers:
             hooks.append((names.resid_post(n_layers - 1), self._keep(state, "final")))
-        hooks.append((names.LN_FINAL, self._final_hook(state)))
+        hooks.append((names.LN_FINAL_OUT, self._final_hook(state)))
         with self.model.hooks(hooks):
             return self.model(ids, attention_mask)
 
