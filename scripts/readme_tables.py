@@ -85,8 +85,9 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="rewrite README.md between its markers")
     parser.add_argument("--check", action="store_true", help="exit 1 when README.md's tables are stale")
     parser.add_argument("--readme", default=str(README))
+    parser.add_argument("--results", default=str(RESULTS), help="folder of result files (e.g. benchmarks/results/quick)")
     args = parser.parse_args()
-    results = {k: v for k, v in load_results().items() if "table" in v}
+    results = {k: v for k, v in load_results(Path(args.results)).items() if "table" in v}
     readme = Path(args.readme)
     if args.check:
         names = stale(readme.read_text(encoding="utf-8"), results)
