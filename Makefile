@@ -35,9 +35,14 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# Every benchmark that writes benchmarks/results/<name>.json; `make bench BENCH_ARGS=--quick` proves they run.
+BENCHMARKS := forward_overhead lens patching scaling precision sae_training steering_generation
+BENCH_ARGS ?=
+
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) benchmarks/forward_overhead.py
+	cd benchmarks && for b in $(BENCHMARKS); do ../$(PY) $$b.py $(BENCH_ARGS) || exit 1; done
+	$(PY) scripts/readme_tables.py
 
 clean:
 	rm -rf $(VENV) out

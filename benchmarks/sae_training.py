@@ -11,53 +11,19 @@ can be read as a fraction of the matmul rate:
 weight and input gradients, the encoder's weight gradient).
 
 Usage:
-    python benchmarks/sae_training.py [--d-in 576] [--expansion 16] [--batch 4096] [--k 32]
-                                      [--steps 3] [--json out.json]
+    python benchmarks/sae_training.py [--quick] [--d-in 576] [--expansion 16] [--batch 4096] [--k 32] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Callable
 
 import torch
 
+from common import add_arguments, goal, print_table, setup, time_interleaved, write_result
 from mechscope.dictionaries import make_dictionary
 from mechscope.dictionaries.trainer import Trainer, TrainerConfig
-
-
-def timed(step: Callable[[], None], steps: int, warmup: int = 1) -> float:
-    """Best (smallest) seconds of `step()` over `steps` calls after `warmup` calls.
-
-    The best time is the least disturbed by other processes on a shared machine; every number in
-    the report (matmul rate included) uses it, so ratios compare like with like.
-    """
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def matmul_rate(batch: int, d_in: int, d_sae: int, repeats: int) -> float:
-    """FLOP/s of the 5 float32 matmuls of a dense training step (same shapes and layouts)."""
-    x, w_enc = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
-    f, w_dec = torch.randn(batch, d_sae), torch.randn(d_sae, d_in)
-    g_out = torch.randn(batch, d_in)
-
-    def five() -> None:
-        x @ w_enc
-        f @ w_dec
-        f.t() @ g_out
-        g_out @ w_dec.t()
-        x.t() @ f
-
-    return 5 * 2 * batch * d_in * d_sae / timed(five, repeats)
 
 
 def ours(arch: str, d_in: int, d_sae: int, k: int, data: list[torch.Tensor]) -> Callable[[], None]:
@@ -133,45 +99,55 @@ def main() -> None:
     p.add_argument("--expansion", type=int, default=16)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3, help="measured steps per configuration (best reported)")
-    p.add_argument("--json", type=str, default=None)
+    add_arguments(p, repeats=5)
     a = p.parse_args()
+    repeats = setup(a)
+    if a.quick:
+        a.d_in, a.expansion, a.batch = 64, 4, 256
     d_sae = a.d_in * a.expansion
     gen = torch.Generator().manual_seed(0)
     data = [torch.randn(a.batch, a.d_in, generator=gen) for _ in range(2)]
-    print(f"d_in {a.d_in}, d_sae {d_sae}, batch {a.batch}, k {a.k}, threads {torch.get_num_threads()}, torch {torch.__version__}")
-    rate = matmul_rate(a.batch, a.d_in, d_sae, max(a.steps, 3))
-    results: dict[str, dict[str, float]] = {}
+    print(f"d_in {a.d_in}, d_sae {d_sae}, batch {a.batch}, k {a.k}, threads {torch.get_num_threads()}")
+    x, w_enc = torch.randn(a.batch, a.d_in), torch.randn(a.d_in, d_sae)
+    f, w_dec, g_out = torch.randn(a.batch, d_sae), torch.randn(d_sae, a.d_in), torch.randn(a.batch, a.d_in)
+
+    def five_matmuls() -> None:  # the 5 float32 matmuls of a dense training step (same shapes and layouts)
+        x @ w_enc
+        f @ w_dec
+        f.t() @ g_out
+        g_out @ w_dec.t()
+        x.t() @ f
+
+    candidates = {"5 dense matmuls": five_matmuls}
     for arch in ("relu", "topk"):
         for name, build in (("mechscope", ours), ("saelens", saelens), ("minimal", minimal)):
-            seconds = timed(build(arch, a.d_in, d_sae, a.k, data), a.steps)
-            results[f"{arch}/{name}"] = {"seconds_per_step": seconds, "tokens_per_s": a.batch / seconds}
-            print(f"  {arch:5s} {name:10s} {a.batch / seconds:10.0f} tokens/s  ({seconds:.3f} s/step)", flush=True)
-    # BatchTopK against TopK (goal: >= 0.8x TopK's tokens/s), timed interleaved so load skews both alike
-    pair = {arch: ours(arch, a.d_in, d_sae, a.k, data) for arch in ("topk", "batchtopk")}
-    best = {arch: float("inf") for arch in pair}
-    for _ in range(a.steps):
-        for arch, step in pair.items():
-            best[arch] = min(best[arch], timed(step, 1))
-    results["batchtopk/mechscope"] = {"seconds_per_step": best["batchtopk"], "tokens_per_s": a.batch / best["batchtopk"]}
-    print(f"  batchtopk mechscope {a.batch / best['batchtopk']:10.0f} tokens/s  ({best['batchtopk']:.3f} s/step), "
-          f"TopK interleaved {a.batch / best['topk']:.0f} tokens/s", flush=True)
-    rate = max(rate, matmul_rate(a.batch, a.d_in, d_sae, max(a.steps, 3)))  # measured before and after
-    print(f"float32 matmul rate (training-step shapes, best of before/after): {rate / 1e9:.1f} GFLOP/s")
+            candidates[f"{arch}/{name}"] = build(arch, a.d_in, d_sae, a.k, data)
+    times = time_interleaved(candidates, repeats=repeats)
+    print_table(f"SAE training step, {repeats} interleaved repeats", times, "relu/mechscope")
     dense_flops = 5 * 2 * a.batch * a.d_in * d_sae
-    summary = {
-        "relu_fraction_of_matmul_rate": dense_flops / results["relu/mechscope"]["seconds_per_step"] / rate,
-        "relu_vs_saelens": results["relu/saelens"]["seconds_per_step"] / results["relu/mechscope"]["seconds_per_step"],
-        "relu_vs_minimal": results["relu/minimal"]["seconds_per_step"] / results["relu/mechscope"]["seconds_per_step"],
-        "topk_vs_saelens": results["topk/saelens"]["seconds_per_step"] / results["topk/mechscope"]["seconds_per_step"],
-        "topk_vs_minimal": results["topk/minimal"]["seconds_per_step"] / results["topk/mechscope"]["seconds_per_step"],
-        "batchtopk_throughput_vs_topk": best["topk"] / best["batchtopk"],
-    }
-    for key, value in summary.items():
-        print(f"{key}: {value:.2f}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"settings": vars(a), "matmul_flops_per_s": rate, "results": results, "summary": summary}, f, indent=1)
+    rate = dense_flops / times["5 dense matmuls"]["median_s"]
+
+    def s(name: str) -> float:
+        return times[name]["median_s"]
+
+    summary = {"relu_fraction_of_matmul_rate": dense_flops / s("relu/mechscope") / rate,
+               "relu_vs_saelens": s("relu/saelens") / s("relu/mechscope"),
+               "relu_vs_minimal": s("relu/minimal") / s("relu/mechscope"),
+               "topk_vs_saelens": s("topk/saelens") / s("topk/mechscope"),
+               "topk_vs_minimal": s("topk/minimal") / s("topk/mechscope")}
+    rows = [[arch, *(f"{a.batch / s(f'{arch}/{name}'):,.0f}" for name in ("mechscope", "saelens", "minimal"))]
+            for arch in ("relu", "topk")]
+    write_result("sae_training", a, None, {
+        "settings": {"d_in": a.d_in, "d_sae": d_sae, "batch": a.batch, "k": a.k}, "timings": times,
+        "matmul_flops_per_s": rate, "summary": summary,
+        "goals": [goal("TopK: SAELens step / mechscope step", summary["topk_vs_saelens"], 1.0, ">="),
+                  goal("ReLU-L1: SAELens step / mechscope step", summary["relu_vs_saelens"], 1.0, ">=")],
+        "table": {"columns": ["architecture", "mechscope tokens/s", "SAELens tokens/s", "minimal PyTorch tokens/s"],
+                  "rows": rows,
+                  "caption": f"d_in {a.d_in}, {d_sae} latents, batch {a.batch}, k {a.k}; median of {repeats} interleaved "
+                             f"repeats, {torch.get_num_threads()} threads. The dense ReLU-L1 step runs at "
+                             f"{summary['relu_fraction_of_matmul_rate']:.2f} of this machine's float32 matmul rate "
+                             f"({rate / 1e9:.1f} GFLOP/s, measured in the same run)."}})
 
 
 if __name__ == "__main__":
