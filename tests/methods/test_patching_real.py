@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mechscope.core import names
-from mechscope.methods.patching import PairRuns, patch_sweep
+from mechscope.methods.patching import PairRuns, patch_loop, patch_sweep
 from mechscope.methods.patching.engine import Cell, run_cells
 
 CLEAN = "The Eiffel Tower is in the city of"
@@ -64,3 +64,13 @@ def test_batched_heads_equal_one_forward_per_cell(default_model):
 
             value = runs.metric(model.run_with_hooks(runs.pair.corrupt, fwd_hooks=[(cell.name, hook)])).mean()
             assert abs(float(score) - float(runs.recovery(value))) < 1e-5
+
+
+@pytest.mark.parametrize("site,by", [("resid_pre", "layer,pos"), ("z", "layer,head")])
+def test_full_sweeps_equal_one_forward_per_cell(default_model, site, by):
+    # Every cell at real size: suffix passes with the base run's keys and values, layer skipping,
+    # batching across layers and heads; against 270 plain forwards. 1e-5 in metric (logit-diff) units.
+    result = patch_sweep(default_model, CLEAN, CORRUPT, site=site, by=by, **KW)
+    reference = patch_loop(default_model, CLEAN, CORRUPT, site=site, by=by, **KW)
+    gap = float((result.scores - reference).abs().max()) * abs(result.clean - result.corrupt)
+    assert gap < 1e-5, gap
