@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 def collect_features(
     model: Any, dictionary: Dictionary, db_path: str | Path, *, source: Source = "default",
     n_tokens: int | None = None, context_length: int = 128, batch_size: int = 16,
-    checkpoint_contexts: int = 64, config: CollectConfig | None = None, progress: bool | None = None,
+    checkpoint_contexts: int = 256, config: CollectConfig | None = None, progress: bool | None = None,
     dictionary_path: str | Path | None = None, force: bool = False,
     on_checkpoint: Callable[[int], None] | None = None, **document_kwargs: Any,
 ) -> Path:
