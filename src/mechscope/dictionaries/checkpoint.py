@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mechscope.core.files import atomic_write_json, sha256_file
+from mechscope.core.optimizer_state import optimizer_from_tensors, optimizer_to_tensors
 from mechscope.dictionaries.errors import CheckpointError
 
 STATE_FILE = "state.json"
@@ -48,26 +49,6 @@ def generator_state_to_json(gen: torch.Generator) -> str:
 def generator_state_from_json(text: str) -> torch.Tensor:
     """Inverse of `generator_state_to_json`: the ByteTensor to pass to `Generator.set_state`."""
     return torch.tensor(list(base64.b64decode(text)), dtype=torch.uint8)
-
-
-def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer's state dict as safetensors-ready tensors (`state.{i}.{name}`) plus JSON-ready groups."""
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for idx, per_param in sd["state"].items():
-        for name, value in per_param.items():
-            t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-            tensors[f"state.{idx}.{name}"] = t.detach().contiguous().clone()
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of `optimizer_to_files`: a state dict for `optimizer.load_state_dict`."""
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
@@ -90,7 +71,7 @@ def save_checkpoint(
     tmp.mkdir()
     weights = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     save_file(weights, str(tmp / WEIGHTS_FILE))
-    opt_tensors, opt_meta = optimizer_to_files(optimizer)
+    opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
     save_file(opt_tensors, str(tmp / OPTIMIZER_FILE))
     files = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)}
     atomic_write_json(tmp / STATE_FILE, {"step": step, "optimizer": opt_meta, "files": files, **state})
@@ -155,4 +136,4 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             raise CheckpointError(f"{folder / STATE_FILE} records no sha256 for {name}; resume from another checkpoint")
     weights = _load_verified(folder, WEIGHTS_FILE, files[WEIGHTS_FILE])
     opt_tensors = _load_verified(folder, OPTIMIZER_FILE, files[OPTIMIZER_FILE])
-    return weights, optimizer_from_files(opt_tensors, state.pop("optimizer")), state
+    return weights, optimizer_from_tensors(opt_tensors, state.pop("optimizer")), state
