@@ -138,17 +138,17 @@ def test_clear_errors(capsys, tmp_path):
 
 def test_transcoder_from_a_paired_store(corpus, tmp_path, capsys):
     store = tmp_path / "pair"
-    argv = ["sae", "cache", "--layer", "1", "--site", "ln2.hook_normalized,mlp_out", "--tokens", "600",
+    argv = ["sae", "cache", "--layer", "1", "--site", "ln2.hook_out,mlp_out", "--tokens", "600",
             "--out", str(store), "--batch-size", "4", "--shard-tokens", "300", *_common(corpus)]
     assert cli.main(argv) == 0
-    assert "blocks.1.ln2.hook_normalized (d=64), blocks.1.hook_mlp_out (d=64)" in capsys.readouterr().out
+    assert "blocks.1.ln2.hook_out (d=64), blocks.1.hook_mlp_out (d=64)" in capsys.readouterr().out
     out = tmp_path / "tc"
     argv = ["sae", "train", "--acts", str(store), "--arch", "relu", "--target-l0", "8", "--expansion", "2",
             "--batch-size", "100", "--steps", "12", "--sparsity-warmup-steps", "2", "--b-dec-init", "mean",
             "--lr-decay-fraction", "0.1", "--resample-every", "0", "--out", str(out)]
     assert cli.main(argv) == 0
     tc = load_dictionary(out)
-    assert tc.cfg.is_transcoder and tc.cfg.hook_name == "blocks.1.ln2.hook_normalized"
+    assert tc.cfg.is_transcoder and tc.cfg.hook_name == "blocks.1.ln2.hook_out"
     assert tc.cfg.hook_name_out == "blocks.1.hook_mlp_out" and tc.cfg.d_out == 64
     assert tc.cfg.l1_coefficient != 1.0  # the controller's coefficient is the saved one
     training = json.loads((out / "training.json").read_text())

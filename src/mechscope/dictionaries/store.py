@@ -29,7 +29,7 @@ Example:
     >>> reader = open_store("acts/")                                            # doctest: +SKIP
     >>> next(iter(reader.batches(4096, seed=0))).shape                          # doctest: +SKIP
     torch.Size([4096, 576])
-    >>> pair = cache_activations(model, ["blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out"],  # doctest: +SKIP
+    >>> pair = cache_activations(model, ["blocks.3.ln2.hook_out", "blocks.3.hook_mlp_out"],  # doctest: +SKIP
     ...                          "mlp3/", n_tokens=100_000)
     >>> x, t = next(open_store("mlp3/").site_batches(4096))                     # doctest: +SKIP
 """
@@ -125,7 +125,7 @@ def sites_activations(model: Any, ids: Tensor, hook_names: Sequence[str],
     """Activations `[batch, pos, d_i]` at each of `hook_names` from one forward pass (stopped after the last needed block).
 
     Example:
-        >>> [a.shape[-1] for a in sites_activations(model, ids, ["blocks.2.ln2.hook_normalized",  # doctest: +SKIP
+        >>> [a.shape[-1] for a in sites_activations(model, ids, ["blocks.2.ln2.hook_out",  # doctest: +SKIP
         ...                                                     "blocks.2.mlp.hook_post"])]
         [576, 1536]
     """
@@ -203,7 +203,7 @@ def iter_sites_batches(
     Options as in :func:`iter_site_batches`.
 
     Example:
-        >>> pairs = iter_sites_batches(model, ["blocks.3.ln2.hook_normalized",   # doctest: +SKIP
+        >>> pairs = iter_sites_batches(model, ["blocks.3.ln2.hook_out",   # doctest: +SKIP
         ...                                    "blocks.3.hook_mlp_out"], batch_size=1024)
         >>> Trainer(transcoder, TrainerConfig(total_steps=100)).fit(pairs)       # doctest: +SKIP
     """

@@ -125,7 +125,7 @@ class StoreReader:
         token: a pair feeds a transcoder directly, `Trainer.fit(reader.site_batches(4096, [x_site, y_site]))`.
 
         Example:
-            >>> x, t = next(reader.site_batches(1024, ["blocks.3.ln2.hook_normalized",   # doctest: +SKIP
+            >>> x, t = next(reader.site_batches(1024, ["blocks.3.ln2.hook_out",   # doctest: +SKIP
             ...                                       "blocks.3.hook_mlp_out"]))
         """
         chosen = [self.site_index(s) for s in (sites if sites is not None else range(len(self.hook_names)))]

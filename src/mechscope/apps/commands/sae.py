@@ -4,7 +4,7 @@ Example:
     $ mechscope sae cache --layer 15 --site resid_post --tokens 500000 --out out/acts-l15
     $ mechscope sae train --acts out/acts-l15 --arch topk --k 32 --expansion 16 --out out/sae-l15
     $ mechscope sae train --acts out/acts-l15 --arch jumprelu --target-l0 32 --out out/jumprelu-l15
-    $ mechscope sae cache --layer 5 --site ln2.hook_normalized,mlp_out --tokens 200000 --out out/mlp5
+    $ mechscope sae cache --layer 5 --site ln2.hook_out,mlp_out --tokens 200000 --out out/mlp5
     $ mechscope sae train --acts out/mlp5 --arch topk --k 32 --out out/transcoder-l5   # input -> target
     $ mechscope sae eval out/sae-l15 --json out/sae-l15/eval.json --png out/sae-l15/density.png
     $ mechscope sae synthetic --arch topk --seed 0 --json out/synthetic-topk.json
@@ -47,8 +47,8 @@ def site_hook_names(sites: str, layers: str | None) -> list[str]:
     """Hook names from comma-separated `--site` values and a `--layer` spec (`3`, `0,2`, `0-5`), layer-major.
 
     Example:
-        >>> site_hook_names("ln2.hook_normalized,mlp_out", "0-1")
-        ['blocks.0.ln2.hook_normalized', 'blocks.0.hook_mlp_out', 'blocks.1.ln2.hook_normalized', 'blocks.1.hook_mlp_out']
+        >>> site_hook_names("ln2.hook_out,mlp_out", "0-1")
+        ['blocks.0.ln2.hook_out', 'blocks.0.hook_mlp_out', 'blocks.1.ln2.hook_out', 'blocks.1.hook_mlp_out']
     """
     layer_list: list[int | None] = [None]
     if layers is not None:
