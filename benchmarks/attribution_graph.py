@@ -27,7 +27,7 @@ from mechscope.core import names
 from mechscope.dictionaries import make_dictionary
 from mechscope.dictionaries.transcoder_set import PerLayerTranscoders, load_transcoder_set
 
-PROMPT = "The capital of the state containing Dallas is the city of"  # 12 tokens with SmolLM2's BOS
+PROMPT = "The capital of the state containing Dallas is the city of"  # 12 tokens with the BOS attribute() prepends
 
 
 def untrained(model, d_sae: int) -> PerLayerTranscoders:
@@ -46,14 +46,13 @@ def main() -> None:
     args = parser.parse_args()
     model = mechscope.load_model()
     tcs = load_transcoder_set(args.transcoders) if args.transcoders else untrained(model, args.d_sae)
-    n_pos = model.to_tokens(PROMPT).shape[1]
     start = time.perf_counter()
     graph = attribute(model, tcs, PROMPT, max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size)
     wall = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     expected = math.ceil(graph.n_logits / args.batch_size) + math.ceil(graph.n_features / args.batch_size)
     scores = graph_scores(graph)
-    print(f"model {model.cfg.name}, {n_pos} tokens, transcoders: {args.transcoders or f'untrained, {args.d_sae} wide'}")
+    print(f"model {model.cfg.name}, {graph.n_pos} tokens, transcoders: {args.transcoders or f'untrained, {args.d_sae} wide'}")
     print(f"active features {graph.info['n_active_features']}, feature nodes {graph.n_features}, "
           f"logit targets {graph.n_logits}, adjacency {tuple(graph.adjacency.shape)}")
     print(f"backward passes {graph.info['backward_passes']} (ceil({graph.n_logits}/{args.batch_size}) + "

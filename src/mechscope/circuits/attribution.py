@@ -99,10 +99,11 @@ class _Engine:
         for f in feats:
             self.layer_start.append(self.layer_start[-1] + len(f))
         # a_s * decoder rows, per source layer: [n_l, L - l, d_model]
-        self.dec = [(tc.decoder_vectors(layer, f[:, 1]).float() * self.values[self.layer_start[layer]:
+        self.dec = [(tc.decoder_vectors(layer, f[:, 1]).double() * self.values[self.layer_start[layer]:
                      self.layer_start[layer + 1], None, None]) for layer, f in enumerate(feats)]
         self.enc = torch.cat([tc.encoder_vectors(layer, f[:, 1]).float() for layer, f in enumerate(feats)]) \
             if self.n_active else torch.zeros(0, tc.d_model)
+        self.spans = [_position_spans(f[:, 0]) for f in feats]  # (pos, lo, hi) of each position's features
         self.row_size = self.n_active + (L + 1) * P
         self.passes = 0
         self._forward()
@@ -144,14 +145,14 @@ class _Engine:
         gE, gM = got[0], got[1:]
         out = torch.zeros(self.B, self.row_size)
         for src in range(self.L):
-            lo, hi = self.layer_start[src], self.layer_start[src + 1]
-            if hi == lo:
-                continue
-            pos = self.active[lo:hi, 1]
+            base = self.layer_start[src]
             for j in range(self.dec[src].shape[1]):
                 g = gM[src + j]
-                if g is not None:
-                    out[:, lo:hi] += torch.einsum("bnd,nd->bn", g[:, pos].float(), self.dec[src][:, j])
+                if g is None:
+                    continue
+                for p, lo, hi in self.spans[src]:  # features of one position: [B, d] @ [d, n]
+                    # float64, so that the result does not depend on the batch size through BLAS blocking
+                    out[:, base + lo:base + hi] += (g[:, p].double() @ self.dec[src][lo:hi, j].T).float()
         err0 = self.n_active
         for layer in range(self.L):
             if gM[layer] is not None:
@@ -160,6 +161,13 @@ class _Engine:
         if gE is not None:
             out[:, err0 + self.L * self.P:] = (gE.float() * self.state.embed).sum(-1)
         return out[:n]
+
+
+def _position_spans(positions: Tensor) -> list[tuple[int, int, int]]:
+    """`(pos, lo, hi)` for each run of equal values in the sorted `positions`."""
+    values, counts = torch.unique_consecutive(positions, return_counts=True)
+    ends = counts.cumsum(0).tolist()
+    return [(int(v), end - int(c), end) for v, c, end in zip(values.tolist(), counts.tolist(), ends, strict=True)]
 
 
 def partial_influence(rows: Tensor, row_nodes: Tensor, weights: Tensor, max_iter: int = 1024) -> Tensor:
