@@ -234,3 +234,23 @@ def test_killed_process_resumes_to_the_same_database(setup, tmp_path: Path) -> N
     ref = tmp_path / "ref.db"
     collect_features(model, sae, ref, source=corpus, context_length=T, batch_size=16, config=CFG, progress=False)
     assert _dump(db) == _dump(ref)
+
+
+def test_collecting_from_an_activation_store_equals_running_the_model(setup, tmp_path: Path) -> None:
+    from mechscope.dictionaries.store import cache_activations
+    from mechscope.dictionaries.store_reader import open_store
+
+    model, sae, corpus, _ = setup
+    store = tmp_path / "acts"
+    cache_activations(model, sae.cfg.hook_name, store, n_tokens=40 * (T - 1), source=corpus, context_length=T,
+                      shard_tokens=9 * (T - 1), split=None)
+    assert len(open_store(store).manifest["shards"]) > 2
+    from_store = tmp_path / "store.db"
+    collect_features(model, sae, from_store, source=str(store), batch_size=4, checkpoint_contexts=6, config=CFG,
+                     progress=False)
+    from_model = tmp_path / "model.db"
+    collect_features(model, sae, from_model, source=corpus, n_tokens=40 * (T - 1), context_length=T,
+                     batch_size=5, config=CFG, progress=False)
+    a, b = _dump(from_store), _dump(from_model)
+    for table in ("latents", "examples", "logit_effects", "neighbours", "vocab"):
+        assert a[table] == b[table], table

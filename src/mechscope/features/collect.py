@@ -31,7 +31,8 @@ from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_context
 from mechscope.core.errors import MechscopeError
 from mechscope.core.provenance import provenance, weights_hash
 from mechscope.dictionaries import Dictionary
-from mechscope.dictionaries.store import keep_mask, site_activations
+from mechscope.dictionaries.store import MANIFEST, keep_mask, site_activations, site_key
+from mechscope.dictionaries.store_reader import open_store
 from mechscope.features.accumulate import Accumulator, CollectConfig
 from mechscope.features.database import FeatureDatabase, is_feature_database
 from mechscope.features.write import write_results
@@ -48,7 +49,9 @@ def collect_features(
 ) -> Path:
     """Collect examples and statistics of every latent of `dictionary` into the SQLite file `db_path`.
 
-    `n_tokens` caps the corpus (rounded up to whole contexts; None: the whole source).
+    `n_tokens` caps the corpus (rounded up to whole contexts; None: the whole source). `source`
+    may also be an activation store of the dictionary's site (written without BOS rows): its
+    contexts are rebuilt from the stored tokens and encoded without running the model.
     `document_kwargs` go to `iter_documents` (`packages`, `split`, `text_field`). A finished
     database is refused unless `force`; an unfinished one with the same identity resumes.
     `on_checkpoint(contexts_done)` runs after each committed checkpoint.
@@ -59,12 +62,16 @@ def collect_features(
         raise MechscopeError("the dictionary names no hook site (cfg.hook_name); it cannot be run on a model")
     model.check_name(hook)
     d_sae = dictionary.cfg.d_sae
+    store = _open_store(source, hook, model)
+    if store is not None:
+        context_length = int(store.manifest["context_length"])
     max_contexts = None if n_tokens is None else -(-n_tokens // (context_length - 1))
     identity = {
         "dictionary_sha256": weights_hash(dictionary), "model_weights_sha256": weights_hash(model),
         "model": model.cfg.name, "hook_name": hook, "d_sae": d_sae, "context_length": context_length,
         "max_contexts": max_contexts, "corpus": str(source),
-        "corpus_fingerprint": corpus_fingerprint(source, **document_kwargs),
+        "corpus_fingerprint": (store.manifest["corpus_fingerprint"] if store is not None
+                               else corpus_fingerprint(source, **document_kwargs)),
         "document_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in document_kwargs.items()},
         "config": cfg.to_dict(),
     }
@@ -76,9 +83,12 @@ def collect_features(
     since = 0
     dictionary.eval()
     try:
-        for first, ids in _batches(model.tokenizer, source, context_length, batch_size, max_contexts,
-                                   acc.contexts, document_kwargs):
-            acts, keep = encode_contexts(model, dictionary, ids)
+        stream = (_store_batches(store, dictionary, model.tokenizer, batch_size, max_contexts, acc.contexts)
+                  if store is not None else
+                  ((first, ids, *encode_contexts(model, dictionary, ids)) for first, ids in
+                   _batches(model.tokenizer, source, context_length, batch_size, max_contexts, acc.contexts,
+                            document_kwargs)))
+        for first, ids, acts, keep in stream:
             before = acc.tokens
             acc.update(ids, acts, first_context=first, keep=keep)
             bar.update(acc.tokens - before)
@@ -129,6 +139,51 @@ def _batches(tokenizer: Any, source: Source, context_length: int, batch_size: in
                 rows = []
     if rows:
         yield index - len(rows), torch.stack(rows)
+
+
+def _open_store(source: Source, hook: str, model: Any) -> Any:
+    """The activation store at `source` (a folder with a store manifest), checked against the model; else None."""
+    if not isinstance(source, (str, Path)) or not (Path(source) / MANIFEST).is_file():
+        return None
+    reader = open_store(source)
+    if reader.manifest.get("keep_bos"):
+        raise MechscopeError(f"{source} keeps BOS rows; collect from a store written without --keep-bos")
+    if hook not in reader.hook_names:
+        raise MechscopeError(f"{source} holds {reader.hook_names}, not the dictionary's site {hook}")
+    if reader.manifest.get("weights_sha256") not in (None, weights_hash(model)):
+        raise MechscopeError(f"{source} was cached from other model weights than {model.cfg.name}'s")
+    return reader
+
+
+@torch.no_grad()
+def _store_batches(reader: Any, dictionary: Dictionary, tokenizer: Any, batch_size: int, max_contexts: int | None,
+                   skip: int) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+    """Contexts rebuilt from a store (each context's `T - 1` rows after its BOS), encoded without the model."""
+    T = int(reader.manifest["context_length"])
+    key = site_key(reader.site_index(dictionary.cfg.hook_name))  # type: ignore[arg-type]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = int(bos if bos is not None else tokenizer.eos_token_id)
+    for index, entry in enumerate(reader.manifest["shards"]):
+        first, n_ctx = int(entry["first_context"]), int(entry["n_tokens"]) // (T - 1)
+        if entry["n_tokens"] > int(entry["n_contexts"]) * (T - 1):
+            raise MechscopeError(f"{reader.folder}: shard {entry['file']} is not whole contexts of {T - 1} rows")
+        if first + n_ctx <= skip:
+            continue
+        rows = n_ctx * (T - 1)  # a store cut at its token target ends in a partial context: left out
+        x = reader.load_shard(index, key)[:rows].float().view(n_ctx, T - 1, -1)
+        tok = reader.load_shard(index, "tokens")[:rows].long().view(n_ctx, T - 1)
+        for start in range(max(0, skip - first), n_ctx, batch_size):
+            stop = min(start + batch_size, n_ctx)
+            if max_contexts is not None:
+                stop = min(stop, max_contexts - first)
+            if stop <= start:
+                return
+            ids = torch.cat([torch.full((stop - start, 1), bos), tok[start:stop]], dim=1)
+            codes = dictionary.encode(x[start:stop].reshape(-1, x.shape[-1])).float().view(stop - start, T - 1, -1)
+            acts = torch.cat([codes.new_zeros(stop - start, 1, codes.shape[-1]), codes], dim=1)
+            keep = torch.ones_like(ids, dtype=torch.bool)
+            keep[:, 0] = False
+            yield first + start, ids, acts, keep
 
 
 def _checkpoint(db: FeatureDatabase, acc: Accumulator) -> None:
