@@ -178,7 +178,7 @@ def test_feature_attribution_is_grad_times_delta(model64):
     assert attr.shape == (1, 7, 128)
     f_clean = run_with_sae_cache(model64, clean, sae, use_error_term=True).features[SITE]
     f_corrupt = run_with_sae_cache(model64, corrupt, sae, use_error_term=True).features[SITE]
-    base = float(_metric(model64(corrupt)).sum())
+    base = float(_metric(model64(corrupt)).sum().detach())
     pos, latent = divmod(int((f_clean - f_corrupt)[0].abs().argmax()), 128)
     t = 1e-4  # patch a small fraction of the way: the change is t * attribution + O(t^2)
 
@@ -188,6 +188,6 @@ def test_feature_attribution_is_grad_times_delta(model64):
         return act
 
     patched = float(_metric(run_with_sae(model64, corrupt, sae, use_error_term=True,
-                                         fwd_hooks=[(f"{SITE}.hook_sae_acts_post", patch)])).sum())
+                                         fwd_hooks=[(f"{SITE}.hook_sae_acts_post", patch)])).sum().detach())
     estimate = float(attr[0, pos, latent])
     assert abs((patched - base) / t - estimate) <= 1e-3 * max(abs(estimate), 1e-3)
