@@ -100,11 +100,20 @@ class SyntheticData:
             lo, hi = (mid, hi) if self._expected(torch.clamp(probs * mid, max=1.0)) < l0 else (lo, mid)
         return torch.clamp(probs * hi, max=1.0)
 
-    def _expected(self, probs: Tensor) -> float:
+    def _with_pairs(self, probs: Tensor) -> Tensor:
+        """Firing probabilities once correlation is applied: a follower also fires with its lead."""
         pairs = 2 * self.n_correlated_pairs
+        out = probs.clone()
         lead, follow = probs[0:pairs:2], probs[1:pairs:2]
-        extra = ((1 - follow) * lead * self.pair_prob).sum()  # a follower also fires with its lead
-        return float(probs.sum() + extra)
+        out[1:pairs:2] = follow + (1 - follow) * lead * self.pair_prob
+        return out
+
+    def _expected(self, probs: Tensor) -> float:
+        return float(self._with_pairs(probs).sum())
+
+    def probs_with_pairs(self) -> Tensor:
+        """Each feature's firing probability `[n_features]`, correlation included."""
+        return self._with_pairs(self.probs.double()).float()
 
     @property
     def expected_l0(self) -> float:
