@@ -139,16 +139,21 @@ def mean_difference(model: Any, positive: Sequence[str], negative: Sequence[str]
                      {"kind": "mean_difference", "n_positive": len(positive), "n_negative": len(negative)})
 
 
-def first_principal_component(diffs: Tensor) -> Tensor:
-    """The unit first principal component of the rows of `diffs` (centred), signed so the mean projects >= 0.
+def first_principal_component(diffs: Tensor, seed: int = 0) -> Tensor:
+    """The unit first principal component of paired differences, signed so their mean projects >= 0.
+
+    As in representation engineering, each difference's sign is flipped at random (seeded) before the
+    PCA: the component is then the axis the pairs differ along, not the spread around their mean
+    difference (which centring alone would leave).
 
     Example:
-        >>> first_principal_component(torch.tensor([[3.0, 0.1], [1.0, -0.1], [2.0, 0.0]]))
-        tensor([1.0000, 0.1000])
+        >>> first_principal_component(torch.tensor([[3.0, 0.1], [1.0, -0.1], [2.0, 0.0]])).round(decimals=2)
+        tensor([1.0000, 0.0100])
     """
     x = diffs.double()
-    centred = x - x.mean(0)
-    _, _, vh = torch.linalg.svd(centred if len(x) > 1 else x, full_matrices=False)
+    signs = torch.randint(0, 2, (len(x), 1), generator=torch.Generator().manual_seed(seed)).double() * 2 - 1
+    flipped = x * signs
+    _, _, vh = torch.linalg.svd(flipped - flipped.mean(0), full_matrices=False)
     pc = vh[0]
     if float(x.mean(0) @ pc) < 0:
         pc = -pc
@@ -158,7 +163,8 @@ def first_principal_component(diffs: Tensor) -> Tensor:
 def reading_vector(model: Any, positive: Sequence[str], negative: Sequence[str], hook_name: str, *,
                    positive_tokens: Sequence[str | None] | None = None,
                    negative_tokens: Sequence[str | None] | None = None) -> Direction:
-    """RepE reading vector: first PC of paired differences `act(positive_i) - act(negative_i)` (unit norm)."""
+    """RepE reading vector: first PC of paired differences `act(positive_i) - act(negative_i)` (unit norm),
+    each difference's sign flipped at random before the PCA (see `first_principal_component`)."""
     if len(positive) != len(negative):
         raise MechscopeError(f"Reading vectors need pairs: {len(positive)} positive and {len(negative)} negative texts.")
     pos = read_activations(model, positive, hook_name, positive_tokens)
