@@ -173,3 +173,17 @@ def test_hook_returning_the_wrong_tensor(wrong) -> None:
                                              r"the activation: \(1, 4, 64\) torch.float32 on cpu"):
         model.run_with_hooks(torch.tensor([[1, 2, 3, 4]]), fwd_hooks=[("blocks.1.hook_resid_pre",
                                                                        lambda act, hook: edit(act))])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"text": "t1 t2", "label": 0}\n{"text": "t3 t4", "label": 1\n', "probe.jsonl:2: not valid JSON"),
+    ('{"text": "t1 t2", "label": 0}\n{"text": "t3 t4"}\n', "probe.jsonl:2: missing field(s) ['label']"),
+    ('{"text": "t1 t2", "label": 0, "token": "t9"}\n', "probe.jsonl:1: token 't9' does not occur in the text"),
+])
+def test_bad_probe_data_is_one_line(line, message, short, tmp_path, capsys) -> None:
+    data = tmp_path / "probe.jsonl"
+    data.write_text(line)
+    before = _snapshot(tmp_path)
+    assert main(["probe", str(data), "--model", short, "--json", str(tmp_path / "p.json")]) == 2
+    assert message in _error_line(capsys)
+    assert _snapshot(tmp_path) == before
