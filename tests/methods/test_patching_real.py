@@ -74,3 +74,24 @@ def test_full_sweeps_equal_one_forward_per_cell(default_model, site, by):
     reference = patch_loop(default_model, CLEAN, CORRUPT, site=site, by=by, **KW)
     gap = float((result.scores - reference).abs().max()) * abs(result.clean - result.corrupt)
     assert gap < 1e-5, gap
+
+
+def test_suffix_passes_on_gemma3_equal_one_forward_per_cell():
+    # A second real family (sliding-window and global layers): a few suffix starts in the last two layers.
+    import mechscope
+
+    model = mechscope.load_model("gemma3-270m")
+    n = model.cfg.n_layers
+    runs = PairRuns(model, CLEAN, CORRUPT, names=[names.resid_pre(i) for i in range(n)], **KW)
+    assert runs.corrupt_resid.kv is not None
+    cells = [Cell(names.resid_pre(layer), layer, p) for layer in (n - 2, n - 1) for p in (1, 3, runs.pair.n_pos - 1)]
+    batched = runs.patched(cells, "denoise")
+    with torch.no_grad():
+        for cell, value in zip(cells, batched, strict=True):
+            def hook(act, point, cell=cell):
+                act = act.clone()
+                act[:, cell.pos] = runs.clean_acts[cell.name][:, cell.pos]
+                return act
+
+            expected = runs.metric(model.run_with_hooks(runs.pair.corrupt, fwd_hooks=[(cell.name, hook)])).mean()
+            assert abs(float(value) - float(expected)) < 1e-4, (cell, float(value), float(expected))
