@@ -94,12 +94,12 @@ def collect_features(
             bar.update(acc.tokens - before)
             since += ids.shape[0]
             if since >= checkpoint_contexts:
-                _checkpoint(db, acc)
+                _checkpoint(db, acc, on_checkpoint)
                 since = 0
-                if on_checkpoint is not None:
-                    on_checkpoint(acc.contexts)
         if acc.tokens == 0:
             raise MechscopeError(f"the corpus {source!r} gave no tokens to collect over")
+        if since:  # a kill during the final write resumes straight to it
+            _checkpoint(db, acc, on_checkpoint)
         meta = {**identity, "schema_created": time.time(), "mechscope_version": mechscope.__version__,
                 "provenance": provenance(model, seed=cfg.seed, dictionary_sha256=identity["dictionary_sha256"])}
         write_results(db, acc, dictionary, model, meta)
@@ -186,10 +186,12 @@ def _store_batches(reader: Any, dictionary: Dictionary, tokenizer: Any, batch_si
             yield first + start, ids, acts, keep
 
 
-def _checkpoint(db: FeatureDatabase, acc: Accumulator) -> None:
+def _checkpoint(db: FeatureDatabase, acc: Accumulator, on_checkpoint: Callable[[int], None] | None) -> None:
     with db.con:
         db.con.execute("INSERT OR REPLACE INTO collect_state (id, contexts_done, tokens_done, state) "
                        "VALUES (1, ?, ?, ?)", (acc.contexts, acc.tokens, acc.to_bytes()))
+    if on_checkpoint is not None:
+        on_checkpoint(acc.contexts)
 
 
 def _open_or_resume(path: Path, identity: dict[str, Any], cfg: CollectConfig,
