@@ -195,7 +195,8 @@ def test_hook_object_has_name_layer_and_ctx() -> None:
 # -- golden ordered hook lists --------------------------------------------------------------------
 
 _GLOBAL_START = ["hook_embed"]
-_GLOBAL_END = ["ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out"]
+_GLOBAL_END = ["ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out", "unembed.hook_in",
+               "unembed.hook_out"]
 _LN1 = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "ln1.hook_out",
         "attn.hook_q", "attn.hook_k", "attn.hook_v"]
 _ROT = ["attn.hook_rot_q", "attn.hook_rot_k"]

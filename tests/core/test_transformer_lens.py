@@ -13,8 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
 from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+from transformer_lens.pretrained.weight_conversions.mistral import convert_mistral_weights
+from transformer_lens.pretrained.weight_conversions.neox import convert_neox_weights
+from transformer_lens.pretrained.weight_conversions.qwen2 import convert_qwen2_weights
 
 from tiny_models import tiny_ids, tiny_model
 
@@ -25,26 +29,38 @@ def _tl_model(kind: str, model) -> HookedTransformer:
     c = model.cfg
     common = dict(n_layers=c.n_layers, d_model=c.d_model, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
                   d_vocab=c.d_vocab, n_ctx=128, use_attn_result=True, use_hook_mlp_in=True, default_prepend_bos=False)
+    rotary = dict(positional_embedding_type="rotary", rotary_dim=c.d_head, rotary_adjacent_pairs=False,
+                  rotary_base=10000)
+    llama_like = dict(act_fn="silu", normalization_type="RMS", eps=1e-6, n_key_value_heads=c.n_kv_heads,
+                      gated_mlp=True, final_rms=True, **rotary)
     if kind == "gpt2":
         cfg = HookedTransformerConfig(**common, act_fn="gelu_new", normalization_type="LN", eps=1e-5)
-        state = convert_gpt2_weights(model.hf_model, cfg)
+        convert = convert_gpt2_weights
+    elif kind == "gpt_neox":
+        cfg = HookedTransformerConfig(**common, act_fn="gelu", normalization_type="LN", eps=1e-5,
+                                      parallel_attn_mlp=True, **{**rotary, "rotary_dim": c.d_head // 4})
+        convert = convert_neox_weights
+    elif kind == "gemma":
+        cfg = HookedTransformerConfig(**common, **{**llama_like, "act_fn": "gelu_pytorch_tanh"})
+        convert = convert_gemma_weights
     else:
-        cfg = HookedTransformerConfig(**common, act_fn="silu", normalization_type="RMS", eps=1e-6,
-                                      positional_embedding_type="rotary", rotary_dim=c.d_head,
-                                      n_key_value_heads=c.n_kv_heads, gated_mlp=True, final_rms=True,
-                                      rotary_adjacent_pairs=False, rotary_base=10000)
-        state = convert_llama_weights(model.hf_model, cfg)
+        cfg = HookedTransformerConfig(**common, **llama_like)
+        convert = {"llama": convert_llama_weights, "mistral": convert_mistral_weights,
+                   "qwen2": convert_qwen2_weights}[kind]
     tl = HookedTransformer(cfg)
-    tl.load_state_dict(state, strict=False)
+    tl.load_state_dict(convert(model.hf_model, cfg), strict=False)
     return tl.eval()
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+TL_FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox"]
+
+
+@pytest.mark.parametrize("kind", TL_FAMILIES)
 @torch.no_grad()
 def test_same_activations_as_transformer_lens(kind: str) -> None:
     model = tiny_model(kind)
     tl = _tl_model(kind, model)
-    ids = tiny_ids(batch=2, pos=9)
+    ids = tiny_ids(batch=2, pos=8)  # within Mistral's sliding window of 8
     logits, ours = model.run_with_cache(ids)
     tl_logits, theirs = tl.run_with_cache(ids)
     compared = 0
@@ -63,6 +79,10 @@ def test_same_activations_as_transformer_lens(kind: str) -> None:
         assert diff <= RTOL * scale, f"{name}: max abs diff {diff:.3g} (scale {scale:.3g})"
         compared += 1
     assert compared >= 10 * model.cfg.n_layers, f"only {compared} hook points in common"
+    ours_only = {n for n in ours if n not in theirs.cache_dict}
+    theirs_only = {n for n in theirs.cache_dict if n not in ours}
+    assert all(n.endswith(".hook_out") for n in ours_only), ours_only  # the norms' weighted outputs
+    assert not theirs_only, theirs_only
     assert (logits - tl_logits).abs().max().item() <= RTOL * max(1.0, tl_logits.abs().max().item())
 
 

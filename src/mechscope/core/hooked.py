@@ -264,7 +264,8 @@ class HookedModel(nn.Module):
         selected = self.resolve_names(names)
         stop = self._normalize_stop(stop_at_layer)
         if stop is not None and stop < self.cfg.n_layers:
-            late = [n for n in selected if n.startswith("ln_final.") or (hook_names.parse_layer(n) or -1) >= stop]
+            late = [n for n in selected if n.startswith(("ln_final.", "unembed."))
+                    or (hook_names.parse_layer(n) or -1) >= stop]
             if late and not callable(names) and names is not None:
                 raise HookNameError(f"{late[0]!r} comes after stop_at_layer={stop_at_layer}; nothing there is computed.")
             selected = [n for n in selected if n not in late]

@@ -18,6 +18,7 @@ Shapes (batch, pos, d_model, n_heads, n_kv_heads, d_head, d_mlp):
 | `blocks.{l}.attn.hook_result` | [batch, pos, n_heads, d_model] |
 | `blocks.{l}.hook_attn_out`, `blocks.{l}.hook_mlp_out`, `blocks.{l}.hook_mlp_in` | [batch, pos, d_model] |
 | `blocks.{l}.mlp.hook_pre`, `mlp.hook_pre_linear` (gated MLPs), `mlp.hook_post` | [batch, pos, d_mlp] |
+| `unembed.hook_in` (= `ln_final.hook_out`), `unembed.hook_out` (logits before any final soft-cap) | [batch, pos, d_model], [batch, pos, d_vocab] |
 
 As in TransformerLens, `*.hook_normalized` is the norm's input normalized (centered and
 divided by `hook_scale`), before the norm's weight and bias; `*.hook_out` is the norm
@@ -41,6 +42,8 @@ POS_EMBED = "hook_pos_embed"
 LN_FINAL = "ln_final.hook_normalized"
 LN_FINAL_SCALE = "ln_final.hook_scale"
 LN_FINAL_OUT = "ln_final.hook_out"
+UNEMBED_IN = "unembed.hook_in"
+UNEMBED_OUT = "unembed.hook_out"
 
 # Per-block hook suffixes in the order the forward pass reaches them.
 BLOCK_SUFFIXES: tuple[str, ...] = (

@@ -188,4 +188,7 @@ def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[s
             add(name("hook_mlp_out"), layer_index, sub(family.mlp_out), "post", 0)
         add(name("hook_resid_post"), layer_index, layer, "post", 1)
     add_norm("ln_final", None, get_module(hf_model, family.final_norm))
+    unembed = get_module(hf_model, family.unembed)
+    add(names.UNEMBED_IN, None, unembed, "pre", 0)
+    add(names.UNEMBED_OUT, None, unembed, "post", 0)
     return sites
