@@ -60,9 +60,11 @@ class _Run:
     def __init__(self, gm: GraphModel, mask: Tensor | None, corrupt: Tensor | None,
                  fixed_delta: Tensor | None, record: bool) -> None:
         self.gm, self.graph = gm, gm.graph
-        self.removed = None if mask is None else 1 - mask
+        device = gm.model.device
+        self.removed = None if mask is None else 1 - mask.to(device)
         self.grad = mask is not None and mask.requires_grad
-        self.corrupt, self.fixed = corrupt, fixed_delta
+        self.corrupt = None if corrupt is None else corrupt.to(device)
+        self.fixed = None if fixed_delta is None else fixed_delta.to(device)
         self.record = record
         self.values: list[Tensor] = []
         self.deltas: list[tuple[int, int, Tensor]] = []

@@ -9,7 +9,7 @@ JSONL format (one pair per line; clean and corrupt must have the same number of 
 `answer`/`wrong` are single tokens; the metric is the logit difference
 `logit[answer] - logit[wrong]` at the last token. Instead, `answers` and `wrongs` (lists of
 single tokens) give the probability difference `sum p(answers) - sum p(wrongs)` (as in the
-greater-than task). Lines starting with `#` and blank lines are skipped.
+greater-than task). Blank lines are skipped.
 
 Example:
     >>> pairs = ioi_pairs(model, n=20, seed=0)            # doctest: +SKIP
@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +61,11 @@ class Pairs:
         """One value per pair [n] from logits [n, pos, d_vocab] (see the class docstring)."""
         last = self.last_logits(logits)
         last = last.to(torch.promote_types(last.dtype, torch.float32))
+        good, bad = self.good.to(last.device), self.bad.to(last.device)
         if self.kind == "logit_diff":
-            return last.gather(1, self.good[:, :1]).squeeze(1) - last.gather(1, self.bad[:, :1]).squeeze(1)
+            return last.gather(1, good[:, :1]).squeeze(1) - last.gather(1, bad[:, :1]).squeeze(1)
         probs = last.softmax(-1)
-        return _masked_sum(probs, self.good) - _masked_sum(probs, self.bad)
+        return _masked_sum(probs, good) - _masked_sum(probs, bad)
 
     def last_logits(self, logits: Tensor) -> Tensor:
         """Logits [n, d_vocab] at each pair's metric position."""
@@ -114,10 +114,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise MechscopeError(f"No such prompt-pair file: {path}")
-    try:
-        return [r for r in iter_jsonl(path) if r]
-    except (json.JSONDecodeError, ValueError) as err:
-        raise MechscopeError(f"{path} is not valid JSONL: {err}") from err
+    records = []
+    for lineno, value in iter_jsonl(path):
+        if not isinstance(value, dict):
+            raise MechscopeError(f"{path}:{lineno}: each line is one JSON object (a prompt pair).")
+        records.append(value)
+    return records
 
 
 # -- built-in tasks --------------------------------------------------------------------------------
