@@ -134,7 +134,7 @@ def _both(x):
     return x if isinstance(x, tuple) else (x, None)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2", "gemma"])
 @torch.no_grad()
 def test_cache_methods_equal_transformer_lens(kind: str) -> None:
     model = tiny_model(kind)
@@ -165,7 +165,7 @@ def test_cache_methods_equal_transformer_lens(kind: str) -> None:
         assert (ours[key] - theirs[key]).abs().max().item() <= RTOL * max(1.0, theirs[key].abs().max().item()), key
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma"])
 @torch.no_grad()
 def test_logit_attrs_equal_transformer_lens_with_the_final_norm_folded(kind: str) -> None:
     """TransformerLens's logit_attrs expects the final norm's weight folded into W_U; mechscope multiplies
