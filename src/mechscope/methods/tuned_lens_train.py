@@ -34,6 +34,7 @@ from mechscope.core.corpus import corpus_fingerprint, token_contexts
 from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.files import atomic_write_bytes, atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
+from mechscope.core.optimizer_state import optimizer_from_tensors, optimizer_to_tensors
 from mechscope.methods.metrics import kl_divergence
 from mechscope.methods.tuned_lens import TunedLens
 
@@ -162,17 +163,9 @@ def save_checkpoint(folder: Path, lens: TunedLens, optimizer: torch.optim.Optimi
                     losses: list[float], settings: TrainSettings) -> None:
     """Write lens, optimizer state and `train_state.json` (the state file last, so it names a complete checkpoint)."""
     lens.save(folder)
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for index, param in enumerate(lens.parameters()):
-        state = optimizer.state.get(param, {})
-        for key, value in state.items():
-            if isinstance(value, Tensor) and value.dim() > 0:
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = float(value)
-    atomic_write_bytes(folder / OPTIMIZER_FILE, save(tensors))
-    record = {"step": step, "losses": losses, "settings": asdict(settings), "optimizer_scalars": scalars}
+    tensors, meta = optimizer_to_tensors(optimizer)
+    atomic_write_bytes(folder / OPTIMIZER_FILE, save({k: v.cpu() for k, v in tensors.items()}))
+    record = {"step": step, "losses": losses, "settings": asdict(settings), "optimizer": meta}
     atomic_write_json(folder / STATE_FILE, record)
     log.info("Tuned-lens checkpoint at step %d in %s", step, folder)
 
@@ -191,17 +184,9 @@ def _resume(folder: Path, model: HookedModel, settings: TrainSettings) -> tuple[
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     record = json.loads((folder / STATE_FILE).read_text())
-    tensors = load_file(str(folder / OPTIMIZER_FILE))
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, param in enumerate(params):
-        state: dict[str, Any] = {}
-        for key in ("exp_avg", "exp_avg_sq"):
-            if f"{index}.{key}" in tensors:
-                state[key] = tensors[f"{index}.{key}"].to(param.device)
-        step = record["optimizer_scalars"].get(f"{index}.step")
-        if state and step is not None:
-            state["step"] = torch.tensor(step)
-            optimizer.state[param] = state
+    if "optimizer" not in record:
+        raise MechscopeError(f"The checkpoint in {folder} was written by an older mechscope; train into a new folder.")
+    optimizer.load_state_dict(optimizer_from_tensors(load_file(str(folder / OPTIMIZER_FILE)), record["optimizer"]))
 
 
 def _progress(total: int, start: int, enabled: bool) -> Any:
