@@ -80,3 +80,30 @@ def test_correlation_and_alignment_by_hand() -> None:
 def test_different_widths_need_activations() -> None:
     with pytest.raises(Exception, match="different spaces"):
         decoder_match(torch.randn(4, 8), torch.randn(4, 6))
+
+
+@pytest.mark.slow
+def test_activation_matching_on_real_models(default_model, tmp_path) -> None:
+    """Same model: a dictionary matches itself; across SmolLM2 and Gemma 3 270M the text is aligned by spans."""
+    from mechscope.features.universality import text_activations
+
+    sae = make_dictionary("topk", d_in=576, d_sae=64, k=4, seed=0, hook_name="blocks.3.hook_resid_post",
+                          model_name=default_model.cfg.name)
+    save_dictionary(sae, tmp_path / "a")
+    out = tmp_path / "self.json"
+    assert main(["features", "match", str(tmp_path / "a"), str(tmp_path / "a"), "--activations", "--tokens", "100",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    acts, spans = text_activations(default_model, sae, "The Eiffel Tower is in Paris.")
+    assert acts.shape[0] == len(spans) and spans[0][0] == 0
+    live = [i for i, v in enumerate(result["activations"]["best_a"]) if v > 0]
+    assert live and all(abs(result["activations"]["best_a"][i] - 1.0) < 1e-9 for i in live)
+    assert result["decoder"]["hungarian_mean"] == pytest.approx(1.0)
+    gemma = make_dictionary("topk", d_in=640, d_sae=32, k=4, seed=0, hook_name="blocks.3.hook_resid_post",
+                            model_name="gemma3-270m")
+    save_dictionary(gemma, tmp_path / "b")
+    assert main(["features", "match", str(tmp_path / "a"), str(tmp_path / "b"), "--activations", "--tokens", "100",
+                 "--json", str(tmp_path / "cross.json")]) == 0
+    cross = json.loads((tmp_path / "cross.json").read_text())
+    assert "decoder" not in cross and cross["activations"]["tokens"] >= 100
+    assert len(cross["activations"]["hungarian_pairs"]) == 32

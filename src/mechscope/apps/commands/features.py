@@ -266,8 +266,8 @@ def _aligned_activations(model_a: Any, sae_a: Any, model_b: Any, sae_b: Any, cor
 
     rows_a, rows_b, total = [], [], 0
     for doc in iter_documents(corpus):
-        for start in range(0, len(doc), 1500):
-            piece = doc[start:start + 1500]
+        for start in range(0, len(doc), 600):
+            piece = doc[start:start + 600]
             if not piece.strip():
                 continue
             acts_a, spans_a = text_activations(model_a, sae_a, piece)
