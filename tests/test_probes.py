@@ -156,7 +156,7 @@ def test_held_out_words_never_meet_training_words() -> None:
     assert len(train) + len(test) == len(types) and report.n_held_out == len(test)
     assert set(y[test].tolist()) == {0, 1}  # drawn per class: both classes are held out
     assert report.settings["split"] == "held-out words" and 0.15 < len(test) / len(types) < 0.4
-    with pytest.raises(BadInputError, match="Every example is read at the same word \('the'\)"):
+    with pytest.raises(BadInputError, match=r"Every example is read at the same word \('the'\)"):
         held_out_split(4, 0.5, groups=["the"] * 4)
     one_word_per_class = held_out_split(6, 0.3, groups=["a", "a", "a", "b", "b", "b"], strata=[0, 0, 0, 1, 1, 1])
     assert len(one_word_per_class[1]) == 3 and len(one_word_per_class[0]) == 3
