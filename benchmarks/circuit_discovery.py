@@ -155,10 +155,12 @@ def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int) -> dict
             flat = pp.scores.flatten()
             rec["path_patching_direct"] = [(f"{int(i) // g.n_heads}.{int(i) % g.n_heads}", float(flat[i]))
                                            for i in flat.abs().argsort(descending=True)[:8]]
-            pq = path_patch(model, clean_p, corrupt_p, answer=answer, wrong=wrong,
+            first = min(layer for layer, _ in movers)  # senders strictly before every receiver
+            senders = [(layer, h) for layer in range(first) for h in range(g.n_heads)]
+            pq = path_patch(model, clean_p, corrupt_p, answer=answer, wrong=wrong, senders=senders,
                             receivers=[(layer, h, "q") for layer, h in movers])
             flat = pq.scores.flatten()
-            rec["path_patching_into_mover_queries"] = [(f"{int(i) // g.n_heads}.{int(i) % g.n_heads}", float(flat[i]))
+            rec["path_patching_into_mover_queries"] = [(f"{senders[int(i)][0]}.{senders[int(i)][1]}", float(flat[i]))
                                                        for i in flat.abs().argsort(descending=True)[:8]]
             print("roles", json.dumps(rec["roles"]), flush=True)
             write_json(DOCS / "circuit_discovery_findings.json", out, force=True)
