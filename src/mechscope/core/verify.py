@@ -96,6 +96,8 @@ def run_checks(model: HookedModel, ids: Tensor, padded_texts: list[str] | None =
     worst = max(_diff(patterns[names.pattern(i)], eager.attentions[i]) for i in range(n))
     checks.append(Check("hook_pattern of the model's own run == HF eager run", worst, atol))
     checks.append(Check("logits with patterns cached (bit-exact)", _diff(pattern_logits, plain.logits), 0.0))
+    every_logits, _ = model.run_with_cache(ids)
+    checks.append(Check("logits, every hook point cached (bit-exact)", _diff(every_logits, plain.logits), 0.0))
     if padded_texts and model.tokenizer is not None:
         checks.append(Check("padded batch rows == unpadded prompts", _padding_diff(model, padded_texts),
                             atol * _scale(plain.logits)))
