@@ -4,7 +4,7 @@
 #
 # The defaults are the small run this 2-core machine affords (a few thousand tokens, narrow
 # widths); the sizes are environment variables. A fuller run, for a machine with time to spare:
-#   TOKENS=200000 EVAL_TOKENS=8192 PLT_WIDTH=4096 CLT_WIDTH=512 EPOCHS=2 scripts/train_transcoders.sh
+#   TOKENS=200000 EVAL_TOKENS=8192 PLT_WIDTH=4096 CLT_WIDTH=512 EPOCHS=2 CLT_EPOCHS=2 LR=1e-3 scripts/train_transcoders.sh
 # (memory for the in-memory pairs: TOKENS * 30 layers * 576 * 8 bytes, 46 GB at 200k tokens:
 # lower TOKENS and raise EPOCHS where memory is short).
 set -euo pipefail
@@ -12,17 +12,20 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/transcoders}
 TOKENS=${TOKENS:-4096}
 EVAL_TOKENS=${EVAL_TOKENS:-1024}
-EPOCHS=${EPOCHS:-4}
+EPOCHS=${EPOCHS:-8}
+LR=${LR:-3e-3}
+BATCH=${BATCH:-256}
 PLT_WIDTH=${PLT_WIDTH:-512}
 CLT_WIDTH=${CLT_WIDTH:-64}
+CLT_EPOCHS=${CLT_EPOCHS:-4}
 PROMPT=${PROMPT:-"The capital of the state containing Dallas is"}
 MS=${MS:-.venv/bin/mechscope}
 
 $MS transcoders train --kind per_layer --architecture jumprelu --d-sae "$PLT_WIDTH" --tokens "$TOKENS" \
-    --eval-tokens "$EVAL_TOKENS" --epochs "$EPOCHS" --out "$OUT/plt"
+    --eval-tokens "$EVAL_TOKENS" --epochs "$EPOCHS" --lr "$LR" --batch-size "$BATCH" --out "$OUT/plt"
 $MS graph "$PROMPT" --transcoders "$OUT/plt" --json "$OUT/plt-graph.json" --html "$OUT/plt-graph.html" \
     --out "$OUT/plt-graph"
 $MS transcoders train --kind cross_layer --architecture jumprelu --d-sae "$CLT_WIDTH" --tokens "$TOKENS" \
-    --eval-tokens "$EVAL_TOKENS" --epochs "$EPOCHS" --out "$OUT/clt"
+    --eval-tokens "$EVAL_TOKENS" --epochs "$CLT_EPOCHS" --lr "$LR" --batch-size "$BATCH" --out "$OUT/clt"
 $MS graph "$PROMPT" --transcoders "$OUT/clt" --json "$OUT/clt-graph.json" --html "$OUT/clt-graph.html" \
     --out "$OUT/clt-graph"

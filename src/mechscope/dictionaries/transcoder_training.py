@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechscope.core import names
+from mechscope.core.errors import MechscopeError
 from mechscope.dictionaries.base import make_dictionary
 from mechscope.dictionaries.clt import CLTConfig, CLTSet, CrossLayerTranscoder
 from mechscope.dictionaries.store import iter_sites_batches
@@ -40,6 +41,13 @@ class MlpPairs:
     model_name: str
     input_hooks: list[str]
 
+    def split(self, n: int) -> tuple[MlpPairs, MlpPairs]:
+        """The first `n` tokens and the rest (e.g. training and held-out tokens)."""
+        if not 0 < n < len(self.inputs):
+            raise MechscopeError(f"cannot split {len(self.inputs)} tokens at {n}: the corpus is too small")
+        return (MlpPairs(self.inputs[:n], self.outputs[:n], self.model_name, self.input_hooks),
+                MlpPairs(self.inputs[n:], self.outputs[n:], self.model_name, self.input_hooks))
+
 
 def collect_mlp_pairs(model: Any, n_tokens: int, *, skip_tokens: int = 0, context_length: int = 128,
                       source: Any = "default", seed: int = 0) -> MlpPairs:
@@ -48,7 +56,7 @@ def collect_mlp_pairs(model: Any, n_tokens: int, *, skip_tokens: int = 0, contex
     sites = [mlp_input_hook(model, layer) for layer in range(L)] + [names.mlp_out(layer) for layer in range(L)]
     total = skip_tokens + n_tokens
     batches = iter_sites_batches(model, sites, source=source, context_length=context_length,
-                                 batch_size=min(total, 4096), max_tokens=total, seed=seed)
+                                 batch_size=256, max_tokens=total, seed=seed)  # small: a partial last batch is dropped
     rows: list[Tensor] = []
     seen = 0
     for parts in batches:
@@ -58,6 +66,9 @@ def collect_mlp_pairs(model: Any, n_tokens: int, *, skip_tokens: int = 0, contex
         if len(take):
             rows.append(take)
     data = torch.cat(rows)[:n_tokens] if rows else torch.zeros(0, 2 * L, model.cfg.d_model)
+    if len(data) == 0:
+        raise MechscopeError(f"the corpus holds no tokens after the first {skip_tokens}: use a larger corpus "
+                             "or fewer tokens")
     return MlpPairs(data[:, :L].contiguous(), data[:, L:].contiguous(), model.cfg.name, sites[:L])
 
 

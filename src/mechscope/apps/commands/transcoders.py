@@ -56,9 +56,10 @@ def run_train(args: argparse.Namespace) -> int:
     claim_output_dir(args.out, force=args.force)
     model = load(args)
     source = args.corpus
-    data = collect_mlp_pairs(model, args.tokens, context_length=args.context_length, source=source, seed=args.seed)
-    held = collect_mlp_pairs(model, args.eval_tokens, skip_tokens=args.tokens, context_length=args.context_length,
+    both = collect_mlp_pairs(model, args.tokens + args.eval_tokens, context_length=args.context_length,
                              source=source, seed=args.seed)
+    data, held = both.split(args.tokens)
+    del both
     common = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     if args.kind == "per_layer":
         extra = {"k": args.k} if args.architecture in ("topk", "batchtopk") else {}
