@@ -197,7 +197,7 @@ def test_hook_object_has_name_layer_and_ctx() -> None:
 _GLOBAL_START = ["hook_embed"]
 _GLOBAL_END = ["ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out", "unembed.hook_in",
                "unembed.hook_out"]
-_LN1 = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "ln1.hook_out",
+_LN1 = ["hook_resid_pre", "hook_q_input", "hook_k_input", "hook_v_input", "ln1.hook_scale", "ln1.hook_normalized", "ln1.hook_out",
         "attn.hook_q", "attn.hook_k", "attn.hook_v"]
 _ROT = ["attn.hook_rot_q", "attn.hook_rot_k"]
 _ATTN = ["attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out"]
@@ -259,3 +259,31 @@ def test_results_read_lazily_equal_results_computed_in_the_run(tiny) -> None:
     assert list(lazy) == tiny.hook_names()
     for layer in range(tiny.cfg.n_layers):
         assert torch.equal(lazy[names.result(layer)], eager[names.result(layer)])
+
+
+@pytest.mark.parametrize("part", ["q", "k", "v"])
+@torch.no_grad()
+def test_per_head_inputs_feed_only_their_head(tiny, part: str) -> None:
+    """Putting the corrupt residual into head 1's q/k/v input equals putting the corrupt run's
+    q/k/v of head 1 in place (q = W_Q ln1(resid_pre), head by head)."""
+    clean, corrupt = tiny_ids(seed=2), tiny_ids(seed=3)
+    layer = 1
+    _, corrupt_cache = tiny.run_with_cache(corrupt, names=[names.resid_pre(layer), names.block(layer, f"attn.hook_{part}")])
+    source_resid = corrupt_cache[names.resid_pre(layer)]
+    source = corrupt_cache[names.block(layer, f"attn.hook_{part}")]
+
+    def per_input(act, hook):
+        assert act.shape[2] == source.shape[2]
+        act = act.clone()
+        act[:, :, 1] = source_resid
+        return act
+
+    def per_projection(act, hook):
+        act = act.clone()
+        act[:, :, 1] = source[:, :, 1]
+        return act
+
+    via_input = tiny.run_with_hooks(clean, fwd_hooks=[(names.block(layer, f"hook_{part}_input"), per_input)])
+    via_projection = tiny.run_with_hooks(clean, fwd_hooks=[(names.block(layer, f"attn.hook_{part}"), per_projection)])
+    _close(via_input, via_projection)
+    assert not torch.allclose(via_input, tiny(clean))

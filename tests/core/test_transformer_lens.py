@@ -25,10 +25,11 @@ from tiny_models import tiny_ids, tiny_model
 RTOL = 1e-4
 
 
-def _tl_model(kind: str, model) -> HookedTransformer:
+def _tl_model(kind: str, model, split_qkv_input: bool = False) -> HookedTransformer:
     c = model.cfg
     common = dict(n_layers=c.n_layers, d_model=c.d_model, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
-                  d_vocab=c.d_vocab, n_ctx=128, use_attn_result=True, use_hook_mlp_in=True, default_prepend_bos=False)
+                  d_vocab=c.d_vocab, n_ctx=128, use_attn_result=True, use_hook_mlp_in=True,
+                  use_split_qkv_input=split_qkv_input, default_prepend_bos=False)
     rotary = dict(positional_embedding_type="rotary", rotary_dim=c.d_head, rotary_adjacent_pairs=False,
                   rotary_base=10000)
     llama_like = dict(act_fn="silu", normalization_type="RMS", eps=1e-6, n_key_value_heads=c.n_kv_heads,
@@ -81,7 +82,8 @@ def test_same_activations_as_transformer_lens(kind: str) -> None:
     assert compared >= 10 * model.cfg.n_layers, f"only {compared} hook points in common"
     ours_only = {n for n in ours if n not in theirs.cache_dict}
     theirs_only = {n for n in theirs.cache_dict if n not in ours}
-    assert all(n.endswith(".hook_out") for n in ours_only), ours_only  # the norms' weighted outputs
+    # the norms' weighted outputs, and the per-head inputs (TransformerLens's split_qkv_input mode, below)
+    assert all(n.endswith((".hook_out", "_input")) for n in ours_only), ours_only
     assert not theirs_only, theirs_only
     assert (logits - tl_logits).abs().max().item() <= RTOL * max(1.0, tl_logits.abs().max().item())
 
@@ -191,3 +193,30 @@ def test_logit_attrs_equal_transformer_lens_with_the_final_norm_folded(kind: str
         constant = bias_dir + model.b_U[answer] - model.b_U[wrong]
     for total in (a.sum(0), heads.sum(0)):
         assert (total + constant - diff[:, 0]).abs().max().item() <= 1e-4 * max(1.0, diff.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gpt_neox"])
+@torch.no_grad()
+def test_per_head_inputs_equal_transformer_lens_split_qkv_input(kind: str) -> None:
+    """hook_q_input / hook_k_input / hook_v_input (TransformerLens's use_split_qkv_input): same values,
+    and the same logits after giving one head's query, key and value inputs another prompt's residual."""
+    model = tiny_model(kind)
+    tl = _tl_model(kind, model, split_qkv_input=True)
+    clean, corrupt = tiny_ids(2, 8, seed=2), tiny_ids(2, 8, seed=3)
+    _, ours = model.run_with_cache(clean)
+    _, theirs = tl.run_with_cache(clean)
+    for part in ("q", "k", "v"):
+        name = f"blocks.1.hook_{part}_input"
+        assert ours[name].shape == theirs[name].shape, name
+        assert (ours[name] - theirs[name]).abs().max().item() <= RTOL * max(1.0, theirs[name].abs().max().item())
+    _, source = tl.run_with_cache(corrupt)
+
+    def head_from_corrupt(act, hook):
+        act = act.clone()
+        act[:, :, 1] = source["blocks.1.hook_resid_pre"]
+        return act
+
+    hooks = [(f"blocks.1.hook_{p}_input", head_from_corrupt) for p in ("q", "k", "v")]
+    a, b = model.run_with_hooks(clean, fwd_hooks=hooks), tl.run_with_hooks(clean, fwd_hooks=hooks)
+    assert (a - b).abs().max().item() <= RTOL * max(1.0, b.abs().max().item())
+    assert not torch.allclose(a, model(clean))

@@ -7,6 +7,7 @@ Shapes (batch, pos, d_model, n_heads, n_kv_heads, d_head, d_mlp):
 | `hook_embed` | [batch, pos, d_model] |
 | `hook_pos_embed` (GPT-2) | [1, pos, d_model], broadcast over the batch as HF computes it |
 | `blocks.{l}.hook_resid_pre` / `hook_resid_mid` / `hook_resid_post` | [batch, pos, d_model] |
+| `blocks.{l}.hook_q_input` / `hook_k_input`, `hook_v_input` | [batch, pos, n_heads / n_kv_heads, d_model] |
 | `blocks.{l}.ln1.hook_scale`, `ln2.hook_scale`, `ln_final.hook_scale` | [batch, pos, 1] |
 | `blocks.{l}.ln1.hook_normalized`, `ln2.hook_normalized`, `ln_final.hook_normalized` | [batch, pos, d_model] |
 | `blocks.{l}.ln1.hook_out`, `ln2.hook_out`, `ln_final.hook_out` | [batch, pos, d_model] |
@@ -48,6 +49,9 @@ UNEMBED_OUT = "unembed.hook_out"
 # Per-block hook suffixes in the order the forward pass reaches them.
 BLOCK_SUFFIXES: tuple[str, ...] = (
     "hook_resid_pre",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
     "ln1.hook_scale",
     "ln1.hook_normalized",
     "ln1.hook_out",

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from mechscope.core import names
 from mechscope.core.attention import AttentionHooks, attention_hooks, check_hookable
 from mechscope.core.errors import HookShapeError, MechscopeError
 from mechscope.core.norms import normalized_of, scale_of, weighted
@@ -54,6 +55,7 @@ class HookPoint:
 
 HookFn = Callable[[Tensor, HookPoint], "Tensor | None"]
 _REBUILT = "_mechscope_rebuilt_norm"
+_INPUTS = ("q_input", "k_input", "v_input")
 
 
 class StopForward(Exception):
@@ -125,6 +127,8 @@ class HookRun:
                 continue
             if site.special in ("result", "result_post_norm"):
                 self.stash[("result", site.layer)] = new
+            elif site.special in _INPUTS:  # applied at the projection (see _project_inputs)
+                self.stash[(site.special, site.layer)] = (site.module, new)
             elif site.special == "resid_mid":
                 self.stash[("resid_mid", site.layer)] = new
                 current = new
@@ -167,6 +171,18 @@ class HookRun:
             setattr(out, _REBUILT, True)
         return out
 
+    def _project_input(self, part: str, projection: nn.Module, current: Tensor) -> Tensor:
+        """`hook_{q,k,v}_input` edited: each head's q/k/v recomputed from its own input, through the
+        layer's norm and projection modules (their `forward`, so no hook runs twice)."""
+        layer = self._layer_of[projection]
+        stashed = self.stash.pop((part, layer), None)
+        if stashed is None:
+            return current
+        norm, per_head = stashed  # [batch, pos, heads, d_model]
+        site = self.sites[names.block(layer, f"attn.hook_{part[0]}")]
+        heads = site.read(projection.forward(norm.forward(per_head)))  # [batch, pos, heads, heads, d_head]
+        return site.write(current, heads.diagonal(dim1=2, dim2=3).movedim(-1, 2))
+
     def _post_hook(self, sites: list[Site], internal: list[str], module: nn.Module, args: tuple, output: Any) -> Any:
         raw = _output_tensor(output)
         current = raw
@@ -175,6 +191,9 @@ class HookRun:
             if result is not None:
                 bias = getattr(module, "bias", None) if "result_apply" in internal else None
                 current = result.sum(dim=-2) + (bias if bias is not None else 0)
+        for part in _INPUTS:
+            if part in internal:
+                current = self._project_input(part, module, current)
         if "mid_fixup" in internal:
             layer = self._layer_of[module]
             mid = self.stash.pop(("resid_mid", layer), None)
@@ -215,6 +234,10 @@ class HookRun:
                 self._layer_of[target] = site.layer
             if site.special == "resid_mid":
                 self._add_mid_fixup(site, internal)
+            if site.special in _INPUTS:
+                target = self.sites[names.block(site.layer, f"attn.hook_{site.special[0]}")].module
+                internal[target].append(site.special)
+                self._layer_of[target] = site.layer
         try:
             if self.stop_before is not None:
                 self.handles.append(self.stop_before.register_forward_pre_hook(self._stop, with_kwargs=True))

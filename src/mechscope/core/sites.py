@@ -14,6 +14,8 @@ run in forward order (`order`). Some names need more than a view (`special`):
   Where a norm follows attention (Gemma 2/3), each head's result is passed through that
   norm with the scale of the whole attention output, so the heads sum to `hook_attn_out`,
   what the residual stream receives; an edit replaces the norm's output by their sum;
+- `hook_{q,k,v}_input` are the attention norm's input repeated per head (a view); an edit
+  recomputes the edited heads' q/k/v from their own inputs through the norm and projection;
 - `hook_resid_mid` is read at the input of the MLP's norm; an edit also replaces the
   residual the block carries on, so the block output becomes `edit + mlp_out`.
 """
@@ -96,6 +98,13 @@ def _neox_slice(index: int, n: int, d_head: int) -> tuple[Reader, Writer]:
     return read, write
 
 
+def _per_head(n: int) -> Reader:
+    def read(raw: Tensor) -> Tensor:
+        return raw.unsqueeze(-2).expand(*raw.shape[:-1], n, raw.shape[-1])
+
+    return read
+
+
 def o_proj_heads_weight(o_proj: nn.Module, cfg: ModelConfig, transposed: bool) -> Tensor:
     """The output projection as [n_heads, d_head, d_model] (each head's W_O)."""
     weight = o_proj.weight if transposed else o_proj.weight.T
@@ -150,6 +159,9 @@ def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[s
             return names.block(_i, suffix)
 
         add(name("hook_resid_pre"), layer_index, layer, "pre", 0)
+        for order, (part, n) in enumerate((("q", n_q), ("k", n_kv), ("v", n_kv))):
+            add(name(f"hook_{part}_input"), layer_index, sub(family.ln1), "pre", order, (_per_head(n), _replace),
+                special=f"{part}_input")
         add_norm(name("ln1"), layer_index, sub(family.ln1))
         if family.qkv == "separate":
             add(name("attn.hook_q"), layer_index, sub(family.q_proj), "post", 0, _heads(n_q, d_head))
