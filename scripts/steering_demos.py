@@ -210,31 +210,39 @@ def demo_twohop(model: Any, out: Path, force: bool, sae_path: str | None) -> dic
 
 
 def _twohop_latent_swap(model: Any, sae_path: str, correct: list[str], languages: dict[str, int]) -> dict[str, Any]:
-    """The same swap with SAE latents: the top country latents of source turned down, target's turned up."""
+    """The swap with SAE latents: the 3 latents most active at the city token turned down, the target country's
+    3 most specific latents (country contexts against the other countries) turned up to a multiple of their peak."""
     from mechscope.dictionaries import load_dictionary
+    from mechscope.dictionaries.splice import sae_features
 
     sae = load_dictionary(sae_path)
-    latents = {}
+    latents, peaks = {}, {}
     for city in correct:
         others = [t.format(COUNTRIES[c][0]) for c in correct if c != city for t in CONTEXTS[:3]]
-        latents[city] = [c.latent for c in concept_latents(model, sae, [t.format(COUNTRIES[city][0]) for t in CONTEXTS],
-                                                          others, n=3)]
-    hits, total, rows = 0, 0, []
+        best = concept_latents(model, sae, [t.format(COUNTRIES[city][0]) for t in CONTEXTS], others, n=3)
+        latents[city], peaks[city] = [b.latent for b in best], max(b.concept_peak for b in best)
+    hits, rows = {}, []
     with torch.no_grad():
-        for source in correct:
-            prompt = TEMPLATE.format(source)
-            position = model.to_str_tokens(prompt).index(" " + source)
-            for target in correct:
-                if target == source:
-                    continue
-                total += 1
-                swap = Swap(sae, down=latents[source], up=latents[target], where=[position])
-                with steering(model, [swap]):
-                    top = int(model(prompt)[0, -1].argmax())
-                hits += top == languages[target]
-                rows.append({"source": source, "target": target, "answer": model.tokenizer.decode([top])})
-    print(f"SAE latent swap (top-3 country latents, layer 15, at the city token): target language in {hits}/{total}")
-    return {"latents": latents, "hits": hits, "pairs": total, "rows": rows}
+        for multiple in (1, 3, 6, 10):
+            hits[multiple] = 0
+            for source in correct:
+                prompt = TEMPLATE.format(source)
+                position = model.to_str_tokens(prompt).index(" " + source)
+                city_latents = [int(i) for i in sae_features(model, sae, prompt)[0, position].topk(3).indices]
+                for target in correct:
+                    if target == source:
+                        continue
+                    swap = Swap(sae, down=city_latents, up=latents[target], value=multiple * peaks[target],
+                                where=[position])
+                    with steering(model, [swap]):
+                        top = int(model(prompt)[0, -1].argmax())
+                    hits[multiple] += top == languages[target]
+                    rows.append({"source": source, "target": target, "multiple": multiple,
+                                 "answer": model.tokenizer.decode([top])})
+            total = len(correct) * (len(correct) - 1)
+            print(f"SAE latent swap at the city token ({sae.cfg.hook_name}), up latents at {multiple}x their peak: "
+                  f"target language in {hits[multiple]}/{total}")
+    return {"latents": latents, "peaks": peaks, "hits_by_multiple": hits, "rows": rows}
 
 
 # -- concept latent ("Golden Gate" style) ---------------------------------------------------------
