@@ -132,7 +132,9 @@ class AttnOnlyAttention(nn.Module):
         if self.config.positions == "rotary":
             query, key = rotate(query, self.config.rope_theta), rotate(key, self.config.rope_theta)
         impl = self.config._attn_implementation
-        attend = eager_attention_forward if impl in (None, "eager") else ALL_ATTENTION_FUNCTIONS[impl]
+        # Through the shared table even for "eager", so attention hook points can read the pattern.
+        attend = eager_attention_forward if impl is None else ALL_ATTENTION_FUNCTIONS.get_interface(
+            impl, eager_attention_forward)
         out, _ = attend(self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0)
         return self.o_proj(out.reshape(batch, pos, -1))
 
