@@ -287,3 +287,20 @@ def test_per_head_inputs_feed_only_their_head(tiny, part: str) -> None:
     via_projection = tiny.run_with_hooks(clean, fwd_hooks=[(names.block(layer, f"attn.hook_{part}"), per_projection)])
     _close(via_input, via_projection)
     assert not torch.allclose(via_input, tiny(clean))
+
+
+@torch.no_grad()
+def test_attention_hook_points_that_cannot_be_read_are_clear_errors() -> None:
+    import dataclasses
+
+    from mechscope.core.errors import MechscopeError
+
+    model = tiny_model("llama")
+    with using_implementation(model.hf_model, "flex_attention"):
+        with pytest.raises(MechscopeError, match="sdpa or eager attention.*attn_implementation='sdpa'"):
+            model.run_with_cache(tiny_ids(), names=[names.pattern(0)])
+    # an attention module that never calls transformers' attention functions: never reached, not silently absent
+    name = names.pattern(0)
+    model.sites[name] = dataclasses.replace(model.sites[name], module=torch.nn.Identity())
+    with pytest.raises(MechscopeError, match="was not reached"):
+        model.run_with_cache(tiny_ids(), names=[name])

@@ -289,7 +289,13 @@ class HookedModel(nn.Module):
                 logits = None
         if stop is not None:
             logits = None
-        thunks = {n: partial(self.sites[n].read, store[z].flatten(-2)) for n, z in lazy.items() if z in store}
+        missing = [n for n in [*wanted, *lazy.values()] if n not in store]
+        if missing:
+            raise MechscopeError(
+                f"Hook point {missing[0]!r} was not reached in this run; this model's attention module may not "
+                f"call transformers' attention functions (where patterns and scores are read)."
+            )
+        thunks = {n: partial(self.sites[n].read, store[z].flatten(-2)) for n, z in lazy.items()}
         ordered = {n: store[n] for n in self.sites if n in store and n in wanted}
         return logits, ActivationCache(ordered, model=self, lazy=thunks)
 
