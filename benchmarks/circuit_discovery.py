@@ -44,11 +44,10 @@ def _timed(job: str, n_pairs: int, steps: int, batch: int, queue: mp.Queue) -> N
     if job == "forward+backward":
         for rows in batches(len(pairs), batch):
             part = pairs.rows(rows)
-            with torch.enable_grad():
-                model.hf_model.zero_grad(set_to_none=True)
+            with torch.enable_grad():  # gradient with respect to the input embeddings only, as EAP's backward
                 embeds = model.hf_model.get_input_embeddings()(part.clean).detach().requires_grad_(True)
                 logits = model.hf_model(inputs_embeds=embeds, attention_mask=part.attention_mask).logits
-                part.metric(logits).sum().backward()
+                torch.autograd.grad(part.metric(logits).sum(), embeds)
     else:
         gm = GraphModel(model)
         attribute(gm, pairs, method=job, steps=steps, batch_size=batch)

@@ -49,8 +49,9 @@ def mask_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor, weight: float = 
     mask.requires_grad_(True)
     with torch.enable_grad():
         logits = gm.run(part.clean, part.attention_mask, mask, corrupt, fixed_delta, input_value)
-        part.metric(logits).sum().backward()
-    return mask.grad.detach()
+        # only the mask's gradient: no weight gradients are computed or accumulated
+        (grad,) = torch.autograd.grad(part.metric(logits).sum(), mask)
+    return grad.detach()
 
 
 def exact_scores(gm: GraphModel, part: Pairs, corrupt: Tensor, progress: bool = False) -> Tensor:
