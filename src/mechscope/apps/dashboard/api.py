@@ -1,0 +1,366 @@
+"""The dashboard's data: typed response models and the read-only sources they come from.
+
+Every file is found once, when the server starts, under the paths the user named: feature
+databases (opened with SQLite's `mode=ro`), `mechscope patch --json` results, `mechscope heads
+--json` tables and circuit-tracer graph JSON. Requests name a source by a short id, never by a
+path, so nothing outside the served folders can be reached.
+
+Example:
+    >>> sources = Sources.scan(["out/"])                     # doctest: +SKIP
+    >>> sources.latent_page("features", sort="density", order="desc", offset=0, limit=50).total
+    16384
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from mechscope.core.errors import MechscopeError, unknown_name_message
+from mechscope.features.database import FeatureDatabase, is_feature_database
+
+MAX_LIMIT = 500          # rows per page of the latent list
+MAX_QUERY_CHARS = 200    # a search query
+MAX_JSON_BYTES = 256 * 2**20
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,80}$"
+SortKey = Literal["latent", "density", "max_act", "score"]
+Order = Literal["asc", "desc"]
+
+
+class NotFoundError(MechscopeError, KeyError):
+    """A source id or latent that the server does not hold (HTTP 404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# -- response models -----------------------------------------------------------------------------
+class SourceInfo(BaseModel):
+    id: str
+    kind: Literal["features", "patch", "heads", "graph"]
+    name: str
+    detail: dict[str, Any] = {}
+
+
+class SourceList(BaseModel):
+    sources: list[SourceInfo]
+    model: str | None = None
+
+
+class LatentRow(BaseModel):
+    latent: int
+    n_fired: int
+    density: float
+    max_act: float
+    score: float | None
+    explanation: str | None
+
+
+class LatentPage(BaseModel):
+    db: str
+    total: int
+    offset: int
+    limit: int
+    sort: SortKey
+    order: Order
+    rows: list[LatentRow]
+
+
+class SearchHit(BaseModel):
+    latent: int
+    explanations: str
+    top_tokens: str
+    score: float
+
+
+class SearchResult(BaseModel):
+    db: str
+    query: str
+    hits: list[SearchHit]
+
+
+class Example(BaseModel):
+    kind: str
+    rank: int
+    interval: int | None
+    token_index: int
+    context: int
+    position: int
+    center: int
+    act: float
+    tokens: list[int]
+    text: list[str]
+    acts: list[float]
+
+
+class LatentDetail(BaseModel):
+    db: str
+    latent: int
+    stats: dict[str, Any]
+    hist: list[int]
+    hist_edges: list[float]
+    logits_positive: list[dict[str, Any]]
+    logits_negative: list[dict[str, Any]]
+    decoder_cosine: list[dict[str, Any]]
+    cooccurrence: list[dict[str, Any]]
+    explanations: list[dict[str, Any]]
+    examples: dict[str, list[Example]]
+
+
+class Heatmap(BaseModel):
+    id: str
+    site: str
+    method: str
+    mode: str
+    by: list[str]
+    labels: list[list[Any]]
+    scores: Any
+    clean: float | None
+    corrupt: float | None
+
+
+class HeadsTable(BaseModel):
+    id: str
+    n_layers: int
+    n_heads: int
+    heads: list[dict[str, Any]]
+
+
+class Graph(BaseModel):
+    """Nodes carry `node_id`, `feature_type`, `influence`, `layer` and their place: `row` (layer) and `col`."""
+
+    id: str
+    kind: Literal["attribution", "circuit"]
+    metadata: dict[str, Any]
+    nodes: list[dict[str, Any]]
+    links: list[dict[str, Any]]
+    row_labels: list[str]
+    col_labels: list[str]
+
+
+# -- sources -------------------------------------------------------------------------------------
+class FeatureSource:
+    """One feature database, read-only, with its sort orders built once (numpy argsort, latent breaks ties)."""
+
+    def __init__(self, path: Path) -> None:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        self.db = FeatureDatabase(con, path)
+        self.lock = threading.Lock()
+        rows = np.array(con.execute("SELECT latent, density, max_act FROM latents ORDER BY latent").fetchall(),
+                        dtype=np.float64).reshape(-1, 3)
+        self.ids = rows[:, 0].astype(np.int64)
+        score = np.full(len(self.ids), np.nan)
+        best = dict(con.execute("SELECT latent, MAX(value) FROM scores WHERE value IS NOT NULL GROUP BY latent"))
+        if best:
+            where = np.searchsorted(self.ids, np.fromiter(best.keys(), np.int64))
+            score[where] = np.fromiter(best.values(), np.float64)
+        self.keys = {"latent": self.ids.astype(np.float64), "density": rows[:, 1], "max_act": rows[:, 2],
+                     "score": score}
+        self._orders: dict[tuple[str, str], np.ndarray] = {}
+        meta = self.db.meta()
+        self.hist_edges = [float(x) for x in meta.get("hist_edges", [])]
+        self.info = {"d_sae": meta.get("d_sae"), "model": meta.get("model"), "hook_name": meta.get("hook_name"),
+                     "n_tokens": meta.get("n_tokens")}
+
+    def order(self, sort: str, order: str) -> np.ndarray:
+        """Row indices sorted by `sort` (NaN scores last in either order), ties by ascending latent."""
+        if (sort, order) not in self._orders:
+            key = self.keys[sort]
+            signed = -key if order == "desc" else key
+            missing = np.isnan(signed)
+            self._orders[(sort, order)] = np.lexsort((self.ids, np.where(missing, 0.0, signed), missing))
+        return self._orders[(sort, order)]
+
+    def page(self, db_id: str, sort: str, order: str, offset: int, limit: int) -> LatentPage:
+        picked = self.order(sort, order)[offset:offset + limit]
+        latents = [int(x) for x in self.ids[picked]]
+        with self.lock:
+            marks = ",".join("?" * len(latents))
+            stats = {r[0]: r for r in self.db.con.execute(
+                f"SELECT latent, n_fired, density, max_act FROM latents WHERE latent IN ({marks})", latents)}
+            texts = dict(self.db.con.execute(
+                f"SELECT latent, text FROM explanations WHERE latent IN ({marks}) ORDER BY id", latents).fetchall())
+        rows = []
+        for i, latent in zip(picked.tolist(), latents, strict=True):
+            s = self.keys["score"][i]
+            r = stats[latent]
+            rows.append(LatentRow(latent=latent, n_fired=r[1], density=r[2], max_act=r[3],
+                                  score=None if np.isnan(s) else float(s), explanation=texts.get(latent)))
+        return LatentPage(db=db_id, total=len(self.ids), offset=offset, limit=limit, sort=sort,  # type: ignore[arg-type]
+                          order=order, rows=rows)  # type: ignore[arg-type]
+
+    def detail(self, db_id: str, latent: int) -> LatentDetail:
+        if not 0 <= latent < len(self.ids):
+            raise NotFoundError(f"latent {latent} is outside 0..{len(self.ids) - 1} in {db_id!r}")
+        with self.lock:
+            info = self.db.latent(latent)
+            examples = {kind: [Example(**{k: e[k] for k in Example.model_fields}) for e in self.db.examples(latent, kind)]
+                        for kind in ("top", "interval", "random")}
+        stats = {k: info[k] for k in ("n_fired", "density", "max_act", "mean_act", "sum_act", "decoder_norm")}
+        return LatentDetail(db=db_id, latent=latent, stats=stats, hist=info["hist"], hist_edges=self.hist_edges,
+                            logits_positive=info["logits_positive"], logits_negative=info["logits_negative"],
+                            decoder_cosine=info["decoder_cosine"], cooccurrence=info["cooccurrence"],
+                            explanations=info["explanations"], examples=examples)
+
+    def search(self, db_id: str, query: str, limit: int) -> SearchResult:
+        with self.lock:
+            hits = self.db.search(query, limit=limit)
+        return SearchResult(db=db_id, query=query, hits=[SearchHit(**h) for h in hits])
+
+
+def _read_json(path: Path) -> Any:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _kind_of(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    if {"scores", "by", "labels", "site"} <= data.keys():
+        return "patch"
+    if {"nodes", "links", "metadata"} <= data.keys():
+        return "graph"
+    if isinstance(data.get("circuit"), dict) and isinstance(data["circuit"].get("edges"), list):
+        return "graph"
+    if isinstance(data.get("heads"), list) and data["heads"] and isinstance(data["heads"][0], dict) \
+            and {"layer", "head"} <= data["heads"][0].keys():
+        return "heads"
+    return None
+
+
+class Sources:
+    """Everything the server shows, found once under `paths` (files or folders, searched to depth 3)."""
+
+    def __init__(self) -> None:
+        self.features: dict[str, FeatureSource] = {}
+        self.documents: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.infos: list[SourceInfo] = []
+
+    @classmethod
+    def scan(cls, paths: list[str | Path]) -> Sources:
+        out = cls()
+        for root in paths:
+            root = Path(root)
+            if not root.exists():
+                raise MechscopeError(f"{root} does not exist.")
+            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
+                                                         and len(p.relative_to(root).parts) <= 3)
+            for path in files:
+                out._add(path)
+        return out
+
+    def _unique_id(self, stem: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:60] or "source"
+        taken = {i.id for i in self.infos}
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}-{n}", n + 1
+        return name
+
+    def _add(self, path: Path) -> None:
+        if path.suffix in (".db", ".sqlite", ".sqlite3") and is_feature_database(path):
+            sid = self._unique_id(path.stem)
+            self.features[sid] = FeatureSource(path)
+            self.infos.append(SourceInfo(id=sid, kind="features", name=path.name, detail=self.features[sid].info))
+        elif path.suffix == ".json":
+            data = _read_json(path)
+            kind = _kind_of(data)
+            if kind is not None:
+                sid = self._unique_id(path.stem)
+                self.documents[sid] = (kind, data)
+                self.infos.append(SourceInfo(id=sid, kind=kind, name=path.name))  # type: ignore[arg-type]
+
+    # -- lookups -------------------------------------------------------------------------------
+    def feature_source(self, db_id: str) -> FeatureSource:
+        if db_id not in self.features:
+            raise NotFoundError(unknown_name_message("feature database", db_id, self.features))
+        return self.features[db_id]
+
+    def document(self, kind: str, doc_id: str) -> dict[str, Any]:
+        found = {k: d for k, (c, d) in self.documents.items() if c == kind}
+        if doc_id not in found:
+            raise NotFoundError(unknown_name_message(f"{kind} result", doc_id, found))
+        return found[doc_id]
+
+    def heatmap(self, doc_id: str) -> Heatmap:
+        d = self.document("patch", doc_id)
+        return Heatmap(id=doc_id, **{k: d.get(k) for k in ("site", "method", "mode", "by", "labels", "scores",
+                                                             "clean", "corrupt")})
+
+    def heads(self, doc_id: str) -> HeadsTable:
+        rows = self.document("heads", doc_id)["heads"]
+        return HeadsTable(id=doc_id, n_layers=1 + max(r["layer"] for r in rows),
+                          n_heads=1 + max(r["head"] for r in rows), heads=rows)
+
+    def graph(self, doc_id: str) -> Graph:
+        d = self.document("graph", doc_id)
+        return attribution_layout(doc_id, d) if "nodes" in d else circuit_layout(doc_id, d)
+
+
+def _layer_row(layer: str, n_layers: int) -> int:
+    """circuit-tracer layers: "E" (embeddings) below layer 0, logits (layer n_layers + 1... ) on top."""
+    return 0 if layer == "E" else min(int(layer) + 1, n_layers + 1)
+
+
+def attribution_layout(doc_id: str, d: dict[str, Any]) -> Graph:
+    """A circuit-tracer graph document placed by token position (column) and layer (row)."""
+    numeric = [int(n["layer"]) for n in d["nodes"] if n["feature_type"] not in ("embedding", "logit")]
+    n_layers = 1 + max(numeric, default=0)
+    nodes = [{**n, "row": _layer_row(n["layer"], n_layers) if n["feature_type"] != "logit" else n_layers + 1,
+              "col": int(n["ctx_idx"])} for n in d["nodes"]]
+    tokens = [str(t) for t in d["metadata"].get("prompt_tokens", [])]
+    return Graph(id=doc_id, kind="attribution", metadata=d["metadata"], nodes=nodes, links=d["links"],
+                 row_labels=["emb", *[f"L{i}" for i in range(n_layers)], "logit"], col_labels=tokens)
+
+
+def _component(name: str, n_layers: int) -> tuple[int, int, str]:
+    """(row, col, type) of a component node: `input`, `a{l}.h{h}`, `m{l}`, `logits`."""
+    if name == "input":
+        return 0, 0, "input"
+    if name == "logits":
+        return 2 * n_layers + 1, 0, "logits"
+    match = re.fullmatch(r"a(\d+)\.h(\d+)", name)
+    if match:
+        return 1 + 2 * int(match[1]), int(match[2]), "attention head"
+    match = re.fullmatch(r"m(\d+)", name)
+    if match:
+        return 2 + 2 * int(match[1]), 0, "mlp"
+    raise MechscopeError(f"unknown circuit node {name!r}")
+
+
+def circuit_layout(doc_id: str, d: dict[str, Any]) -> Graph:
+    """A `mechscope circuit --json` record: components by layer (rows: attention, then MLP) and head (column)."""
+    info = d.get("graph", {})
+    n_layers = int(info.get("n_layers", 0))
+    links, influence = [], {}
+    for edge in d["circuit"]["edges"]:
+        src, _, dst = edge["edge"].partition("->")
+        dst = re.sub(r"\.[qkv]$", "", dst)
+        links.append({"source": src, "target": dst, "weight": edge["score"]})
+        for node in (src, dst):
+            influence[node] = influence.get(node, 0.0) + abs(edge["score"])
+    if not n_layers:
+        n_layers = 1 + max((int(m) for n in influence for m in re.findall(r"^[am](\d+)", n)), default=0)
+    nodes = []
+    for name, value in influence.items():
+        row, col, kind = _component(name, n_layers)
+        nodes.append({"node_id": name, "feature_type": kind, "influence": value, "layer": str(row), "row": row,
+                      "col": col, "clerp": name, "activation": None})
+    rows = ["input"] + [x for layer in range(n_layers) for x in (f"attn {layer}", f"mlp {layer}")] + ["logits"]
+    n_heads = int(info.get("n_heads", 1 + max((n["col"] for n in nodes), default=0)))
+    metadata = {k: d.get(k) for k in ("task", "method", "n_pairs")} | {"evaluation": {
+        k: v for k, v in d["circuit"].items() if k not in ("nodes", "edges")}}
+    return Graph(id=doc_id, kind="circuit", metadata=metadata, nodes=nodes, links=links, row_labels=rows,
+                 col_labels=[f"h{h}" for h in range(n_heads)])

@@ -1,0 +1,132 @@
+"""The dashboard's ASGI app: a JSON API over `Sources` and the static front-end, loopback only by default.
+
+Example:
+    >>> app = create_app(Sources.scan(["out/"]))            # doctest: +SKIP
+    >>> serve(app, host="127.0.0.1", port=0)                 # doctest: +SKIP
+    mechscope dashboard: http://127.0.0.1:43121/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from mechscope.apps.dashboard.api import (
+    ID_PATTERN,
+    MAX_LIMIT,
+    MAX_QUERY_CHARS,
+    Graph,
+    HeadsTable,
+    Heatmap,
+    LatentDetail,
+    LatentPage,
+    NotFoundError,
+    Order,
+    SearchResult,
+    SortKey,
+    SourceList,
+    Sources,
+)
+from mechscope.core.errors import MechscopeError
+
+STATIC = Path(__file__).parent / "static"
+MAX_URL_CHARS = 2048
+MAX_BODY_BYTES = 64 * 1024
+# Everything the page loads comes from this server; inline data is JSON, never script.
+CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'"
+
+SourceId = Annotated[str, PathParam(pattern=ID_PATTERN)]
+
+
+def create_app(sources: Sources, model_name: str | None = None) -> FastAPI:
+    """The app serving `sources`; every route is read-only."""
+    app = FastAPI(title="mechscope dashboard", version="1", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def limits(request: Request, call_next: Any) -> Any:
+        if len(str(request.url)) > MAX_URL_CHARS:
+            return JSONResponse({"detail": f"URL longer than {MAX_URL_CHARS} characters"}, status_code=414)
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, err: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=404)
+
+    @app.exception_handler(MechscopeError)
+    async def bad_request(_: Request, err: MechscopeError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    @app.get("/api/sources", response_model=SourceList)
+    def list_sources() -> SourceList:
+        return SourceList(sources=sources.infos, model=model_name)
+
+    @app.get("/api/features/{db}/latents", response_model=LatentPage)
+    def latent_page(db: SourceId, sort: SortKey = "latent", order: Order = "asc",
+                    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50) -> LatentPage:
+        return sources.feature_source(db).page(db, sort, order, offset, limit)
+
+    @app.get("/api/features/{db}/latents/{latent}", response_model=LatentDetail)
+    def latent_detail(db: SourceId, latent: Annotated[int, PathParam(ge=0, le=2**31)]) -> LatentDetail:
+        return sources.feature_source(db).detail(db, latent)
+
+    @app.get("/api/features/{db}/search", response_model=SearchResult)
+    def search(db: SourceId, q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS)],
+               limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20) -> SearchResult:
+        return sources.feature_source(db).search(db, q, limit)
+
+    @app.get("/api/patch/{doc}", response_model=Heatmap)
+    def patch(doc: SourceId) -> Heatmap:
+        return sources.heatmap(doc)
+
+    @app.get("/api/heads/{doc}", response_model=HeadsTable)
+    def heads(doc: SourceId) -> HeadsTable:
+        return sources.heads(doc)
+
+    @app.get("/api/graph/{doc}", response_model=Graph)
+    def graph(doc: SourceId) -> Graph:
+        return sources.graph(doc)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0, on_start: Any = None) -> None:
+    """Run `app` with uvicorn until interrupted; `on_start(url)` is called once the socket is bound."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        await server.startup()
+        if server.should_exit:
+            return
+        bound = server.servers[0].sockets[0].getsockname()
+        if on_start is not None:
+            on_start(f"http://{_url_host(bound[0])}:{bound[1]}/")
+        await server.main_loop()
+        await server.shutdown()
+
+    import asyncio
+
+    asyncio.run(main())
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,78 @@
+"""Dashboard fixtures: real result files built by mechscope from tiny models, one real server on
+loopback and one Debian Chromium per session. Every page fails its test on any request to a
+non-loopback address or any console error (see `page`)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from dash_helpers import CHROMIUM, CHROMIUM_ARGS, LOOPBACK, ServerThread, build_files  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dash_dir() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="mechscope-dash-"))
+    yield build_files(folder / "served")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sources(dash_dir: Path):
+    from mechscope.apps.dashboard.api import Sources
+
+    return Sources.scan([dash_dir])
+
+
+@pytest.fixture(scope="session")
+def server(sources) -> ServerThread:
+    from mechscope.apps.dashboard.server import create_app
+
+    thread = ServerThread(create_app(sources))
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        user_data = tempfile.mkdtemp(prefix="mechscope-chromium-")
+        context = p.chromium.launch_persistent_context(user_data, executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                       headless=True, viewport={"width": 1280, "height": 900})
+        yield context
+        context.close()
+        shutil.rmtree(user_data, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh tab that records console errors and aborts (and records) any non-loopback request."""
+    tab = browser.new_page()
+    errors: list[str] = []
+    outside: list[str] = []
+    tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def guard(route) -> None:
+        url = urlparse(route.request.url)
+        if url.scheme in ("data", "about", "file") or url.hostname in LOOPBACK:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    tab.route("**/*", guard)
+    yield tab
+    tab.close()
+    assert not outside, f"requests to non-loopback addresses: {outside}"
+    assert not errors, f"console errors: {errors}"
+
+

@@ -1,0 +1,91 @@
+"""Helpers of the dashboard tests: result files built by mechscope, a server thread, page loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "circuits"))
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
+
+
+def build_files(folder: Path) -> Path:
+    """A feature database (tiny Llama + ReLU SAE, with an explanation and scores), a patch result,
+    a heads table and a circuit-tracer graph, all written by mechscope's own code."""
+    from circuit_helpers import random_transcoders
+
+    from mechscope.circuits.attribution import attribute
+    from mechscope.circuits.export import graph_json
+    from mechscope.dictionaries import make_dictionary
+    from mechscope.features import CollectConfig, FeatureDatabase, collect_features
+    from mechscope.methods.heads import detect_heads
+    from mechscope.methods.patching.result import PatchResult
+    from tiny_lm import tiny_lm, write_corpus
+    from tiny_models import VOCAB, tiny_ids, tiny_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = tiny_lm("llama")
+    corpus = write_corpus(folder, n_docs=20, words=40)
+    sae = make_dictionary("relu", d_in=64, d_sae=48, seed=1, hook_name="blocks.1.hook_resid_post")
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.05)
+    cfg = CollectConfig(top_k=5, n_intervals=3, per_interval=2, n_random=3, random_pool=40, window_left=5,
+                        window_right=3, n_neighbours=4, n_logit_tokens=3, seed=3)
+    db_path = folder / "features.db"
+    collect_features(model, sae, db_path, source=corpus, context_length=24, config=cfg, progress=False)
+    db = FeatureDatabase.open(db_path)
+    live = db.live_latents()
+    for latent, text, score in ((live[0], "numbers and digits", 0.8), (live[1], "the word after a comma", 0.35)):
+        eid = db.add_explanation(latent, text, explainer="test:hand-written")
+        db.add_score(eid, "detection", score, scorer="test", n=10)
+        db.add_score(eid, "fuzzing", score / 2, scorer="test", n=10)
+    db.close()
+    gen = torch.Generator().manual_seed(0)
+    tokens = ["<bos>", "When", " Mary", " and", " John", " went"]
+    PatchResult(torch.randn(4, 6, generator=gen), by=("layer", "pos"), labels=[list(range(4)), tokens],
+                site="resid_pre", method="activation", mode="denoise", clean=2.5, corrupt=-1.0
+                ).to_json(folder / "patch.json")
+    heads = detect_heads(tiny_model("llama"), seq_len=8, batch=2)
+    (folder / "heads.json").write_text(json.dumps({"heads": [h.to_json() for h in heads]}))
+    gmodel = tiny_model("llama")
+    graph = attribute(gmodel, random_transcoders(gmodel), tiny_ids(1, 8), max_feature_nodes=60, batch_size=32)
+    (folder / "graph.json").write_text(json.dumps(graph_json(graph, slug="tiny", scan="tiny", d_vocab=VOCAB)))
+    (folder / "notes.txt").write_text("not a result file")
+    return folder
+
+
+class ServerThread:
+    """The real app on uvicorn in a background thread, on a free loopback port."""
+
+    def __init__(self, app, host: str = "127.0.0.1") -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            self.thread.join(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+def open_view(page, url: str) -> None:
+    """Load `url` and wait until the router has rendered it."""
+    page.goto(url)
+    page.wait_for_selector("#app[data-ready=true]")
+
+
+SHOTS = Path(__file__).parents[2] / "docs" / "images"

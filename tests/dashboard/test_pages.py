@@ -1,0 +1,132 @@
+"""The pages in Debian's Chromium against the real server: what they show equals the Python API."""
+
+from __future__ import annotations
+
+import json
+
+from dash_helpers import SHOTS, open_view
+
+from mechscope.features import FeatureDatabase
+
+
+def _floats(page, selector: str, attr: str) -> list[float]:
+    return [float(x) for x in page.eval_on_selector_all(selector, f"els => els.map(e => e.getAttribute('{attr}'))")]
+
+
+def _ints(page, selector: str, attr: str) -> list[int]:
+    return [int(x) for x in page.eval_on_selector_all(selector, f"els => els.map(e => e.getAttribute('{attr}'))")]
+
+
+def test_home_lists_every_source(page, server) -> None:
+    open_view(page, server.url + "/")
+    ids = page.eval_on_selector_all("[data-source-id]", "els => els.map(e => e.dataset.kind + ':' + e.dataset.sourceId)")
+    assert sorted(ids) == ["features:features", "graph:graph", "heads:heads", "patch:patch"]
+    page.screenshot(path=str(SHOTS / "dashboard_sources.png"))
+
+
+def test_feature_list_sorted_and_paged_like_the_database(page, server, dash_dir) -> None:
+    db = FeatureDatabase.open(dash_dir / "features.db")
+    expected = [r[0] for r in db.con.execute("SELECT latent FROM latents ORDER BY density DESC, latent LIMIT 50")]
+    densities = [r[0] for r in db.con.execute("SELECT density FROM latents ORDER BY density DESC, latent LIMIT 50")]
+    open_view(page, server.url + "/#/features/features?sort=density&order=desc")
+    page.wait_for_selector("#latents tr[data-latent]")
+    assert _ints(page, "#latents tr[data-latent]", "data-latent") == expected
+    assert _floats(page, "#latents tr[data-latent]", "data-density") == densities
+    page.screenshot(path=str(SHOTS / "dashboard_features.png"), full_page=True)
+    page.fill("#search", "digits")
+    page.click("form button")
+    page.wait_for_selector("#hits tr[data-latent]")
+    hits = db.search("digits", limit=50)
+    assert _ints(page, "#hits tr[data-latent]", "data-latent") == [h["latent"] for h in hits]
+    assert _floats(page, "#hits tr[data-latent]", "data-score") == [h["score"] for h in hits]
+
+
+def test_feature_page_equals_the_python_api(page, server, dash_dir) -> None:
+    db = FeatureDatabase.open(dash_dir / "features.db")
+    latent = db.live_latents()[0]  # explained and scored by the fixture
+    info, top = db.latent(latent), db.examples(latent, "top")
+    open_view(page, f"{server.url}/#/features/features/{latent}")
+    page.wait_for_selector("#top .example")
+    assert _floats(page, "#top .example", "data-act") == [e["act"] for e in top]
+    for i, example in enumerate(top):
+        row = f"#top .example:nth-child({i + 1})"
+        assert _ints(page, f"{row} .tok", "data-token-id") == example["tokens"]
+        assert _floats(page, f"{row} .tok", "data-act") == example["acts"]
+        marked = page.eval_on_selector_all(f"{row} .tok", "els => els.map(e => e.classList.contains('max'))")
+        assert marked.index(True) == example["center"] and marked.count(True) == 1
+        title = page.get_attribute(f"{row} .tok:nth-of-type({example['center'] + 2})", "title")
+        assert title.startswith(json.dumps(example["text"][example["center"]]))
+    interval = db.examples(latent, "interval")
+    assert sorted(_floats(page, "#interval .example", "data-act")) == sorted(e["act"] for e in interval)
+    assert _ints(page, "svg.hist rect", "data-count") == info["hist"]
+    assert _floats(page, ".logits-positive li", "data-value") == [t["value"] for t in info["logits_positive"]]
+    assert _ints(page, ".logits-negative li", "data-token-id") == [t["token_id"] for t in info["logits_negative"]]
+    assert _ints(page, "[data-kind=decoder_cosine] li", "data-other") == [n["other"] for n in info["decoder_cosine"]]
+    assert _floats(page, "[data-kind=cooccurrence] li", "data-value") == [n["value"] for n in info["cooccurrence"]]
+    explanation = info["explanations"][0]
+    assert page.get_attribute("[data-explanation-id]", "data-explanation") == explanation["text"]
+    shown = dict(zip(page.eval_on_selector_all("[data-score-method]", "els => els.map(e => e.dataset.scoreMethod)"),
+                     _floats(page, "[data-score-method]", "data-score"), strict=True))
+    assert shown == explanation["scores"]
+    page.screenshot(path=str(SHOTS / "dashboard_feature.png"), full_page=True)
+
+
+def test_patching_heatmap_cells_and_token_axis(page, server, dash_dir) -> None:
+    result = json.loads((dash_dir / "patch.json").read_text())
+    open_view(page, server.url + "/#/patch/patch")
+    page.wait_for_selector("rect.cell")
+    flat = [v for row in result["scores"] for v in row]
+    assert _floats(page, "rect.cell", "data-score") == flat
+    labels = page.eval_on_selector_all("text.col-label", "els => els.map(e => e.textContent)")
+    assert labels == result["labels"][1]
+    tip = page.text_content("rect.cell[data-index='2,3'] title")
+    assert tip.startswith(f"layer 2, pos {json.dumps(result['labels'][1][3])}: ")
+    page.screenshot(path=str(SHOTS / "dashboard_patching.png"), full_page=True)
+
+
+def test_heads_grid_equals_the_detector_table(page, server, dash_dir) -> None:
+    heads = json.loads((dash_dir / "heads.json").read_text())["heads"]
+    open_view(page, server.url + "/#/heads/heads")
+    page.wait_for_selector("svg.heads")
+    grid = "svg.heads[data-detector=induction] rect.head"
+    shown = {(int(a), int(b)): float(v) for a, b, v in page.eval_on_selector_all(
+        grid, "els => els.map(e => [e.dataset.layer, e.dataset.head, e.dataset.value])")}
+    assert shown == {(h["layer"], h["head"]): h["induction"] for h in heads}
+    page.screenshot(path=str(SHOTS / "dashboard_heads.png"), full_page=True)
+
+
+def test_graph_nodes_edges_and_pinning(page, server, dash_dir) -> None:
+    doc = json.loads((dash_dir / "graph.json").read_text())
+    open_view(page, server.url + "/#/graph/graph")
+    page.wait_for_selector("circle.node")
+    ids = page.eval_on_selector_all("circle.node", "els => els.map(e => e.dataset.nodeId)")
+    assert ids == [n["node_id"] for n in doc["nodes"]]
+    assert _floats(page, "line.edge", "data-weight") == [link["weight"] for link in doc["links"]]
+    radius = dict(zip(ids, _floats(page, "circle.node", "r"), strict=True))
+    features = sorted((n for n in doc["nodes"] if n["influence"] is not None), key=lambda n: n["influence"])
+    assert radius[features[-1]["node_id"]] >= radius[features[0]["node_id"]]
+    target = doc["links"][0]["target"]
+    page.click(f"circle.node[data-node-id='{target}']")
+    assert page.get_attribute("#graph", "data-pinned") == target
+    faded = set(page.eval_on_selector_all("circle.node.faded", "els => els.map(e => e.dataset.nodeId)"))
+    linked = {x for link in doc["links"] if target in (link["source"], link["target"])
+              for x in (link["source"], link["target"])}
+    assert faded == set(ids) - linked
+    page.screenshot(path=str(SHOTS / "dashboard_graph.png"), full_page=True)
+
+
+def test_standalone_file_renders_the_same_values(page, server, sources, tmp_path) -> None:
+    from mechscope.apps.dashboard.standalone import export_html
+
+    path = export_html(sources, tmp_path / "dash.html")
+    latent = sources.features["features"].page("features", "score", "desc", 0, 1).rows[0].latent
+    values = {}
+    for url in (f"{server.url}/#/features/features/{latent}", f"{path.as_uri()}#/features/features/{latent}"):
+        open_view(page, url)
+        page.wait_for_selector("#top .example")
+        values[url] = (_floats(page, ".tok", "data-act"), _ints(page, "svg.hist rect", "data-count"),
+                       page.text_content("#explanations"))
+    first, second = values.values()
+    assert first == second and first[0]
+    open_view(page, f"{path.as_uri()}#/patch/patch")
+    assert len(page.query_selector_all("rect.cell")) == 24
