@@ -78,7 +78,7 @@ def main() -> None:
     for name, relu_first in (("relu_then_auxk (before)", True), ("raw_preacts (now)", False)):
         results[name] = train(train_rows, held_out, args, relu_first)
         print(name, {k: round(v, 4) for k, v in results[name].items()}, flush=True)
-    atomic_write_json(args.out, {"settings": vars(args), "results": results, "provenance": {
+    atomic_write_json(args.out, {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "results": results, "provenance": {
         "model": model.cfg.name, "mechscope_version": mechscope.__version__, "torch_version": torch.__version__,
         "python": platform.python_version(), "seed": 0}})
 
