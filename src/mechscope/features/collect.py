@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 def collect_features(
     model: Any, dictionary: Dictionary, db_path: str | Path, *, source: Source = "default",
     n_tokens: int | None = None, context_length: int = 128, batch_size: int = 16,
-    checkpoint_contexts: int = 256, config: CollectConfig | None = None, progress: bool | None = None,
+    checkpoint_contexts: int | None = None, checkpoint_seconds: float = 300.0,
+    config: CollectConfig | None = None, progress: bool | None = None,
     dictionary_path: str | Path | None = None, force: bool = False,
     on_checkpoint: Callable[[int], None] | None = None, **document_kwargs: Any,
 ) -> Path:
@@ -54,7 +55,9 @@ def collect_features(
     contexts are rebuilt from the stored tokens and encoded without running the model.
     `document_kwargs` go to `iter_documents` (`packages`, `split`, `text_field`). A finished
     database is refused unless `force`; an unfinished one with the same identity resumes.
-    `on_checkpoint(contexts_done)` runs after each committed checkpoint.
+    The resume state is committed every `checkpoint_contexts` contexts when given, else every
+    `checkpoint_seconds` (the state of a 9k-latent dictionary is about 180 MB), and at the end of
+    the pass; `on_checkpoint(contexts_done)` runs after each.
     """
     cfg = config or CollectConfig()
     hook = dictionary.cfg.hook_name
@@ -80,7 +83,7 @@ def collect_features(
         db.set_meta({"dictionary_path": str(Path(dictionary_path).resolve())})
     bar = tqdm(total=None if max_contexts is None else max_contexts * (context_length - 1), initial=acc.tokens,
                unit="tok", desc="collect", disable=not (progress if progress is not None else sys.stderr.isatty()))
-    since = 0
+    since, last = 0, time.monotonic()
     dictionary.eval()
     try:
         stream = (_store_batches(store, dictionary, model.tokenizer, batch_size, max_contexts, acc.contexts)
@@ -93,9 +96,11 @@ def collect_features(
             acc.update(ids, acts, first_context=first, keep=keep)
             bar.update(acc.tokens - before)
             since += ids.shape[0]
-            if since >= checkpoint_contexts:
+            due = (since >= checkpoint_contexts if checkpoint_contexts is not None
+                   else time.monotonic() - last >= checkpoint_seconds)
+            if due:
                 _checkpoint(db, acc, on_checkpoint)
-                since = 0
+                since, last = 0, time.monotonic()
         if acc.tokens == 0:
             raise MechscopeError(f"the corpus {source!r} gave no tokens to collect over")
         if since:  # a kill during the final write resumes straight to it

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     col.add_argument("--tokens", type=int, default=None, help="tokens to read (default: the whole corpus)")
     col.add_argument("--context-length", type=int, default=128, help="tokens per packed context (BOS first)")
     col.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass")
-    col.add_argument("--checkpoint-contexts", type=int, default=256, help="contexts between resume checkpoints")
+    col.add_argument("--checkpoint-seconds", type=float, default=300.0, help="seconds between resume checkpoints")
     col.add_argument("--top-k", type=int, default=20, help="top-activating examples per latent")
     col.add_argument("--seed", type=int, default=0, help="seed of the interval and random examples")
     col.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -115,7 +115,7 @@ def run_collect(args: argparse.Namespace) -> int:
         kwargs["packages"] = packages
     collect_features(model, sae, args.out, source=args.corpus, n_tokens=args.tokens,
                      context_length=args.context_length, batch_size=args.batch_size,
-                     checkpoint_contexts=args.checkpoint_contexts,
+                     checkpoint_seconds=args.checkpoint_seconds,
                      config=CollectConfig(top_k=args.top_k, seed=args.seed), progress=args.progress,
                      dictionary_path=args.dictionary, force=args.force, **kwargs)
     with FeatureDatabase.open(args.out) as db:
