@@ -67,3 +67,20 @@ def test_bad_input_is_one_line(sae_dir, tmp_path, capsys, argv, message) -> None
     assert cli.main(["steer", "a b", "--sae", sae_dir, "--max-new-tokens", "2", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_find_uses_the_feature_database(sae_dir, tmp_path, capsys) -> None:
+    from mechscope.features.database import FeatureDatabase
+
+    db = FeatureDatabase.create(tmp_path / "features.db")
+    db.set_meta({"d_sae": 48, "complete": True})
+    db.add_explanation(11, "files and folders on disk", "human")
+    db.close()
+    out = tmp_path / "find.json"
+    assert cli.main(["steer", "a b", "--sae", sae_dir, "--feature-db", str(tmp_path / "features.db"), "--find",
+                     "folders", "--clamp", "3", "--max-new-tokens", "2", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["direction"]["source"]["latent"] == 11
+    assert "latent 11 matches 'folders'" in capsys.readouterr().out
+    assert cli.main(["steer", "a b", "--sae", sae_dir, "--feature-db", str(tmp_path / "features.db"), "--find",
+                     "bridges", "--clamp", "3"]) == 2
+    assert "No latent in" in capsys.readouterr().err

@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_argument_group("direction (one of)")
     src.add_argument("--feature", help="SAE latent, as N or LAYER:N (with --sae)")
     src.add_argument("--sae", help="dictionary folder (SAELens layout) for --feature / --concept-latent")
+    src.add_argument("--find", metavar="QUERY", help="use the best match of QUERY in --feature-db as --feature")
+    src.add_argument("--feature-db", metavar="DB", help="feature database of --sae (mechscope features collect)")
     src.add_argument("--vector", help="caa:PAIRS.jsonl (difference of means), pca:PAIRS.jsonl (reading vector) or "
                      "a saved directions file (.json/.safetensors stem)")
     src.add_argument("--layer", type=int, help="layer of the site for --vector caa:/pca:")
@@ -140,6 +142,15 @@ def run(args: argparse.Namespace) -> int:
     from mechscope.features.steering import save_directions, typical_norm
     from mechscope.features.steering.sweep import Concept, plot_sweep, steering_sweep
 
+    sae = load_dictionary(args.sae) if args.sae else None
+    if args.find is not None:
+        if args.feature is not None or not args.feature_db or not args.sae:
+            raise MechscopeError("--find needs --feature-db DB and --sae PATH, and replaces --feature.")
+        from mechscope.features.steering.concepts import database_latents
+
+        hit = database_latents(args.feature_db, args.find, sae)[0]
+        print(f"latent {hit['latent']} matches {args.find!r}: {(hit['explanations'] or hit['top_tokens'])[:80]!r}")
+        args.feature = str(hit["latent"])
     if (args.feature is None) == (args.vector is None):
         raise MechscopeError("Give one direction: --feature N (with --sae) or --vector SPEC.")
     if sum(x is not None and x is not False for x in (args.clamp, args.coef, args.ablate or None)) != 1:
@@ -150,7 +161,6 @@ def run(args: argparse.Namespace) -> int:
         raise MechscopeError("--feature and --concept-latent need --sae PATH (a dictionary folder).")
     where = _where(args.where)
     model = load(args)
-    sae = load_dictionary(args.sae) if args.sae else None
     direction = _direction(args, model, sae)
     if args.save_direction:
         save_directions(args.save_direction, [direction], provenance(model, seed=args.seed), force=args.force)

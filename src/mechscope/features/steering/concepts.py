@@ -52,3 +52,18 @@ def concept_latents(model: Any, sae: Dictionary, concept: Sequence[str], baselin
     score = on - off
     top = score.topk(min(n, score.numel()))
     return [ConceptLatent(int(i), float(s), float(on[i]), float(off[i])) for s, i in zip(*top, strict=True)]
+
+
+def database_latents(path: str, query: str, sae: Dictionary | None = None, n: int = 5) -> list[dict[str, Any]]:
+    """Latents whose explanations or top tokens in a feature database (`mechscope features collect`) match
+    `query`, best first; with `sae`, the database must describe a dictionary of the same width."""
+    from mechscope.features.database import FeatureDatabase
+
+    with FeatureDatabase.open(path) as db:
+        if sae is not None and db.meta().get("d_sae") not in (None, sae.cfg.d_sae):
+            raise MechscopeError(f"{path} describes a dictionary of {db.meta()['d_sae']} latents, "
+                                 f"not this one of {sae.cfg.d_sae}.")
+        hits = db.search(query, limit=n)
+    if not hits:
+        raise MechscopeError(f"No latent in {path} matches {query!r}.")
+    return hits
