@@ -108,24 +108,22 @@ def create_app(sources: Sources, model_name: str | None = None) -> FastAPI:
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0, on_start: Any = None) -> None:
     """Run `app` with uvicorn until interrupted; `on_start(url)` is called once the socket is bound."""
+    import socket
+
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-
-    async def main() -> None:
-        await server.startup()
-        if server.should_exit:
-            return
-        bound = server.servers[0].sockets[0].getsockname()
-        if on_start is not None:
-            on_start(f"http://{_url_host(bound[0])}:{bound[1]}/")
-        await server.main_loop()
-        await server.shutdown()
-
-    import asyncio
-
-    asyncio.run(main())
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise MechscopeError(f"cannot listen on {host}:{port}: {err.strerror}") from err
+    sock.listen(128)
+    bound = sock.getsockname()
+    if on_start is not None:
+        on_start(f"http://{_url_host(bound[0])}:{bound[1]}/")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
 
 
 def _url_host(host: str) -> str:

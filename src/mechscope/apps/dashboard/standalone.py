@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.apps.dashboard.api import Sources
-from mechscope.core.files import write_text
+from mechscope.core.files import MARKER, write_text
 
 STATIC = Path(__file__).parent / "static"
 # Dependencies first: each module only uses names exported by the ones before it.
@@ -44,7 +44,7 @@ def _dump(value: Any) -> str:
 def standalone_html(data: dict[str, Any], title: str = "mechscope", start: str = "#/") -> str:
     """An HTML document rendering `data` ({API path: response JSON}) with the dashboard's views."""
     css = (STATIC / "style.css").read_text(encoding="utf-8")
-    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_escape(title)}</title>\n'
+    return (f'<!doctype html>\n{MARKER}\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_escape(title)}</title>\n'
             f'<link rel="icon" href="data:,">\n<style>\n{css}</style>\n</head>\n<body>\n'
             f'<header><a href="#/" class="brand">mechscope</a><nav id="nav"></nav></header>\n'
             f'<main id="app">Loading…</main>\n'
