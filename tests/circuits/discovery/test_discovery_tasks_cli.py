@@ -61,16 +61,19 @@ def test_circuit_command_writes_json_png_and_scores(tmp_path, capsys):
     from mechscope.apps.cli import main
     from mechscope.circuits.discovery.scores import EdgeScores
 
-    args = ["circuit", "--task", "ioi", "--method", "eap", "--n-pairs", "4", "--batch-size", "4", "--top-n", "60",
+    args = ["circuit", "--task", "ioi", "--method", "eap", "--n-pairs", "2", "--batch-size", "2", "--top-n", "60",
+            "--curve-points", "3",
             "--json", str(tmp_path / "c.json"), "--png", str(tmp_path / "c.png"), "--scores", str(tmp_path / "s"),
             "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "faithfulness" in out
     data = json.loads((tmp_path / "c.json").read_text())
-    assert data["graph"]["n_edges"] == 123_211 and data["n_pairs"] == 4
+    assert data["graph"]["n_edges"] == 123_211 and data["n_pairs"] == 2
     assert 0 < data["circuit"]["n_edges"] <= 60 and data["circuit"]["nodes"][-1] == "logits"
-    assert data["faithfulness_curve"][-1]["faithfulness"] == pytest.approx(1.0, abs=1e-3)
+    curve = data["faithfulness_curve"]
+    assert [c["n_edges"] for c in curve] == [0, 1, 123_211]
+    assert curve[0]["faithfulness"] == pytest.approx(0.0, abs=1e-3) and curve[-1]["faithfulness"] == pytest.approx(1.0, abs=1e-3)
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     scores = EdgeScores.load(tmp_path / "s")
     assert scores.method == "eap" and scores.scores.shape == (841, 301)

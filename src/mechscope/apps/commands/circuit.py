@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--objective", default="kl", choices=["kl", "metric"], help="what ACDC keeps close to clean")
     parser.add_argument("--candidates", type=int, default=1000,
                         help="ACDC starts from the top CANDIDATES edges by EAP-IG (0: every edge)")
+    parser.add_argument("--curve-points", type=int, default=10,
+                        help="circuit sizes in the faithfulness curve (0: no curve)")
     parser.add_argument("--scores", default=None, metavar="STEM", help="save per-edge scores as STEM.safetensors + STEM.json")
     parser.add_argument("--no-progress", action="store_true")
     add_model_option(parser)
@@ -77,7 +79,8 @@ def discover(model: Any, args: argparse.Namespace) -> tuple[dict, Any, Any]:
         extra = {}
     seconds = time.perf_counter() - started
     evaluation = ev(mask)
-    curve = ev.curve(scores, default_sizes(g.n_edges, points=10), absolute=not args.signed)
+    sizes = default_sizes(g.n_edges, points=args.curve_points) if args.curve_points > 1 else []
+    curve = ev.curve(scores, sizes, absolute=not args.signed)
     values = scores.scores
     record = {
         "task": args.task, "method": args.method, "steps": args.steps, "corruption": args.corruption,
