@@ -108,7 +108,6 @@ class GraphModel:
 
     def __init__(self, model: HookedModel) -> None:
         self.model = ungrouped(model)
-        self.original = model
         self.graph = ComponentGraph.for_model(self.model)
         fam, cfg = self.model.family, self.model.cfg
         self.post_norm = fam.attn_out != fam.attn

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.core.errors import MechscopeError
+from mechscope.core.errors import MechscopeError, unknown_name_message
 from mechscope.core.files import iter_jsonl
 
 TASKS = ("ioi", "greater-than")
@@ -201,5 +201,4 @@ def task_pairs(model: Any, task: str, n: int = 40, seed: int = 0) -> Pairs:
         return make_pairs(model, greater_than_records(model, n, seed))
     if task.endswith(".jsonl") or Path(task).exists():
         return make_pairs(model, read_jsonl(task)[:n] if n else read_jsonl(task))
-    from mechscope.core.errors import unknown_name_message
     raise MechscopeError(unknown_name_message("task", task, list(TASKS)) + " Or give a .jsonl file of prompt pairs.")
