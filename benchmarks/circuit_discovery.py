@@ -7,10 +7,10 @@ forward + backward of the plain model over the same pairs (EAP's floor).
 Findings (`--findings`): what SmolLM2-135M does on IOI and greater-than (accuracy and metric
 first), then EAP-IG circuits, ACDC started from the EAP-IG candidates, path patching, and head
 roles (name movers, S-inhibition, induction / duplicate-token heads) next to the head detectors;
-writes docs/circuit_discovery_findings.json and figures.
+writes docs/circuit_discovery_findings_<tasks>.json and figures.
 
     python benchmarks/circuit_discovery.py --timing --pairs 100 --steps 5
-    python benchmarks/circuit_discovery.py --findings --pairs 24
+    python benchmarks/circuit_discovery.py --findings --pairs 12 --steps 3 --acdc-candidates 120
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _heads_into(g, scores, dests_of, heads, top):
     return [(int(i) // g.n_heads, int(i) % g.n_heads, float(total.flatten()[i])) for i in order]
 
 
-def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int) -> dict:
+def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int, tasks: tuple[str, ...]) -> dict:
     import mechscope
     from mechscope.circuits.discovery.acdc import acdc
     from mechscope.circuits.discovery.draw import circuit_figure
@@ -106,7 +106,7 @@ def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int) -> dict
     g = gm.graph
     heads = {(r.layer, r.head): r for r in detect_heads(model, seq_len=30, batch=8)}
     out: dict = {"provenance": provenance(model, seed=0)}
-    for task in ("ioi", "greater-than"):
+    for task in tasks:
         t0 = time.perf_counter()
         pairs = task_pairs(model, task, n_pairs, seed=0)
         with torch.no_grad():
@@ -132,7 +132,7 @@ def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int) -> dict
                          for layer in range(g.n_layers) for h in range(g.n_heads)), key=lambda x: -x[2])
         rec["direct_to_logits"] = direct[:8]
         out[task] = rec
-        write_json(DOCS / "circuit_discovery_findings.json", out, force=True)  # progress so far
+        write_json(DOCS / f"circuit_discovery_findings_{'_'.join(tasks)}.json", out, force=True)  # progress so far
         if task == "ioi":
             movers = [(layer, h) for layer, h, v in direct[:4]]
             s_inhib = _heads_into(g, scores.scores, lambda ly, h: [g.qkv_dest(ly, h, "q")], movers, 6)
@@ -162,7 +162,7 @@ def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int) -> dict
             rec["path_patching_into_mover_queries"] = [(f"{senders[int(i)][0]}.{senders[int(i)][1]}", float(flat[i]))
                                                        for i in flat.abs().argsort(descending=True)[:8]]
             print("roles", json.dumps(rec["roles"]), flush=True)
-            write_json(DOCS / "circuit_discovery_findings.json", out, force=True)
+            write_json(DOCS / f"circuit_discovery_findings_{'_'.join(tasks)}.json", out, force=True)
             sub = pairs.rows(slice(0, min(len(pairs), 16)))
             start = top_n(scores, acdc_candidates)
             result = acdc(gm, sub, [0.01, 0.03, 0.1], start_mask=start, progress=True)
@@ -175,7 +175,7 @@ def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int) -> dict
                                                   f"IOI: ACDC at tau=0.03 ({result.counts[1]} edges)")), force=True)
         rec["seconds"] = time.perf_counter() - t0
         out[task] = rec
-        write_json(DOCS / "circuit_discovery_findings.json", out, force=True)
+        write_json(DOCS / f"circuit_discovery_findings_{'_'.join(tasks)}.json", out, force=True)
     return out
 
 
@@ -187,11 +187,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--acdc-candidates", type=int, default=300)
+    parser.add_argument("--tasks", default="ioi,greater-than", help="findings for these built-in tasks")
     args = parser.parse_args()
     if args.timing:
         timing(args.pairs, args.steps, args.batch)
     if args.findings:
-        findings(args.pairs, args.steps, args.batch, args.acdc_candidates)
+        findings(args.pairs, args.steps, args.batch, args.acdc_candidates, tuple(args.tasks.split(",")))
 
 
 if __name__ == "__main__":
