@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dash_helpers import CHROMIUM, CHROMIUM_ARGS, LOOPBACK, ServerThread, build_files  # noqa: E402
+from dash_helpers import CHROMIUM, CHROMIUM_ARGS, LOOPBACK, ServerThread, build_files, word_lm  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +36,16 @@ def server(sources) -> ServerThread:
     from mechscope.apps.dashboard.server import create_app
 
     thread = ServerThread(create_app(sources))
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(sources) -> ServerThread:
+    """The same sources with the tiny model loaded (the live prompt, attention and steering views)."""
+    from mechscope.apps.dashboard.server import create_app
+
+    thread = ServerThread(create_app(sources, model_name="tiny-llama", model=word_lm()))
     yield thread
     thread.stop()
 

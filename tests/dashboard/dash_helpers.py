@@ -18,6 +18,25 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
+WORDS = ["<bos>", "<eos>", "<pad>"] + [f" {a}{b}" for a in ("ba", "co", "di", "fe", "go", "hu", "ki", "lo", "ma", "no",
+                                                             "pe", "ra", "su")
+                                      for b in ("n", "t", "re", "ll", "sk", "mp", "de", "r", "x")][:93]
+
+
+def word_lm():
+    """The tiny random Llama of `tiny_lm` with a tokenizer that also decodes (id -> a made-up word)."""
+    from tiny_lm import HashTokenizer, tiny_lm
+
+    class WordTokenizer(HashTokenizer):
+        def decode(self, ids, skip_special_tokens: bool = False) -> str:
+            ids = [int(i) for i in ids]
+            return "".join(WORDS[i] for i in ids if not (skip_special_tokens and i < 3))
+
+    model = tiny_lm("llama")
+    model.tokenizer = WordTokenizer()
+    return model
+
+
 def build_files(folder: Path) -> Path:
     """A feature database (tiny Llama + ReLU SAE, with an explanation and scores), a patch result,
     a heads table and a circuit-tracer graph, all written by mechscope's own code."""
@@ -25,15 +44,15 @@ def build_files(folder: Path) -> Path:
 
     from mechscope.circuits.attribution import attribute
     from mechscope.circuits.export import graph_json
-    from mechscope.dictionaries import make_dictionary
+    from mechscope.dictionaries import make_dictionary, save_dictionary
     from mechscope.features import CollectConfig, FeatureDatabase, collect_features
     from mechscope.methods.heads import detect_heads
     from mechscope.methods.patching.result import PatchResult
-    from tiny_lm import tiny_lm, write_corpus
+    from tiny_lm import write_corpus
     from tiny_models import VOCAB, tiny_ids, tiny_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = tiny_lm("llama")
+    model = word_lm()
     corpus = write_corpus(folder, n_docs=20, words=40)
     sae = make_dictionary("relu", d_in=64, d_sae=48, seed=1, hook_name="blocks.1.hook_resid_post")
     with torch.no_grad():
@@ -41,7 +60,9 @@ def build_files(folder: Path) -> Path:
     cfg = CollectConfig(top_k=5, n_intervals=3, per_interval=2, n_random=3, random_pool=40, window_left=5,
                         window_right=3, n_neighbours=4, n_logit_tokens=3, seed=3)
     db_path = folder / "features.db"
-    collect_features(model, sae, db_path, source=corpus, context_length=24, config=cfg, progress=False)
+    save_dictionary(sae, folder.parent / "sae")
+    collect_features(model, sae, db_path, source=corpus, context_length=24, config=cfg, progress=False,
+                     dictionary_path=folder.parent / "sae")
     db = FeatureDatabase.open(db_path)
     live = db.live_latents()
     for latent, text, score in ((live[0], "numbers and digits", 0.8), (live[1], "the word after a comma", 0.35)):

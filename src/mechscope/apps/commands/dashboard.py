@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("dashboard", help="local web dashboard over mechscope's result files")
     parser.add_argument("paths", nargs="*", default=["."],
                         help="files or folders holding feature databases (.db) and result JSON (default: .)")
-    parser.add_argument("--model", default=None, help="model name shown with the sources (recorded only)")
+    parser.add_argument("--model", default=None, help="load this model for the live views: prompt (lens, latents per token), attention, steering "
+                             "(smollm2-135m, gemma3-270m, a .gguf file, a saved folder or a hub id)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
@@ -40,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
     if args.export_html:
         print(f"wrote {export_html(sources, args.export_html, force=args.force)}")
         return 0
-    app = create_app(sources, model_name=args.model)
+    model = None
+    if args.model:
+        from mechscope.core.loading import load_model
+
+        model = load_model(args.model)
+    app = create_app(sources, model_name=args.model, model=model)
     print(f"{len(sources.infos)} sources under {', '.join(args.paths)}", flush=True)
     serve(app, host=args.host, port=args.port, on_start=lambda url: print(f"mechscope dashboard: {url}", flush=True))
     return 0

@@ -32,6 +32,15 @@ from mechscope.apps.dashboard.api import (
     SourceList,
     Sources,
 )
+from mechscope.apps.dashboard.live import (
+    AttentionRequest,
+    AttentionView,
+    Live,
+    PromptRequest,
+    PromptView,
+    SteerRequest,
+    SteerView,
+)
 from mechscope.core.errors import MechscopeError
 
 STATIC = Path(__file__).parent / "static"
@@ -43,8 +52,10 @@ CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 's
 SourceId = Annotated[str, PathParam(pattern=ID_PATTERN)]
 
 
-def create_app(sources: Sources, model_name: str | None = None) -> FastAPI:
-    """The app serving `sources`; every route is read-only."""
+def create_app(sources: Sources, model_name: str | None = None, model: Any = None) -> FastAPI:
+    """The app serving `sources`; with a loaded `model`, also the live prompt, attention and steering views.
+
+    Every route is read-only: the POST routes compute, they write nothing."""
     app = FastAPI(title="mechscope dashboard", version="1", docs_url=None, redoc_url=None)
 
     @app.middleware("http")
@@ -98,12 +109,29 @@ def create_app(sources: Sources, model_name: str | None = None) -> FastAPI:
     def graph(doc: SourceId) -> Graph:
         return sources.graph(doc)
 
+    if model is not None:
+        _add_live_routes(app, Live(model, sources))
+
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _add_live_routes(app: FastAPI, live: Live) -> None:
+    @app.post("/api/model/prompt", response_model=PromptView)
+    def prompt(req: PromptRequest) -> PromptView:
+        return live.prompt(req)
+
+    @app.post("/api/model/attention", response_model=AttentionView)
+    def attention(req: AttentionRequest) -> AttentionView:
+        return live.attention(req)
+
+    @app.post("/api/model/steer", response_model=SteerView)
+    def steer(req: SteerRequest) -> SteerView:
+        return live.steer(req)
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0, on_start: Any = None) -> None:

@@ -21,7 +21,8 @@ from mechscope.core.files import MARKER, write_text
 
 STATIC = Path(__file__).parent / "static"
 # Dependencies first: each module only uses names exported by the ones before it.
-MODULES = ("util.js", "source.js", "features.js", "patching.js", "heads.js", "graph.js", "app.js")
+MODULES = ("util.js", "source.js", "features.js", "patching.js", "heads.js", "graph.js", "prompt.js", "steer.js",
+           "app.js")
 PAGE = 50  # rows of the list pages embedded (the front-end's page size)
 SORTS = (("latent", "asc"), ("density", "desc"), ("max_act", "desc"), ("score", "desc"))
 

@@ -1,11 +1,13 @@
 // Router: #/ (sources), #/features/DB[?sort=&order=&offset=&q=], #/features/DB/LATENT, #/patch/ID,
-// #/heads/ID, #/graph/ID. The same code runs against the API or an embedded export.
+// #/heads/ID, #/graph/ID, and with a model #/prompt and #/steer. The same code runs against the API or an embedded export.
 import { el } from "./util.js";
 import { makeSource } from "./source.js";
 import { renderFeature, renderFeatureList } from "./features.js";
 import { renderPatch } from "./patching.js";
 import { renderHeads } from "./heads.js";
 import { renderGraph } from "./graph.js";
+import { renderPrompt } from "./prompt.js";
+import { renderSteer } from "./steer.js";
 
 const source = makeSource();
 const LABELS = { features: "Features", patch: "Patching", heads: "Heads", graph: "Graphs & circuits" };
@@ -13,6 +15,10 @@ const LABELS = { features: "Features", patch: "Patching", heads: "Heads", graph:
 async function renderHome(root) {
   const list = await source.get("/api/sources");
   root.replaceChildren(el("h1", { text: "Sources" }));
+  if (list.model) {
+    root.append(el("p", { id: "live" }, [`model ${list.model}: `, el("a", { href: "#/prompt", text: "prompt view" }), " · ",
+      el("a", { href: "#/steer", text: "steering" })]));
+  }
   if (!list.sources.length) root.append(el("p", { class: "muted", text: "No mechscope result files under the served paths." }));
   for (const kind of Object.keys(LABELS)) {
     const items = list.sources.filter((s) => s.kind === kind);
@@ -35,6 +41,8 @@ async function route() {
     else if (parts[0] === "patch") await renderPatch(root, source, parts[1]);
     else if (parts[0] === "heads") await renderHeads(root, source, parts[1]);
     else if (parts[0] === "graph") await renderGraph(root, source, parts[1]);
+    else if (parts[0] === "prompt") await renderPrompt(root, source, params, await source.get("/api/sources"));
+    else if (parts[0] === "steer") await renderSteer(root, source, params, await source.get("/api/sources"));
     else await renderHome(root);
   } catch (err) {
     root.replaceChildren(el("p", { class: "error", id: "error", text: String(err.message || err) }));

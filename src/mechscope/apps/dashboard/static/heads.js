@@ -22,7 +22,7 @@ export async function renderHeads(root, source, id) {
         if (!row) continue;
         const v = row[detector];
         const label = row.label || (row.labels || []).join(" ") || "";
-        svg.append(svgEl("rect", { class: "head", x: left + h * cell, y: top + l * cell, width: cell - 1,
+        svg.append(svgEl("rect", { class: "head", onclick: () => { location.hash = `#/prompt?layer=${l}&head=${h}&run=1`; }, x: left + h * cell, y: top + l * cell, width: cell - 1,
           height: cell - 1, fill: heat(hi > lo ? (v - lo) / (hi - lo) : 0), stroke: label ? "#333" : "none",
           "data-layer": l, "data-head": h, "data-value": v, "data-label": label },
         [svgEl("title", {}, [`L${l}H${h} ${detector} ${fmt(v, 4)}${label ? "  · " + label : ""}`])]));

@@ -10,12 +10,22 @@ export function makeSource() {
         if (!(path in data)) throw new Error(`not part of this export: ${path}`);
         return data[path];
       },
+      async post(path) {
+        throw new Error(`live views need the server started with --model (${path})`);
+      },
     };
   }
   return {
     embedded: false,
     async get(path) {
       const response = await fetch(path);
+      const body = await response.json();
+      if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail));
+      return body;
+    },
+    async post(path, payload) {
+      const response = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(payload) });
       const body = await response.json();
       if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail));
       return body;
