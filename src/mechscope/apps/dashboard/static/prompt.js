@@ -28,6 +28,7 @@ async function attentionView(box, source, prompt, layer, head) {
     span.style.background = heat(w);
     span.title = q === null ? "" : `attention from ${q} to ${k}: ${fmt(w, 4)}`;
     span.dataset.weight = q === null ? "" : String(w);
+    span.classList.toggle("max", k === q);
   });
   tokens.forEach((span, q) => span.addEventListener("mouseenter", () => shade(q)));
   box.replaceChildren(el("p", { class: "muted", text: `L${layer}H${head}: hover a token to see where it attends` }),
