@@ -110,7 +110,8 @@ def demo_sentiment(model: Any, out: Path, force: bool) -> dict[str, Any]:
     direction = mean_difference(model, *train, hook)
     site_norm = typical_norm(model, hook, list(NEUTRAL_TEXTS))
     prompts = ["I think the movie was", "My day at work was", "The food at the restaurant was",
-               "Honestly, the trip was"]
+               "Honestly, the trip was", "The new phone is", "Our neighbours are", "The weekend was",
+               "The book I read last month was"]
     coefs = [-0.2, -0.1, 0.1, 0.2, 0.3]
     result = steering_sweep(model, prompts, lambda c: [Add(direction, c, site_norm=site_norm)], coefs,
                             concept=Concept(keywords=POSITIVE_WORDS), max_new_tokens=30, baseline=True)
@@ -132,6 +133,14 @@ def demo_sentiment(model: Any, out: Path, force: bool) -> dict[str, Any]:
             "n_train_pairs": len(train[0]), "n_test_pairs": len(test[0]), "provenance": provenance(model, seed=0)}
     write_json(out / "sentiment.json", data, force)
     fig = plot_sweep(result, f"sentiment CAA at {hook}, coefficient in units of the site norm ({site_norm:.1f})")
+    twin = fig.axes[0].twinx()  # the next-word preference: a finer measure than keywords in 8 generations
+    swept = [r for r in rows if r["coef"] is not None]
+    twin.plot([r["coef"] for r in swept], [r["next_word_preference"] for r in swept], "s--", color="C4",
+              label="log P(good words) - log P(bad words), next token")
+    twin.set_ylabel("next-token preference (nats)")
+    twin.legend(fontsize=7, loc="lower right")
+    fig.set_size_inches(13.5, 3.6)
+    fig.tight_layout()
     write_bytes(out / "sentiment_sweep.png", figure_png(fig), force)
     return data
 
