@@ -15,6 +15,7 @@ from mechscope.dictionaries import make_dictionary
 from mechscope.features.steering import (
     Add,
     Clamp,
+    directions_by_layer,
     first_principal_component,
     from_latent,
     from_probe,
@@ -67,6 +68,16 @@ def test_mean_difference_and_reading_vector_match_hand_computation(model) -> Non
     assert rv.source["kind"] == "reading_vector" and rv.norm == pytest.approx(1.0, abs=1e-5)
     assert float((pos - neg).mean(0) @ rv.vector) >= 0
     assert projection_accuracy(caa, pos, neg) >= 2 / 3
+
+
+def test_directions_by_layer_match_one_layer_at_a_time(model) -> None:
+    both = directions_by_layer(model, POS, NEG, "resid_post", layers=[0, 2])
+    assert [d.hook_name for d in both] == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+    torch.testing.assert_close(both[1].vector, mean_difference(model, POS, NEG, "blocks.2.hook_resid_post").vector)
+    rv = directions_by_layer(model, POS, NEG, layers=[1], method="reading_vector")[0]
+    torch.testing.assert_close(rv.vector, reading_vector(model, POS, NEG, SITE).vector)
+    with pytest.raises(MechscopeError, match="method="):
+        directions_by_layer(model, POS, NEG, method="median")
 
 
 def test_first_principal_component_finds_a_planted_axis() -> None:

@@ -8,6 +8,7 @@ Example:
 
 from mechscope.features.steering.directions import (
     Direction,
+    directions_by_layer,
     first_principal_component,
     from_latent,
     from_probe,
@@ -32,7 +33,7 @@ from mechscope.features.steering.interventions import (
 )
 
 __all__ = [
-    "Ablate", "Add", "Clamp", "Direction", "Generation", "Intervention", "PositionState", "Swap",
+    "Ablate", "Add", "Clamp", "Direction", "Generation", "directions_by_layer", "Intervention", "PositionState", "Swap",
     "first_principal_component", "from_latent", "from_probe", "from_vector", "generate", "load_directions",
     "mean_difference", "projection_accuracy", "read_activations", "reading_vector", "save_directions", "steering",
     "typical_norm",

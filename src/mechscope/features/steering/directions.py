@@ -38,7 +38,7 @@ from mechscope.core.errors import MechscopeError
 from mechscope.core.files import check_writable, write_bytes, write_json
 from mechscope.core.names import parse_layer
 from mechscope.dictionaries.base import Dictionary
-from mechscope.methods.probe_collect import collect_activations
+from mechscope.methods.probe_collect import collect_activations, site_hook_names
 from mechscope.methods.probe_data import resolve_read_position
 from mechscope.methods.probe_models import LogisticProbe
 
@@ -170,6 +170,37 @@ def reading_vector(model: Any, positive: Sequence[str], negative: Sequence[str],
     pos = read_activations(model, positive, hook_name, positive_tokens)
     neg = read_activations(model, negative, hook_name, negative_tokens)
     return Direction(first_principal_component(pos - neg), hook_name, {"kind": "reading_vector", "n_pairs": len(pos)})
+
+
+def directions_by_layer(model: Any, positive: Sequence[str], negative: Sequence[str], site: str = "resid_post",
+                        layers: Sequence[int] | None = None, method: str = "mean_difference", *,
+                        positive_tokens: Sequence[str | None] | None = None,
+                        negative_tokens: Sequence[str | None] | None = None) -> list[Direction]:
+    """One contrastive direction per layer at `site` (`method`: `mean_difference` or `reading_vector`),
+    from one pass over each side's texts.
+
+    Example:
+        >>> ds = directions_by_layer(model, pos, neg, "resid_post", layers=[6, 12, 18])      # doctest: +SKIP
+        >>> save_directions("out/sentiment", ds, provenance(model))                         # doctest: +SKIP
+    """
+    if method not in ("mean_difference", "reading_vector"):
+        raise MechscopeError(f"method={method!r}: use 'mean_difference' or 'reading_vector'.")
+    if method == "reading_vector" and len(positive) != len(negative):
+        raise MechscopeError(f"Reading vectors need pairs: {len(positive)} positive and {len(negative)} negative texts.")
+    hooks = site_hook_names(model, site, list(layers) if layers is not None else None)
+    pos = collect_activations(model, list(positive), _positions(model, positive, positive_tokens), hooks)
+    neg = collect_activations(model, list(negative), _positions(model, negative, negative_tokens), hooks)
+    out = []
+    for layer, hook in hooks.items():
+        if method == "mean_difference":
+            vector, source = pos[layer].mean(0) - neg[layer].mean(0), {"kind": "mean_difference",
+                                                                      "n_positive": len(positive),
+                                                                      "n_negative": len(negative)}
+        else:
+            vector, source = first_principal_component(pos[layer] - neg[layer]), {"kind": "reading_vector",
+                                                                                   "n_pairs": len(positive)}
+        out.append(Direction(vector, hook, {**source, "layer": layer}))
+    return out
 
 
 def from_probe(model: Any, probe: LogisticProbe, hook_name: str, class_index: int = 1) -> Direction:

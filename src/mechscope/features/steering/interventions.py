@@ -12,7 +12,8 @@
 
 Each takes `where`: `"all"` (default), `"prompt"`, `"generated"` or a list of token indices within each
 row's text (negative counts from the end of the prompt). Outside generation every position is a prompt
-position. Interventions apply in the order given; several at one site compose.
+position, and negative indices count from the end of the input as passed (right padding included).
+Interventions apply in the order given; several at one site compose.
 
 Example:
     >>> with steering(model, [Add(direction, 4.0), Clamp(sae, [1234], 8.0)]):   # doctest: +SKIP
