@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -41,11 +42,24 @@ def server(sources) -> ServerThread:
 
 
 @pytest.fixture(scope="session")
-def live_server(sources) -> ServerThread:
-    """The same sources with the tiny model loaded (the live prompt, attention and steering views)."""
+def tuned_lens():
+    """A tuned lens of the tiny model that differs from the logit lens (seeded random translators)."""
+    from mechscope.methods.tuned_lens import TunedLens
+
+    lens = TunedLens.for_model(word_lm())
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in lens.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    return lens
+
+
+@pytest.fixture(scope="session")
+def live_server(sources, tuned_lens) -> ServerThread:
+    """The same sources with the tiny model and a tuned lens loaded (prompt, attention and steering views)."""
     from mechscope.apps.dashboard.server import create_app
 
-    thread = ServerThread(create_app(sources, model_name="tiny-llama", model=word_lm()))
+    thread = ServerThread(create_app(sources, model_name="tiny-llama", model=word_lm(), tuned_lens=tuned_lens))
     yield thread
     thread.stop()
 

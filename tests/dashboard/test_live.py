@@ -19,7 +19,7 @@ def _attrs(page, selector: str, attr: str) -> list[str]:
     return page.eval_on_selector_all(selector, f"els => els.map(e => e.getAttribute('{attr}'))")
 
 
-def test_prompt_view_lens_latents_and_attention(page, live_server, dash_dir) -> None:
+def test_prompt_view_lens_latents_and_attention(page, live_server, dash_dir, tuned_lens) -> None:
     model = word_lm()
     sae = load_dictionary(FeatureDatabase.open(dash_dir / "features.db").meta()["dictionary_path"])
     open_view(page, live_server.url + "/#/prompt")
@@ -31,6 +31,9 @@ def test_prompt_view_lens_latents_and_attention(page, live_server, dash_dir) -> 
     shown = [float(p) for p in _attrs(page, "#lens td[data-prob]", "data-prob")]
     assert shown == lens.top_probs[..., 0].flatten().tolist()
     assert _attrs(page, "#lens td[data-prob]", "data-token") == [t[0] for row in lens.top_tokens for t in row]
+    tuned = logit_lens(model, PROMPT, k=1, translator=tuned_lens, lens="tuned")
+    assert [float(p) for p in _attrs(page, "#tuned-lens td[data-prob]", "data-prob")] == tuned.top_probs[..., 0].flatten().tolist()
+    assert tuned.top_probs.tolist() != lens.top_probs.tolist()
     ids = model.to_tokens(PROMPT)
     acts, _ = encode_contexts(model, sae, ids)
     for pos in range(ids.shape[1]):

@@ -105,6 +105,7 @@ def test_graph_nodes_edges_and_pinning(page, server, dash_dir) -> None:
     radius = dict(zip(ids, _floats(page, "circle.node", "r"), strict=True))
     features = sorted((n for n in doc["nodes"] if n["influence"] is not None), key=lambda n: n["influence"])
     assert radius[features[-1]["node_id"]] >= radius[features[0]["node_id"]]
+    page.screenshot(path=str(SHOTS / "dashboard_graph.png"), full_page=True)
     target = doc["links"][0]["target"]
     page.click(f"circle.node[data-node-id='{target}']")
     assert page.get_attribute("#graph", "data-pinned") == target
@@ -112,7 +113,6 @@ def test_graph_nodes_edges_and_pinning(page, server, dash_dir) -> None:
     linked = {x for link in doc["links"] if target in (link["source"], link["target"])
               for x in (link["source"], link["target"])}
     assert faded == set(ids) - linked
-    page.screenshot(path=str(SHOTS / "dashboard_graph.png"), full_page=True)
 
 
 def test_standalone_file_renders_the_same_values(page, server, sources, tmp_path) -> None:

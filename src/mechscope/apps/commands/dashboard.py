@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="files or folders holding feature databases (.db) and result JSON (default: .)")
     parser.add_argument("--model", default=None, help="load this model for the live views: prompt (lens, latents per token), attention, steering "
                              "(smollm2-135m, gemma3-270m, a .gguf file, a saved folder or a hub id)")
+    parser.add_argument("--tuned-lens", default=None, metavar="PATH",
+                        help="a tuned-lens folder (`mechscope lens train`) for the prompt view (needs --model)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
@@ -41,12 +43,18 @@ def run(args: argparse.Namespace) -> int:
     if args.export_html:
         print(f"wrote {export_html(sources, args.export_html, force=args.force)}")
         return 0
-    model = None
+    model = tuned = None
+    if args.tuned_lens and not args.model:
+        raise BadInputError("--tuned-lens needs --model (the lens belongs to a model).")
     if args.model:
         from mechscope.core.loading import load_model
 
         model = load_model(args.model)
-    app = create_app(sources, model_name=args.model, model=model)
+        if args.tuned_lens:
+            from mechscope.methods.tuned_lens import TunedLens
+
+            tuned = TunedLens.load(args.tuned_lens, model)
+    app = create_app(sources, model_name=args.model, model=model, tuned_lens=tuned)
     print(f"{len(sources.infos)} sources under {', '.join(args.paths)}", flush=True)
     serve(app, host=args.host, port=args.port, on_start=lambda url: print(f"mechscope dashboard: {url}", flush=True))
     return 0

@@ -38,7 +38,8 @@ class PromptView(BaseModel):
     n_layers: int
     n_heads: int
     lens_layers: list[str]
-    lens_top: list[list[list[Any]]]          # [layer][pos] -> [token, prob] of the lens's top token
+    lens_top: list[list[list[Any]]]          # [layer][pos] -> [token, prob] of the logit lens's top token
+    tuned_top: list[list[list[Any]]] | None  # the same for the tuned lens (when the server has one)
     latents: list[list[dict[str, Any]]] | None  # [pos] -> top latents {latent, act}
 
 
@@ -76,8 +77,9 @@ class SteerView(BaseModel):
 class Live:
     """The live views over `model` (a HookedModel), with dictionaries found through `sources`."""
 
-    def __init__(self, model: Any, sources: Sources) -> None:
+    def __init__(self, model: Any, sources: Sources, tuned_lens: Any = None) -> None:
         self.model = model
+        self.tuned_lens = tuned_lens
         self.sources = sources
         self.lock = threading.Lock()
         self._dictionaries: dict[str, Any] = {}
@@ -106,16 +108,18 @@ class Live:
         with self.lock:
             ids = self._ids(req.prompt)
             lens = logit_lens(self.model, ids, k=1)
+            tuned = None
+            if self.tuned_lens is not None:
+                tuned = _top(logit_lens(self.model, ids, k=1, translator=self.tuned_lens, lens="tuned"))
             latents = None
             if req.db is not None:
                 acts, _ = encode_contexts(self.model, self.dictionary(req.db), ids)
                 top = acts[0].topk(min(req.k, acts.shape[-1]), dim=-1)
                 latents = [[{"latent": int(i), "act": float(a)} for i, a in zip(ix, av, strict=True) if a > 0]
                            for ix, av in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
-        probs = lens.top_probs[..., 0].tolist()
-        top = [[[row_toks[p][0], probs[r][p]] for p in range(len(row_toks))] for r, row_toks in enumerate(lens.top_tokens)]
         return PromptView(tokens=lens.tokens, token_ids=lens.token_ids, n_layers=self.model.cfg.n_layers,
-                          n_heads=self.model.cfg.n_heads, lens_layers=lens.layers, lens_top=top, latents=latents)
+                          n_heads=self.model.cfg.n_heads, lens_layers=lens.layers, lens_top=_top(lens),
+                          tuned_top=tuned, latents=latents)
 
     def attention(self, req: AttentionRequest) -> AttentionView:
         cfg = self.model.cfg
@@ -142,6 +146,12 @@ class Live:
             steered = generate(self.model, req.prompt, [Add(direction, req.coefficient)], **kwargs)
         return SteerView(prompt=req.prompt, latent=req.latent, coefficient=req.coefficient,
                          hook_name=direction.hook_name, unsteered=_generation(plain), steered=_generation(steered))
+
+
+def _top(lens: Any) -> list[list[list[Any]]]:
+    """[layer][pos] -> [top token, its probability] of a `LensResult` read with k=1."""
+    probs = lens.top_probs[..., 0].tolist()
+    return [[[toks[p][0], probs[r][p]] for p in range(len(toks))] for r, toks in enumerate(lens.top_tokens)]
 
 
 def _generation(g: Any) -> dict[str, Any]:

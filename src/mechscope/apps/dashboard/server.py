@@ -52,8 +52,10 @@ CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 's
 SourceId = Annotated[str, PathParam(pattern=ID_PATTERN)]
 
 
-def create_app(sources: Sources, model_name: str | None = None, model: Any = None) -> FastAPI:
-    """The app serving `sources`; with a loaded `model`, also the live prompt, attention and steering views.
+def create_app(sources: Sources, model_name: str | None = None, model: Any = None,
+               tuned_lens: Any = None) -> FastAPI:
+    """The app serving `sources`; with a loaded `model`, also the live prompt, attention and steering views
+    (and the tuned lens table with a `TunedLens`).
 
     Every route is read-only: the POST routes compute, they write nothing."""
     app = FastAPI(title="mechscope dashboard", version="1", docs_url=None, redoc_url=None)
@@ -110,7 +112,7 @@ def create_app(sources: Sources, model_name: str | None = None, model: Any = Non
         return sources.graph(doc)
 
     if model is not None:
-        _add_live_routes(app, Live(model, sources))
+        _add_live_routes(app, Live(model, sources, tuned_lens))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -2,11 +2,11 @@
 // CircuitsVis-like attention view (pick layer and head, hover a query token to see where it attends).
 import { el, fmt, heat, visibleToken } from "./util.js";
 
-function lensTable(view) {
-  const table = el("table", { id: "lens" }, el("tr", {}, [el("th", { text: "layer" }),
+function lensTable(view, top, id) {
+  const table = el("table", { id }, el("tr", {}, [el("th", { text: "layer" }),
     ...view.tokens.map((t, i) => el("th", { "data-pos": i, text: visibleToken(t) }))]));
   view.lens_layers.forEach((layer, r) => {
-    table.append(el("tr", { "data-layer": layer }, [el("td", { text: layer }), ...view.lens_top[r].map(([tok, p]) =>
+    table.append(el("tr", { "data-layer": layer }, [el("td", { text: layer }), ...top[r].map(([tok, p]) =>
       el("td", { "data-token": tok, "data-prob": p, title: `${JSON.stringify(tok)} p=${fmt(p, 4)}`,
         style: { background: heat(p) } }, visibleToken(tok)))]));
   });
@@ -55,7 +55,8 @@ export async function renderPrompt(root, source, params, sources) {
       layer.addEventListener("change", showAttn);
       head.addEventListener("change", showAttn);
       result.replaceChildren(el("h2", { text: "Attention" }), el("div", { class: "controls" }, [layer, head]), attn,
-        el("h2", { text: "Logit lens (top token per layer and position)" }), lensTable(view));
+        el("h2", { text: "Logit lens (top token per layer and position)" }), lensTable(view, view.lens_top, "lens"));
+      if (view.tuned_top) result.append(el("h2", { text: "Tuned lens" }), lensTable(view, view.tuned_top, "tuned-lens"));
       if (view.latents) result.append(el("h2", { text: `Latents per token (${db})` }), latentTable(view, db));
       await showAttn();
     } catch (err) {
