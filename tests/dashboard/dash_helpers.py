@@ -32,6 +32,9 @@ def word_lm():
             ids = [int(i) for i in ids]
             return "".join(WORDS[i] for i in ids if not (skip_special_tokens and i < 3))
 
+        def __len__(self) -> int:
+            return len(WORDS)
+
     model = tiny_lm("llama")
     model.tokenizer = WordTokenizer()
     return model

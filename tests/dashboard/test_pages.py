@@ -130,3 +130,26 @@ def test_standalone_file_renders_the_same_values(page, server, sources, tmp_path
     assert first == second and first[0]
     open_view(page, f"{path.as_uri()}#/patch/patch")
     assert len(page.query_selector_all("rect.cell")) == 24
+
+
+def test_report_sections_render_with_the_dashboard_views(page, tmp_path) -> None:
+    from dash_helpers import word_lm
+
+    from mechscope.apps.report.document import render_html
+    from mechscope.apps.report.reading_sections import heads_section
+    from mechscope.apps.report.sections import patching_report_section
+
+    model = word_lm()
+    context = {"prompt": "the cat sat on the", "corrupt": "the dog sat on the", "answer": "mat", "heads_seq_len": 8,
+               "heads_batch": 2}
+    sections = [heads_section(model, context), patching_report_section(model, context)]
+    path = tmp_path / "report.html"
+    path.write_text(render_html("report", sections, {"model": "tiny"}))
+    page.goto(path.as_uri())
+    page.wait_for_selector("[data-mechscope-view=patch][data-ready=true] rect.cell")
+    page.wait_for_selector("[data-mechscope-view=heads][data-ready=true] rect.head")
+    scores = sections[1].data["scores"]
+    assert _floats(page, "rect.cell", "data-score") == [v for row in scores for v in row]
+    shown = {(int(a), int(b)): float(v) for a, b, v in page.eval_on_selector_all(
+        "svg.heads[data-detector=prev_token] rect.head", "els => els.map(e => [e.dataset.layer, e.dataset.head, e.dataset.value])")}
+    assert shown == {(h["layer"], h["head"]): h["prev_token"] for h in sections[0].data["heads"]}

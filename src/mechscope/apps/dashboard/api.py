@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
+from mechscope.apps.dashboard.views import heads_view, heatmap_view
 from mechscope.core.errors import MechscopeError, unknown_name_message
 from mechscope.features.database import FeatureDatabase, is_feature_database
 
@@ -295,14 +296,10 @@ class Sources:
         return found[doc_id]
 
     def heatmap(self, doc_id: str) -> Heatmap:
-        d = self.document("patch", doc_id)
-        return Heatmap(id=doc_id, **{k: d.get(k) for k in ("site", "method", "mode", "by", "labels", "scores",
-                                                             "clean", "corrupt")})
+        return Heatmap(**heatmap_view(doc_id, self.document("patch", doc_id)))
 
     def heads(self, doc_id: str) -> HeadsTable:
-        rows = self.document("heads", doc_id)["heads"]
-        return HeadsTable(id=doc_id, n_layers=1 + max(r["layer"] for r in rows),
-                          n_heads=1 + max(r["head"] for r in rows), heads=rows)
+        return HeadsTable(**heads_view(doc_id, self.document("heads", doc_id)["heads"]))
 
     def graph(self, doc_id: str) -> Graph:
         d = self.document("graph", doc_id)

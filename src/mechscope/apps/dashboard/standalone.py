@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mechscope.apps.dashboard.api import Sources
 from mechscope.core.files import MARKER, write_text
+
+if TYPE_CHECKING:  # the API needs the dashboard extra (pydantic); the report embeds views without it
+    from mechscope.apps.dashboard.api import Sources
 
 STATIC = Path(__file__).parent / "static"
 # Dependencies first: each module only uses names exported by the ones before it.
 MODULES = ("util.js", "source.js", "features.js", "patching.js", "heads.js", "graph.js", "prompt.js", "steer.js",
-           "app.js")
+           "mount.js", "app.js")
 PAGE = 50  # rows of the list pages embedded (the front-end's page size)
 SORTS = (("latent", "asc"), ("density", "desc"), ("max_act", "desc"), ("score", "desc"))
 
@@ -42,16 +44,26 @@ def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
+def views_css() -> str:
+    """The views' style sheet (without the app's page layout)."""
+    return (STATIC / "style.css").read_text(encoding="utf-8")
+
+
+def embedded_scripts(data: dict[str, Any]) -> str:
+    """The data block and the inlined modules: appended to a page, they render its views from `data`."""
+    return (f'<script type="application/json" id="mechscope-data">{_dump(data)}</script>\n'
+            f'<script type="module">\n{bundle()}\n</script>\n')
+
+
 def standalone_html(data: dict[str, Any], title: str = "mechscope", start: str = "#/") -> str:
     """An HTML document rendering `data` ({API path: response JSON}) with the dashboard's views."""
-    css = (STATIC / "style.css").read_text(encoding="utf-8")
+    css = (STATIC / "base.css").read_text(encoding="utf-8") + views_css()
     return (f'<!doctype html>\n{MARKER}\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_escape(title)}</title>\n'
             f'<link rel="icon" href="data:,">\n<style>\n{css}</style>\n</head>\n<body>\n'
             f'<header><a href="#/" class="brand">mechscope</a><nav id="nav"></nav></header>\n'
             f'<main id="app">Loading…</main>\n'
-            f'<script type="application/json" id="mechscope-data">{_dump(data)}</script>\n'
             f'<script>if (!location.hash) location.hash = {json.dumps(start)};</script>\n'
-            f'<script type="module">\n{bundle()}\n</script>\n</body>\n</html>\n')
+            f'{embedded_scripts(data)}</body>\n</html>\n')
 
 
 def _escape(text: str) -> str:

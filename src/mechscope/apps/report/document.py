@@ -25,18 +25,34 @@ class Section:
     title: str
     html: str
     data: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, Any] = field(default_factory=dict)  # {dashboard API path: JSON} for interactive views
+
+
+def view_box(kind: str, view_id: str) -> str:
+    """A place in a section's HTML where the dashboard's `kind` view (`patch`, `heads`, `graph`) renders."""
+    return f'<div data-mechscope-view="{html.escape(kind)}" data-id="{html.escape(view_id)}"></div>'
 
 
 def render_html(title: str, sections: list[Section], provenance: dict[str, Any]) -> str:
-    """A standalone HTML page (inline CSS, images as data URIs) with one <section> per Section."""
+    """A standalone HTML page (inline CSS, images as data URIs) with one <section> per Section.
+
+    Sections with `views` also get the dashboard's own modules and their JSON inlined: the same
+    renderer as `mechscope dashboard`, reading the page instead of the server.
+    """
     body = "\n".join(
         f'<section id="{html.escape(s.key)}"><h2>{html.escape(s.title)}</h2>\n{s.html}\n</section>' for s in sections
     )
     prov = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in provenance.items())
+    views = {path: value for s in sections for path, value in s.views.items()}
+    style, scripts = _STYLE, ""
+    if views:
+        from mechscope.apps.dashboard.standalone import embedded_scripts, views_css
+
+        style, scripts = _STYLE + views_css(), embedded_scripts(views)
     return (
         f"<!DOCTYPE html>\n{MARKER}\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n"
-        f"<h2>Provenance</h2><table class='prov'>{prov}</table></body></html>\n"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n"
+        f"<h2>Provenance</h2><table class='prov'>{prov}</table>{scripts}</body></html>\n"
     )
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from mechscope.apps.dashboard.views import heads_view
 from mechscope.apps.output import figure_png, png_data_uri
-from mechscope.apps.report.document import Section
+from mechscope.apps.report.document import Section, view_box
 from mechscope.core.hooked import HookedModel
 from mechscope.methods.heads import THRESHOLDS, detect_heads, icl_score, max_seq_len, repeated_random_tokens
 from mechscope.methods.lens import logit_lens
@@ -61,7 +62,9 @@ def heads_section(model: HookedModel, context: dict[str, Any]) -> Section:
     data = {"heads": [r.to_json() for r in table], "thresholds": THRESHOLDS,
             "icl": {"loss_first_half": icl.loss_first_half, "loss_second_half": icl.loss_second_half,
                     "icl_score": icl.icl_score}}
-    return Section("heads", "Attention heads", body, data)
+    rows = data["heads"]
+    return Section("heads", "Attention heads", body + view_box("heads", "report-heads"), data,
+                   views={"/api/heads/report-heads": heads_view("report-heads", rows)})
 
 
 READING_SECTIONS = [lens_section, heads_section]

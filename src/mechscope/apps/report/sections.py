@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mechscope.apps.dashboard.views import heatmap_view
 from mechscope.apps.report.core_sections import CORE_SECTIONS
-from mechscope.apps.report.document import Section
+from mechscope.apps.report.document import Section, view_box
 from mechscope.apps.report.patching import patching_section
 from mechscope.apps.report.reading_sections import READING_SECTIONS
 
@@ -18,7 +19,8 @@ def patching_report_section(model: Any, context: dict[str, Any]) -> Section | No
     if not (context.get("corrupt") and context.get("answer")):
         return None
     part = patching_section(model, context["prompt"], context["corrupt"], context["answer"], context.get("wrong"))
-    return Section("patching", part["title"], part["html"], part["json"])
+    return Section("patching", part["title"], part["html"] + view_box("patch", "report-patching"), part["json"],
+                   views={"/api/patch/report-patching": heatmap_view("report-patching", part["json"])})
 
 
 def report_sections() -> list[SectionFn]:

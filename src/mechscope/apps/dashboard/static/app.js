@@ -8,6 +8,7 @@ import { renderHeads } from "./heads.js";
 import { renderGraph } from "./graph.js";
 import { renderPrompt } from "./prompt.js";
 import { renderSteer } from "./steer.js";
+import { mountViews } from "./mount.js";
 
 const source = makeSource();
 const LABELS = { features: "Features", patch: "Patching", heads: "Heads", graph: "Graphs & circuits" };
@@ -50,5 +51,9 @@ async function route() {
   root.setAttribute("data-ready", "true");
 }
 
-window.addEventListener("hashchange", route);
-route();
+if (document.getElementById("app")) {
+  window.addEventListener("hashchange", route);
+  route();
+} else {
+  mountViews(source);  // views embedded in another page (the report)
+}

