@@ -86,78 +86,192 @@ def block(layer: int, suffix: str) -> str:
 
 
 def resid_pre(layer: int) -> str:
+    """Residual stream entering block `layer`, [batch, pos, d_model].
+
+    Example:
+        >>> resid_pre(3)
+        'blocks.3.hook_resid_pre'
+    """
     return block(layer, "hook_resid_pre")
 
 
 def resid_mid(layer: int) -> str:
+    """Residual stream between attention and MLP of block `layer`, [batch, pos, d_model].
+
+    Example:
+        >>> resid_mid(3)
+        'blocks.3.hook_resid_mid'
+    """
     return block(layer, "hook_resid_mid")
 
 
 def resid_post(layer: int) -> str:
+    """Residual stream leaving block `layer`, [batch, pos, d_model].
+
+    Example:
+        >>> resid_post(3)
+        'blocks.3.hook_resid_post'
+    """
     return block(layer, "hook_resid_post")
 
 
 def attn_out(layer: int) -> str:
+    """Attention output of block `layer` added to the residual stream, [batch, pos, d_model].
+
+    Example:
+        >>> attn_out(3)
+        'blocks.3.hook_attn_out'
+    """
     return block(layer, "hook_attn_out")
 
 
 def mlp_out(layer: int) -> str:
+    """MLP output of block `layer` added to the residual stream, [batch, pos, d_model].
+
+    Example:
+        >>> mlp_out(3)
+        'blocks.3.hook_mlp_out'
+    """
     return block(layer, "hook_mlp_out")
 
 
 def mlp_pre(layer: int) -> str:
+    """MLP pre-activation of block `layer`, [batch, pos, d_mlp].
+
+    Example:
+        >>> mlp_pre(3)
+        'blocks.3.mlp.hook_pre'
+    """
     return block(layer, "mlp.hook_pre")
 
 
 def mlp_post(layer: int) -> str:
+    """MLP activation (after the nonlinearity) of block `layer`, [batch, pos, d_mlp].
+
+    Example:
+        >>> mlp_post(3)
+        'blocks.3.mlp.hook_post'
+    """
     return block(layer, "mlp.hook_post")
 
 
 def ln1(layer: int) -> str:
+    """Normalized input of block `layer`'s attention, [batch, pos, d_model].
+
+    Example:
+        >>> ln1(3)
+        'blocks.3.ln1.hook_normalized'
+    """
     return block(layer, "ln1.hook_normalized")
 
 
 def ln2(layer: int) -> str:
+    """Normalized input of block `layer`'s MLP, [batch, pos, d_model].
+
+    Example:
+        >>> ln2(3)
+        'blocks.3.ln2.hook_normalized'
+    """
     return block(layer, "ln2.hook_normalized")
 
 
 def q(layer: int) -> str:
+    """Queries of block `layer`, [batch, pos, n_heads, d_head].
+
+    Example:
+        >>> q(3)
+        'blocks.3.attn.hook_q'
+    """
     return block(layer, "attn.hook_q")
 
 
 def k(layer: int) -> str:
+    """Keys of block `layer`, [batch, pos, n_kv_heads, d_head].
+
+    Example:
+        >>> k(3)
+        'blocks.3.attn.hook_k'
+    """
     return block(layer, "attn.hook_k")
 
 
 def v(layer: int) -> str:
+    """Values of block `layer`, [batch, pos, n_kv_heads, d_head].
+
+    Example:
+        >>> v(3)
+        'blocks.3.attn.hook_v'
+    """
     return block(layer, "attn.hook_v")
 
 
 def z(layer: int) -> str:
+    """Per-head attention output before W_O of block `layer`, [batch, pos, n_heads, d_head].
+
+    Example:
+        >>> z(3)
+        'blocks.3.attn.hook_z'
+    """
     return block(layer, "attn.hook_z")
 
 
 def pattern(layer: int) -> str:
+    """Attention pattern of block `layer`, [batch, n_heads, query_pos, key_pos].
+
+    Example:
+        >>> pattern(3)
+        'blocks.3.attn.hook_pattern'
+    """
     return block(layer, "attn.hook_pattern")
 
 
 def attn_scores(layer: int) -> str:
+    """Pre-softmax attention scores of block `layer`, [batch, n_heads, query_pos, key_pos].
+
+    Example:
+        >>> attn_scores(3)
+        'blocks.3.attn.hook_attn_scores'
+    """
     return block(layer, "attn.hook_attn_scores")
 
 
 def rot_q(layer: int) -> str:
+    """Queries after the rotary embedding, block `layer`, [batch, pos, n_heads, d_head].
+
+    Example:
+        >>> rot_q(3)
+        'blocks.3.attn.hook_rot_q'
+    """
     return block(layer, "attn.hook_rot_q")
 
 
 def rot_k(layer: int) -> str:
+    """Keys after the rotary embedding, block `layer`, [batch, pos, n_kv_heads, d_head].
+
+    Example:
+        >>> rot_k(3)
+        'blocks.3.attn.hook_rot_k'
+    """
     return block(layer, "attn.hook_rot_k")
 
 
 def mlp_in(layer: int) -> str:
+    """Input of block `layer`'s MLP, [batch, pos, d_model].
+
+    Example:
+        >>> mlp_in(3)
+        'blocks.3.hook_mlp_in'
+    """
     return block(layer, "hook_mlp_in")
 
 
 def result(layer: int) -> str:
+    """Per-head attention output in the residual basis of block `layer`, [batch, pos, n_heads, d_model].
+
+    Example:
+        >>> result(3)
+        'blocks.3.attn.hook_result'
+    """
     return block(layer, "attn.hook_result")
 
 

@@ -27,6 +27,14 @@ class TokenBatch(NamedTuple):
 
 
 def require_tokenizer(tokenizer: Any) -> Any:
+    """Return `tokenizer`, or raise a clear error when the model was wrapped without one.
+
+    Example:
+        >>> require_tokenizer(None)
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.MechscopeError: This model was wrapped without a tokenizer; pass token ids instead of text.
+    """
     if tokenizer is None:
         raise MechscopeError("This model was wrapped without a tokenizer; pass token ids instead of text.")
     return tokenizer

@@ -140,6 +140,13 @@ def resolve_metric(model: Any, pair: PromptPair, metric: Metric | str | None,
 
 
 def describe_metric(metric: Metric) -> dict[str, Any]:
+    """JSON description of a metric: its own `describe()` for built-in metrics, else its name.
+
+    Example:
+        >>> def my_metric(logits): return logits[:, -1, 0]
+        >>> describe_metric(my_metric)
+        {'name': 'my_metric'}
+    """
     if isinstance(metric, PositionMetric):
         return metric.describe()
     return {"name": getattr(metric, "__name__", type(metric).__name__)}

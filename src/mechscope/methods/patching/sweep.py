@@ -65,6 +65,15 @@ def site_name(site: str, layer: int) -> str:
 
 
 def check_by(site: str, by: tuple[str, ...]) -> None:
+    """Raise a clear error when the axes `by` do not apply to `site` (heads need `head`, blocks do not).
+
+    Example:
+        >>> check_by("resid_pre", ("layer", "pos"))
+        >>> check_by("resid_pre", ("layer", "head"))
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.MechscopeError: by='layer,head' does not apply to site 'resid_pre'; choose one of ...
+    """
     kind = "head" if site in HEAD_SITES else "block"
     if by not in BY_CHOICES[kind]:
         shown = " | ".join(",".join(b) for b in BY_CHOICES[kind])
@@ -87,6 +96,12 @@ def site_cells(model: Any, site: str, by: tuple[str, ...], n_pos: int) -> tuple[
 
 
 def axis_labels(model: Any, pair: PromptPair, by: tuple[str, ...]) -> list[list[Any]]:
+    """Tick labels of each axis in `by`: layer and head numbers, the clean prompt's tokens (then `<pad i>`).
+
+    Example:
+        >>> axis_labels(model, pair, ("layer", "pos"))[1][:3]     # doctest: +SKIP
+        ['The', ' E', 'iffel']
+    """
     labels = {"layer": list(range(model.cfg.n_layers)), "pos": list(pair.str_tokens),
               "head": list(range(model.cfg.n_heads))}
     labels["pos"] += [f"<pad {i}>" for i in range(len(labels["pos"]), pair.n_pos)]
