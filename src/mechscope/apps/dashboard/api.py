@@ -7,7 +7,7 @@ path, so nothing outside the served folders can be reached.
 
 Example:
     >>> sources = Sources.scan(["out/"])                     # doctest: +SKIP
-    >>> sources.latent_page("features", sort="density", order="desc", offset=0, limit=50).total
+    >>> sources.feature_source("features").page("features", "density", "desc", 0, 50).total  # doctest: +SKIP
     16384
 """
 

@@ -6,7 +6,7 @@ across threads). A feature database's dictionary is the one its `meta.dictionary
 
 Example:
     >>> live = Live(model, sources)                                         # doctest: +SKIP
-    >>> live.steer(SteerRequest(prompt="I went to the", db="features", latent=3, coefficient=8.0))
+    >>> live.steer(SteerRequest(prompt="I went to the", db="features", latent=3, coefficient=8.0))  # doctest: +SKIP
 """
 
 from __future__ import annotations
