@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,5 +57,7 @@ def run(args: argparse.Namespace) -> int:
             tuned = TunedLens.load(args.tuned_lens, model)
     app = create_app(sources, model_name=args.model, model=model, tuned_lens=tuned)
     print(f"{len(sources.infos)} sources under {', '.join(args.paths)}", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it can read these files", file=sys.stderr)
     serve(app, host=args.host, port=args.port, on_start=lambda url: print(f"mechscope dashboard: {url}", flush=True))
     return 0
