@@ -83,3 +83,10 @@ def test_live_routes_validate_and_fuzz_without_500(live_server) -> None:
             body = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, len(keys)))}
             r = client.post(route, json=body)
             assert r.status_code < 500, (route, body, r.text)
+
+
+def test_clicking_a_head_opens_its_attention_pattern(page, live_server) -> None:
+    open_view(page, live_server.url + "/#/heads/heads")
+    page.click("svg.heads[data-detector=induction] rect.head[data-layer='1'][data-head='3']")
+    page.wait_for_selector("#prompt-result[data-done=true] #attention[data-layer='1'][data-head='3']")
+    assert page.input_value("#attn-layer") == "1" and page.input_value("#attn-head") == "3"
