@@ -118,3 +118,16 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path) -> None:
         atomic_write_json(target, {"step": object()})
     assert json.loads(target.read_text()) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+    import os
+
+    from mechscope.core.files import write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "a.html", "<!-- written by mechscope -->")
+    finally:
+        os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o644
