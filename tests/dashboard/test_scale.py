@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dash_helpers import ServerThread
+from dash_helpers import ServerThread, open_view
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
@@ -64,3 +64,12 @@ def test_search_finds_explained_latents(big) -> None:
     hits = httpx.get(f"{url}/api/features/big/search", params={"q": text, "limit": 500}).json()["hits"]
     assert latent in [h["latent"] for h in hits]
     assert all(set(text.split()) <= set(h["explanations"].split()) for h in hits)
+
+
+def test_last_page_link_in_the_browser(page, big) -> None:
+    url, _ = big
+    open_view(page, f"{url}/#/features/big?sort=latent&order=asc")
+    page.click("text=last »")
+    page.wait_for_selector(f"#latents[data-offset='{N - 50}']")
+    rows = page.eval_on_selector_all("#latents tr[data-latent]", "els => els.map(e => Number(e.dataset.latent))")
+    assert rows == list(range(N - 50, N))
