@@ -190,7 +190,14 @@ def detect_heads(model: HookedModel, seq_len: int = 50, batch: int = 8, seed: in
 
 
 def scores_tensor(table: Sequence[HeadScores], detector: str) -> Tensor:
-    """One detector's scores as a [n_layers, n_heads] tensor (for plots)."""
+    """One detector's scores as a [n_layers, n_heads] tensor (for plots).
+
+    Example:
+        >>> row = dict(prev_token=0.75, duplicate_token=0.0, induction=0.1, bos=0.0, entropy=1.0, label="prev_token")
+        >>> table = [HeadScores(layer=0, head=h, **row) for h in range(2)]
+        >>> scores_tensor(table, "prev_token").tolist()
+        [[0.75, 0.75]]
+    """
     n_layers = max(r.layer for r in table) + 1
     n_heads = max(r.head for r in table) + 1
     grid = torch.zeros(n_layers, n_heads)
@@ -204,6 +211,10 @@ def head_ablation_hooks(heads: Sequence[tuple[int, int]], mode: str = "zero") ->
 
     `mode="zero"` sets the head's output to 0; `mode="mean"` replaces it, at every position,
     by its mean over batch and positions of the same run.
+
+    Example:
+        >>> [name for name, _ in head_ablation_hooks([(3, 1), (0, 2), (3, 4)])]
+        ['blocks.0.attn.hook_z', 'blocks.3.attn.hook_z']
     """
     if mode not in ("zero", "mean"):
         raise MechscopeError(f"mode must be 'zero' or 'mean', got {mode!r}.")

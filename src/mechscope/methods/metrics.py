@@ -55,7 +55,13 @@ def _rows(values: Tensor, batch: int) -> Tensor:
 
 
 def logits_at(logits: Tensor, pos: Positions = -1) -> Tensor:
-    """Logits `[batch, d_vocab]` at position `pos` (an int, or one position per pair)."""
+    """Logits `[batch, d_vocab]` at position `pos` (an int, or one position per pair).
+
+    Example:
+        >>> logits = torch.arange(12.0).reshape(1, 3, 4)      # [batch, pos, d_vocab]
+        >>> logits_at(logits).tolist()
+        [[8.0, 9.0, 10.0, 11.0]]
+    """
     if logits.dim() == 2:
         return logits
     positions = _per_pair(pos, logits.device)
@@ -76,17 +82,33 @@ def _gather(last: Tensor, tokens: Tokens) -> Tensor:
 
 def logit_diff(logits: Tensor, answer: Tokens, wrong: Tokens, pos: Positions = -1,
                reduce: Reduce = "mean") -> Tensor:
-    """`logits[answer] - logits[wrong]` at `pos`: per row, or their mean (`LogitDiff` as a function)."""
+    """`logits[answer] - logits[wrong]` at `pos`: per row, or their mean (`LogitDiff` as a function).
+
+    Example:
+        >>> logits = torch.tensor([[[0.0, 1.0, 3.0]]])         # [batch, pos, d_vocab]
+        >>> logit_diff(logits, answer=2, wrong=1).item()
+        2.0
+    """
     return _reduce(LogitDiff(answer, wrong, pos)(logits), reduce)
 
 
 def answer_logprob(logits: Tensor, answer: Tokens, pos: Positions = -1, reduce: Reduce = "mean") -> Tensor:
-    """`log softmax(logits)[answer]` at `pos` (`AnswerLogProb` as a function)."""
+    """`log softmax(logits)[answer]` at `pos` (`AnswerLogProb` as a function).
+
+    Example:
+        >>> round(answer_logprob(torch.zeros(1, 1, 4), answer=0).item(), 4)   # uniform over 4: log(1/4)
+        -1.3863
+    """
     return _reduce(AnswerLogProb(answer, pos)(logits), reduce)
 
 
 def answer_prob(logits: Tensor, answer: Tokens, pos: Positions = -1, reduce: Reduce = "mean") -> Tensor:
-    """`softmax(logits)[answer]` at `pos` (`AnswerProb` as a function)."""
+    """`softmax(logits)[answer]` at `pos` (`AnswerProb` as a function).
+
+    Example:
+        >>> answer_prob(torch.zeros(1, 1, 4), answer=3).item()
+        0.25
+    """
     return _reduce(AnswerProb(answer, pos)(logits), reduce)
 
 
@@ -105,12 +127,26 @@ def kl_divergence(ref_logits: Tensor, logits: Tensor) -> Tensor:
 
 
 def kl_to_clean(logits: Tensor, clean_logits: Tensor, pos: Positions = -1, reduce: Reduce = "mean") -> Tensor:
-    """`KL(p_clean || q)` at `pos`, where `clean_logits` holds one row per pair (or `[n_pairs, d_vocab]`)."""
+    """`KL(p_clean || q)` at `pos`, where `clean_logits` holds one row per pair (or `[n_pairs, d_vocab]`).
+
+    Example:
+        >>> logits = torch.tensor([[[1.0, 2.0, 3.0]]])
+        >>> kl_to_clean(logits, logits).item()
+        0.0
+    """
     return _reduce(KLToClean(clean_logits, pos)(logits), reduce)
 
 
 def check_recoverable(clean: Tensor | float, corrupt: Tensor | float) -> None:
-    """Raise unless normalized recovery is defined: both metrics finite and apart by more than 1e-6."""
+    """Raise unless normalized recovery is defined: both metrics finite and apart by more than 1e-6.
+
+    Example:
+        >>> check_recoverable(2.0, -1.0)
+        >>> check_recoverable(1.0, 1.0)
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.MechscopeError: The metric is the same on both prompts (1); normalized recovery ...
+    """
     require_finite(clean, "The metric on the clean prompt")
     require_finite(corrupt, "The metric on the corrupted prompt")
     if abs(float(clean) - float(corrupt)) < 1e-6:
@@ -122,6 +158,10 @@ def normalized_recovery(patched: Tensor | float, clean: Tensor | float, corrupt:
     """`(patched - corrupt) / (clean - corrupt)`: 1 = clean restored, 0 = unchanged from corrupt.
 
     Raises (never returns NaN) when the metrics are not finite or clean equals corrupt.
+
+    Example:
+        >>> normalized_recovery(torch.tensor([-1.0, 0.5, 2.0]), clean=2.0, corrupt=-1.0).tolist()
+        [0.0, 0.5, 1.0]
     """
     check_recoverable(clean, corrupt)
     require_finite(patched, "The metric of a patched run")
