@@ -180,6 +180,8 @@ class Dictionary(nn.Module):
     uses_aux_k: ClassVar[bool] = False  # dead latents handled by the AuxK loss (else by resampling)
     # Set by the Trainer under torchrun: batch-level choices (BatchTopK's threshold) span all ranks.
     distributed: bool = False
+    # Fraction of the run done, set by the Trainer before each step (1.0 outside it): warm-ups read it.
+    training_progress: float = 1.0
 
     def __init__(self, cfg: DictionaryConfig, seed: int | None = None) -> None:
         super().__init__()

@@ -381,6 +381,7 @@ class Trainer:
         if self.dead_window is None:
             self.dead_window = cfg.dead_window_tokens or min(1_000_000, cfg.total_steps * x.shape[0] * self.world // 10)
         dead_mask = self.tokens_since_fired >= self.dead_window if d.uses_aux_k else None
+        d.training_progress = step / cfg.total_steps
         scale = cfg.sparsity_scale_at(step) * (self.controller.multiplier if self.controller else 1.0)
         out = self._model(x, t, sparsity_scale=scale, dead_mask=dead_mask)
         if not torch.isfinite(out.loss):
