@@ -150,13 +150,14 @@ def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int, tasks: 
             texts = pairs.texts
             clean_p, corrupt_p = [r["clean"] for r in texts], [r["corrupt"] for r in texts]
             answer, wrong = [r["answer"] for r in texts], [r["wrong"] for r in texts]
-            pp = path_patch(model, clean_p, corrupt_p, answer=answer, wrong=wrong, receivers=["resid"])
+            pp = path_patch(model, clean_p, corrupt_p, answer=answer, wrong=wrong, receivers=["resid"],
+                            memory_mb=128)
             flat = pp.scores.flatten()
             rec["path_patching_direct"] = [(f"{int(i) // g.n_heads}.{int(i) % g.n_heads}", float(flat[i]))
                                            for i in flat.abs().argsort(descending=True)[:8]]
             first = min(layer for layer, _ in movers)  # senders strictly before every receiver
             senders = [(layer, h) for layer in range(first) for h in range(g.n_heads)]
-            pq = path_patch(model, clean_p, corrupt_p, answer=answer, wrong=wrong, senders=senders,
+            pq = path_patch(model, clean_p, corrupt_p, answer=answer, wrong=wrong, senders=senders, memory_mb=128,
                             receivers=[(layer, h, "q") for layer, h in movers])
             flat = pq.scores.flatten()
             rec["path_patching_into_mover_queries"] = [(f"{senders[int(i)][0]}.{senders[int(i)][1]}", float(flat[i]))
