@@ -14,6 +14,7 @@ from mechscope.dictionaries.synthetic import family_member, run_synthetic
 
 CASES = [("builtin", arch) for arch in ("relu", "topk", "batchtopk", "jumprelu", "gated")] + [
     ("power-l4-offset", "relu"), ("power-l4-offset", "topk"), ("power-l4-offset", "gated"), ("wide-l2", "topk"),
+    ("power-l4-offset", "batchtopk"), ("wide-l2", "batchtopk"),
 ]
 
 
