@@ -134,6 +134,10 @@ class _PathRun:
             targets.setdefault(name, []).append(index)
 
         def patch(act: Tensor, point: Any) -> Tensor:
+            if point.name not in captured:
+                # Step 1 started after this receiver's layer: every sender of the chunk comes later,
+                # so the receiver's input was the base run's, which this pass computes anyway.
+                return act
             out = act.clone()
             for index in targets[point.name]:
                 where = (slice(None), slice(None)) + (() if index is None else (index,))
