@@ -83,10 +83,10 @@ def test_last_layer_direct_path_equals_activation_patching():
 def test_receivers_in_different_layers_do_not_depend_on_chunking():
     model = tiny_model("llama")
     clean, corrupt = pair_ids()
-    receivers = [(1, 1, "q"), (2, 3, "q")]
+    receivers = [(1, 1, "q"), "resid"]
     one_pass = path_patch(model, clean, corrupt, receivers=receivers, memory_mb=512, **KW)
     # A tiny memory budget puts each sender in its own chunk; a chunk of layer-1 senders starts
     # after the layer-1 receiver, whose input is then the corrupted run's.
     chunked = path_patch(model, clean, corrupt, receivers=receivers, memory_mb=0.02, **KW)
     assert torch.allclose(one_pass.scores, chunked.scores, atol=1e-5)
-    assert one_pass.scores[:2].abs().sum() > 0
+    assert one_pass.scores.abs().sum() > 0
