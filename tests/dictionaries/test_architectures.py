@@ -15,6 +15,7 @@ from mechscope.dictionaries import (
 from mechscope.dictionaries.jumprelu import JumpReLUFunction, StepFunction
 
 ARCHS = ["batchtopk", "gated", "jumprelu", "relu", "topk"]
+REGISTERED = ["batchtopk", "clt", "gated", "jumprelu", "relu", "topk"]  # + the cross-layer transcoder
 
 
 def _make(arch: str, **kw):
@@ -31,7 +32,7 @@ def _perturb(d, seed: int = 0) -> None:
 
 
 def test_registry_lists_every_family_and_suggests_names():
-    assert available_architectures() == ARCHS
+    assert available_architectures() == REGISTERED
     with pytest.raises(DictionaryConfigError, match="Did you mean: 'topk'"):
         make_dictionary("topkk", d_in=4, d_sae=8)
 

@@ -44,7 +44,6 @@ def test_512_token_sweep_stays_within_the_cap():
                                                                                     memory_mb=cap, **kw)))
              for cap in (24, 384)}
     assert peaks[24] <= 24 * 1.25, peaks
-    assert peaks[384] > 2 * peaks[24], peaks
     scale = abs(results[24].clean - results[24].corrupt)  # compare in metric units
     assert float((results[24].scores - results[384].scores).abs().max()) * scale < 1e-5
     assert results[24].shape == (2, N_POS)

@@ -1,7 +1,7 @@
 """dictionaries layer of mechscope: sparse autoencoders and transcoders, their training and files.
 
 Architectures (registry key -> class): `relu` (ReLU + L1), `topk`, `batchtopk`, `jumprelu`,
-`gated`. Any of them is a transcoder when `d_out != d_in` (or `hook_name_out` is set).
+`gated`, and `clt` (cross-layer transcoder). Any of them is a transcoder when `d_out != d_in` (or `hook_name_out` is set).
 Training: `Trainer` / `TrainerConfig`; files: `save_dictionary` / `load_dictionary` (SAELens
 layout); ground truth: `run_synthetic`.
 
@@ -24,6 +24,7 @@ from mechscope.dictionaries.base import (
     make_dictionary,
 )
 from mechscope.dictionaries.batchtopk import BatchTopKSAE, BatchTopKSAEConfig
+from mechscope.dictionaries.clt import CrossLayerTranscoder
 from mechscope.dictionaries.errors import CheckpointError, DictionaryConfigError, DictionaryFormatError
 from mechscope.dictionaries.formats import load_dictionary, save_dictionary
 from mechscope.dictionaries.gated import GatedSAE, GatedSAEConfig
@@ -34,7 +35,7 @@ from mechscope.dictionaries.topk import TopKSAE, TopKSAEConfig
 from mechscope.dictionaries.trainer import Trainer, TrainerConfig, TrainResult
 
 __all__ = [
-    "BatchTopKSAE", "BatchTopKSAEConfig", "CheckpointError", "Dictionary", "DictionaryConfig",
+    "BatchTopKSAE", "BatchTopKSAEConfig", "CheckpointError", "CrossLayerTranscoder", "Dictionary", "DictionaryConfig",
     "DictionaryConfigError", "DictionaryFormatError", "DictionaryOutput", "GatedSAE", "GatedSAEConfig",
     "JumpReLUSAE", "JumpReLUSAEConfig", "ReluSAE", "ReluSAEConfig", "SparseCodes", "SyntheticData", "TopKSAE",
     "TopKSAEConfig", "TrainResult", "Trainer", "TrainerConfig", "available_architectures", "dictionary_class",

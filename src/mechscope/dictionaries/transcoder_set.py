@@ -20,6 +20,7 @@ layout: one safetensors file per layer with `W_enc [F, d]`, `W_dec [F, d]`, `b_e
 and, for JumpReLU, `activation_function.threshold` (model units; ReLU and JumpReLU only).
 
 Example:
+    >>> import torch
     >>> from mechscope.dictionaries import make_dictionary
     >>> tcs = [make_dictionary("relu", d_in=8, d_sae=16, d_out=8, hook_name_out=f"blocks.{i}.hook_mlp_out")
     ...        for i in range(2)]

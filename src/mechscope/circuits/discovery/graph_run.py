@@ -21,7 +21,7 @@ that norm's statistics in the same run, so that the heads still add up to the bl
 
 Example:
     >>> gm = GraphModel(model)                               # doctest: +SKIP
-    >>> clean = gm.sources(ids)                               # [batch, pos, n_sources, d_model]
+    >>> clean = gm.sources(ids)                # [batch, pos, n_sources, d_model]  # doctest: +SKIP
     >>> logits = gm.run(ids, None, mask, corrupt=gm.sources(corrupt_ids))  # doctest: +SKIP
 """
 

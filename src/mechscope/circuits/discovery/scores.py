@@ -7,7 +7,7 @@ support the clean answer.
 Example:
     >>> scores.top(5)                                     # doctest: +SKIP
     [('a9.h8->logits', 0.41), ...]
-    >>> scores.save("scores")                             # scores.safetensors + scores.json
+    >>> scores.save("scores")                # scores.safetensors + scores.json  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def clean_explanation(reply: str) -> str:
     """
     for line in reply.strip().splitlines():
         line = re.sub(r"^\W*(explanation|answer|phrase)\s*:\s*", "", line.strip(), flags=re.I)
-        line = line.strip().strip("\"'`*").strip().rstrip(".").strip()
+        line = line.strip().strip("\"'`*").strip().rstrip(".").strip().strip("\"'`*").strip()
         if line:
             return line
     return ""
