@@ -13,8 +13,9 @@ from mechscope.dictionaries.checkpoint import list_checkpoints
 from mechscope.dictionaries.errors import TrainingDivergedError
 from mechscope.dictionaries.initialisation import geometric_median
 from mechscope.dictionaries.metrics import fixed_norm_scale, mean_l0
+from mechscope.dictionaries.schedule import L0Controller
 from mechscope.dictionaries.synthetic import SyntheticData
-from mechscope.dictionaries.trainer import L0Controller, Trainer, TrainerConfig
+from mechscope.dictionaries.trainer import Trainer, TrainerConfig
 
 
 def _stream(n: int, batch: int = 64, d: int = 8, seed: int = 0, pairs: bool = False):

@@ -227,11 +227,11 @@ def iter_sites_batches(
             if max_tokens is not None and seen >= max_tokens:
                 return
 
-    for batch in _rebatch(rows(), batch_size, shuffle_buffer, torch.Generator().manual_seed(seed)):
+    for batch in rebatch(rows(), batch_size, shuffle_buffer, torch.Generator().manual_seed(seed)):
         yield tuple(batch.split(widths, dim=1))
 
 
-def _rebatch(chunks: Iterable[Tensor], batch_size: int, buffer_rows: int,
+def rebatch(chunks: Iterable[Tensor], batch_size: int, buffer_rows: int,
              gen: torch.Generator, drop_last: bool = True) -> Iterator[Tensor]:
     """Cut a stream of `[n_i, d]` chunks into `[batch_size, d]` batches, mixing rows in a buffer.
 

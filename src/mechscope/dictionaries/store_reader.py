@@ -29,7 +29,7 @@ from torch import Tensor
 from mechscope.core.errors import unknown_name_message
 from mechscope.core.files import sha256_file
 from mechscope.dictionaries.errors import DictionaryFormatError
-from mechscope.dictionaries.store import STORE_DTYPES, _rebatch, read_manifest, site_key
+from mechscope.dictionaries.store import STORE_DTYPES, read_manifest, rebatch, site_key
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class StoreReader:
         while epochs is None or epoch < epochs:
             order = torch.randperm(n_shards, generator=gen).tolist() if shuffle else range(n_shards)
             chunks = (self._rows(i, sites, dtype) for i in order)
-            yield from _rebatch(chunks, batch_size, buffer_tokens if shuffle else 0, gen, drop_last=drop_last)
+            yield from rebatch(chunks, batch_size, buffer_tokens if shuffle else 0, gen, drop_last=drop_last)
             epoch += 1
 
     def throughput(self, batch_size: int = 4096, min_tokens: int | None = None, **kwargs: Any) -> float:
