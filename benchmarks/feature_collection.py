@@ -27,7 +27,7 @@ import torch
 
 from mechscope.core.corpus import iter_token_contexts
 from mechscope.core.provenance import weights_hash
-from mechscope.dictionaries.store import site_activations
+from mechscope.dictionaries.streaming import site_activations
 from mechscope.features import collect_features
 
 

@@ -23,7 +23,7 @@ import mechscope
 from mechscope.core.files import atomic_write_json
 from mechscope.dictionaries import TopKSAE, make_dictionary
 from mechscope.dictionaries.sparse_ops import SparsePattern, sparse_decode
-from mechscope.dictionaries.store import iter_site_batches
+from mechscope.dictionaries.streaming import iter_site_batches
 from mechscope.dictionaries.trainer import Trainer, TrainerConfig
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "auxk_dead_fraction.json"

@@ -10,13 +10,9 @@ import torch
 from mechscope.core.corpus import iter_token_contexts
 from mechscope.core.errors import OutputExistsError
 from mechscope.dictionaries.errors import DictionaryFormatError
-from mechscope.dictionaries.store import (
-    cache_activations,
-    iter_site_batches,
-    iter_sites_batches,
-    read_manifest,
-)
+from mechscope.dictionaries.store import cache_activations, read_manifest
 from mechscope.dictionaries.store_reader import open_store
+from mechscope.dictionaries.streaming import iter_site_batches, iter_sites_batches
 from tiny_lm import tiny_lm, write_corpus
 
 SITE = "blocks.1.hook_resid_post"

@@ -8,7 +8,7 @@ import torch
 
 from mechscope.dictionaries import make_dictionary
 from mechscope.dictionaries.metrics import mean_l0
-from mechscope.dictionaries.store import iter_site_batches
+from mechscope.dictionaries.streaming import iter_site_batches
 from mechscope.dictionaries.trainer import Trainer, TrainerConfig
 
 

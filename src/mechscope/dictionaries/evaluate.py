@@ -44,7 +44,7 @@ from mechscope.core.tokens import TokenBatch
 from mechscope.dictionaries.base import Dictionary
 from mechscope.dictionaries.metrics import explained_variance_from_sums
 from mechscope.dictionaries.splice import _flat, hook_name_of
-from mechscope.dictionaries.store import keep_mask
+from mechscope.dictionaries.streaming import keep_mask
 from mechscope.methods.patching.engine import layers_return_tensors, replay_prefix
 
 logger = logging.getLogger(__name__)

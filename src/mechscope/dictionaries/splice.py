@@ -43,7 +43,7 @@ from mechscope.core.names import parse_layer
 from mechscope.core.runner import HookFn, HookPoint
 from mechscope.dictionaries.base import Dictionary
 from mechscope.dictionaries.errors import DictionaryConfigError
-from mechscope.dictionaries.store import stop_layer_for
+from mechscope.dictionaries.streaming import stop_layer_for
 
 Saes = Dictionary | Sequence[Dictionary]
 HookSpec = Sequence[tuple[Any, HookFn]]

@@ -29,7 +29,8 @@ from torch import Tensor
 from mechscope.core.errors import unknown_name_message
 from mechscope.core.files import sha256_file
 from mechscope.dictionaries.errors import DictionaryFormatError
-from mechscope.dictionaries.store import STORE_DTYPES, read_manifest, rebatch, site_key
+from mechscope.dictionaries.store import STORE_DTYPES, read_manifest, site_key
+from mechscope.dictionaries.streaming import rebatch
 
 logger = logging.getLogger(__name__)
 

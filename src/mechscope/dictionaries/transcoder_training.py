@@ -27,7 +27,7 @@ from mechscope.core import names
 from mechscope.core.errors import MechscopeError
 from mechscope.dictionaries.base import make_dictionary
 from mechscope.dictionaries.clt import CLTConfig, CLTSet, CrossLayerTranscoder
-from mechscope.dictionaries.store import iter_sites_batches
+from mechscope.dictionaries.streaming import iter_sites_batches
 from mechscope.dictionaries.trainer import Trainer, TrainerConfig
 from mechscope.dictionaries.transcoder_set import PerLayerTranscoders, TranscoderSet, mlp_input_hook
 

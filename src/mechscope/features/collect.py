@@ -31,8 +31,9 @@ from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_context
 from mechscope.core.errors import MechscopeError
 from mechscope.core.provenance import provenance, weights_hash
 from mechscope.dictionaries import Dictionary
-from mechscope.dictionaries.store import MANIFEST, keep_mask, site_activations, site_key
+from mechscope.dictionaries.store import MANIFEST, site_key
 from mechscope.dictionaries.store_reader import open_store
+from mechscope.dictionaries.streaming import keep_mask, site_activations
 from mechscope.features.accumulate import Accumulator, CollectConfig
 from mechscope.features.database import FeatureDatabase, is_feature_database
 from mechscope.features.write import write_results

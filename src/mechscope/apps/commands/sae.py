@@ -267,7 +267,7 @@ def run_train(args: argparse.Namespace) -> int:
         if not args.tokens:
             raise MechscopeError("streaming from the model needs --tokens N")
         from mechscope.core.provenance import provenance
-        from mechscope.dictionaries.store import iter_sites_batches
+        from mechscope.dictionaries.streaming import iter_sites_batches
 
         model = load(args)
         hooks = site_hook_names(args.site or "resid_post", args.layer)
