@@ -1,7 +1,7 @@
 """SAE training throughput: mechscope vs SAELens vs a minimal PyTorch loop, side by side in one run.
 
 Measures tokens per second of full optimizer steps (forward, backward, gradient clipping, Adam)
-on stored activations (random data of the right shape) for ReLU-L1 and TopK, and the float32
+on stored activations (random data of the right shape) for ReLU-L1, TopK and BatchTopK, and the float32
 matmul rate of this machine for the shapes of one training step, so that the dense ReLU-L1 step
 can be read as a fraction of the matmul rate:
 
@@ -9,6 +9,9 @@ can be read as a fraction of the matmul rate:
 
 (a dense step is 5 matmuls of `batch x d_in x d_sae`: encoder and decoder forward, the decoder's
 weight and input gradients, the encoder's weight gradient).
+
+BatchTopK is timed with its batch-wide selection (`per_token_warmup=0`), against TopK with the same `k`: `batchtopk_vs_topk` is BatchTopK's tokens per second
+over TopK's (goal >= 0.8).
 
 Usage:
     python benchmarks/sae_training.py [--quick] [--d-in 576] [--expansion 16] [--batch 4096] [--k 32] [--repeats 5]
@@ -28,6 +31,8 @@ from mechscope.dictionaries.trainer import Trainer, TrainerConfig
 
 def ours(arch: str, d_in: int, d_sae: int, k: int, data: list[torch.Tensor]) -> Callable[[], None]:
     extra = {"k": k} if arch in ("topk", "batchtopk") else {"l1_coefficient": 5.0, "decoder_norm": "weighted"}
+    if arch == "batchtopk":
+        extra["per_token_warmup"] = 0.0  # time the batch-wide selection, not the warm-up's per-token one
     sae = make_dictionary(arch, d_in=d_in, d_sae=d_sae, seed=0, **extra)
     trainer = Trainer(sae, TrainerConfig(total_steps=10**6, lr=1e-4, progress=False, log_every=10**6,
                                          dead_window_tokens=10**9))
@@ -36,13 +41,16 @@ def ours(arch: str, d_in: int, d_sae: int, k: int, data: list[torch.Tensor]) -> 
 
 
 def saelens(arch: str, d_in: int, d_sae: int, k: int, data: list[torch.Tensor]) -> Callable[[], None]:
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
+    coefficients: dict[str, float] = {}
     if arch == "topk":
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
-        coefficients: dict[str, float] = {}
+    elif arch == "batchtopk":
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
     else:
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=5.0))
         coefficients = {"l1": 5.0}
@@ -122,6 +130,8 @@ def main() -> None:
     for arch in ("relu", "topk"):
         for name, build in (("mechscope", ours), ("saelens", saelens), ("minimal", minimal)):
             candidates[f"{arch}/{name}"] = build(arch, a.d_in, d_sae, a.k, data)
+    for name, build in (("mechscope", ours), ("saelens", saelens)):
+        candidates[f"batchtopk/{name}"] = build("batchtopk", a.d_in, d_sae, a.k, data)
     times = time_interleaved(candidates, repeats=repeats)
     print_table(f"SAE training step, {repeats} interleaved repeats", times, "relu/mechscope")
     dense_flops = 5 * 2 * a.batch * a.d_in * d_sae
@@ -134,14 +144,18 @@ def main() -> None:
                "relu_vs_saelens": s("relu/saelens") / s("relu/mechscope"),
                "relu_vs_minimal": s("relu/minimal") / s("relu/mechscope"),
                "topk_vs_saelens": s("topk/saelens") / s("topk/mechscope"),
-               "topk_vs_minimal": s("topk/minimal") / s("topk/mechscope")}
-    rows = [[arch, *(f"{a.batch / s(f'{arch}/{name}'):,.0f}" for name in ("mechscope", "saelens", "minimal"))]
-            for arch in ("relu", "topk")]
+               "topk_vs_minimal": s("topk/minimal") / s("topk/mechscope"),
+               "batchtopk_vs_topk": s("topk/mechscope") / s("batchtopk/mechscope"),
+               "batchtopk_vs_saelens": s("batchtopk/saelens") / s("batchtopk/mechscope")}
+    rows = [[arch, *(f"{a.batch / s(f'{arch}/{name}'):,.0f}" if f"{arch}/{name}" in times else "-"
+                     for name in ("mechscope", "saelens", "minimal"))]
+            for arch in ("relu", "topk", "batchtopk")]
     write_result("sae_training", a, None, {
         "settings": {"d_in": a.d_in, "d_sae": d_sae, "batch": a.batch, "k": a.k}, "timings": times,
         "matmul_flops_per_s": rate, "summary": summary,
         "goals": [goal("TopK: SAELens step / mechscope step", summary["topk_vs_saelens"], 1.0, ">="),
-                  goal("ReLU-L1: SAELens step / mechscope step", summary["relu_vs_saelens"], 1.0, ">=")],
+                  goal("ReLU-L1: SAELens step / mechscope step", summary["relu_vs_saelens"], 1.0, ">="),
+                  goal("BatchTopK tokens/s / TopK tokens/s (mechscope)", summary["batchtopk_vs_topk"], 0.8, ">=")],
         "table": {"columns": ["architecture", "mechscope tokens/s", "SAELens tokens/s", "minimal PyTorch tokens/s"],
                   "rows": rows,
                   "caption": f"d_in {a.d_in}, {d_sae} latents, batch {a.batch}, k {a.k}; median of {repeats} interleaved "
