@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -99,17 +100,10 @@ def create_app(sources: Sources, model_name: str | None = None, model: Any = Non
                limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20) -> SearchResult:
         return sources.feature_source(db).search(db, q, limit)
 
-    @app.get("/api/patch/{doc}", response_model=Heatmap)
-    def patch(doc: SourceId) -> Heatmap:
-        return sources.heatmap(doc)
-
-    @app.get("/api/heads/{doc}", response_model=HeadsTable)
-    def heads(doc: SourceId) -> HeadsTable:
-        return sources.heads(doc)
-
-    @app.get("/api/graph/{doc}", response_model=Graph)
-    def graph(doc: SourceId) -> Graph:
-        return sources.graph(doc)
+    for kind, response, read in (("patch", Heatmap, sources.heatmap), ("heads", HeadsTable, sources.heads),
+                                 ("graph", Graph, sources.graph)):
+        app.add_api_route(f"/api/{kind}/{{doc}}", _document_route(read), methods=["GET"], response_model=response,
+                          name=kind)
 
     if model is not None:
         _add_live_routes(app, Live(model, sources, tuned_lens))
@@ -122,18 +116,27 @@ def create_app(sources: Sources, model_name: str | None = None, model: Any = Non
     return app
 
 
+def _document_route(read: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A GET handler answering `read(doc)` for a validated source id."""
+    def route(doc: SourceId) -> Any:
+        return read(doc)
+    return route
+
+
+def _post_route(compute: Callable[[Any], Any], request: type) -> Callable[[Any], Any]:
+    """A POST handler whose JSON body is validated as `request`, answering `compute(body)`."""
+    def route(req: Any) -> Any:
+        return compute(req)
+    route.__annotations__ = {"req": request, "return": Any}
+    return route
+
+
 def _add_live_routes(app: FastAPI, live: Live) -> None:
-    @app.post("/api/model/prompt", response_model=PromptView)
-    def prompt(req: PromptRequest) -> PromptView:
-        return live.prompt(req)
-
-    @app.post("/api/model/attention", response_model=AttentionView)
-    def attention(req: AttentionRequest) -> AttentionView:
-        return live.attention(req)
-
-    @app.post("/api/model/steer", response_model=SteerView)
-    def steer(req: SteerRequest) -> SteerView:
-        return live.steer(req)
+    for name, request, response, compute in (("prompt", PromptRequest, PromptView, live.prompt),
+                                             ("attention", AttentionRequest, AttentionView, live.attention),
+                                             ("steer", SteerRequest, SteerView, live.steer)):
+        app.add_api_route(f"/api/model/{name}", _post_route(compute, request), methods=["POST"],
+                          response_model=response, name=name)
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0, on_start: Any = None) -> None:
