@@ -44,7 +44,9 @@ class DictionaryConfig:
     (multipliers to the normalised units the dictionary works in; `output_scale=None` means
     `input_scale`), `apply_b_dec_to_input` (subtract the decoder bias before encoding; `None`
     means yes for SAEs, no for transcoders), `decoder_init_norm`, `decoder_norm` (`"unit"`: decoder
-    rows held at norm 1 during training; `"free"`; `"weighted"` for ReLU-L1), `dtype`.
+    rows held at norm 1 during training; `"free"`; `"weighted"` for ReLU-L1), `dtype`, `skip`
+    (a transcoder with a linear skip connection: the prediction adds `W_skip @ x`, `W_skip
+    [d_out, d_in]` initialised at zero and trained jointly; absent from `to_dict` when off).
     """
 
     d_in: int
@@ -59,6 +61,7 @@ class DictionaryConfig:
     decoder_init_norm: float = 1.0
     decoder_norm: str = "unit"
     dtype: str = "float32"
+    skip: bool = False
 
     architecture: ClassVar[str] = ""
     decoder_norms: ClassVar[tuple[str, ...]] = ("unit", "free")
@@ -91,6 +94,9 @@ class DictionaryConfig:
             )
         if self.dtype not in DTYPES:
             raise DictionaryConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.skip and not self.is_transcoder:
+            raise DictionaryConfigError("skip=True needs a transcoder (set hook_name_out or d_out): an SAE's "
+                                        "skip connection would learn the identity")
 
     @property
     def is_transcoder(self) -> bool:
@@ -98,8 +104,11 @@ class DictionaryConfig:
         return self.hook_name_out is not None or self.d_out != self.d_in
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields plus `architecture`, JSON-ready."""
-        return {"architecture": self.architecture, **dataclasses.asdict(self)}
+        """All fields plus `architecture`, JSON-ready (`skip` only when on)."""
+        data = {"architecture": self.architecture, **dataclasses.asdict(self)}
+        if not self.skip:
+            del data["skip"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DictionaryConfig:
@@ -170,9 +179,13 @@ class DictionaryOutput:
 
 
 class Dictionary(nn.Module):
-    """Base class: parameters `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_out]`, `b_dec [d_out]`.
+    """Base class: parameters `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_out]`, `b_dec [d_out]`
+    and, with `cfg.skip`, `W_skip [d_out, d_in]` (normalised units, so the prediction in model units adds
+    `x @ (W_skip * input_scale / output_scale).T`).
 
-    Subclasses implement `_encode_n(x_n) -> [batch, d_sae]` and
+    The skip term is trained by the shared `forward`: the architecture's loss sees the target minus
+    the skip term, so every architecture supports it unchanged. Subclasses implement
+    `_encode_n(x_n) -> [batch, d_sae]` and
     `_forward_n(x_n, target_n, sparsity_scale, dead_mask)` in normalised units.
     """
 
@@ -205,6 +218,8 @@ class Dictionary(nn.Module):
         if cfg.decoder_norm == "unit":
             with torch.no_grad():
                 self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_out, cfg.d_in, dtype=dtype))
         self._init_extra(gen)
 
     def _init_extra(self, gen: torch.Generator | None) -> None:
@@ -242,10 +257,43 @@ class Dictionary(nn.Module):
         self._check_width(x, self.cfg.d_in, "input")
         return self._encode_n(self._scale_in(x))
 
-    def decode(self, feature_acts: Tensor) -> Tensor:
-        """Reconstruction (model units): `feature_acts [batch, d_sae]` -> `[batch, d_out]`."""
+    def decode(self, feature_acts: Tensor, x: Tensor | None = None) -> Tensor:
+        """Reconstruction (model units): `feature_acts [batch, d_sae]` -> `[batch, d_out]`.
+
+        A skip transcoder also needs the input `x [batch, d_in]` it encoded (its skip term is added);
+        other dictionaries ignore `x`.
+        """
         self._check_width(feature_acts, self.cfg.d_sae, "feature_acts")
-        return self._unscale_out(feature_acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec)
+        out = feature_acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        if self.cfg.skip:
+            if x is None:
+                raise DictionaryConfigError(f"{type(self).__name__} has a skip connection: pass the input too, "
+                                            "decode(feature_acts, x)")
+            self._check_width(x, self.cfg.d_in, "input")
+            out = out + self._skip_n(self._scale_in(x))
+        return self._unscale_out(out)
+
+    def skip_output(self, x: Tensor) -> Tensor:
+        """The skip term alone in model units, `x [batch, d_in]` -> `[batch, d_out]` (zeros without skip)."""
+        self._check_width(x, self.cfg.d_in, "input")
+        if not self.cfg.skip:
+            return x.new_zeros(x.shape[0], self.cfg.d_out)  # type: ignore[arg-type]
+        return self._unscale_out(self._skip_n(self._scale_in(x)))
+
+    def skip_weight(self) -> Tensor | None:
+        """`W_skip` in model units, `[d_out, d_in]` (`skip_output(x) = x @ skip_weight().T`), or None."""
+        if not self.cfg.skip:
+            return None
+        return self._skip_parameter() * (self.cfg.input_scale / float(self.cfg.output_scale))  # type: ignore[arg-type]
+
+    def _skip_parameter(self) -> Tensor:
+        W = getattr(self, "W_skip", None)
+        if W is None:
+            raise DictionaryConfigError(f"{type(self).__name__} does not support skip connections")
+        return W
+
+    def _skip_n(self, x_n: Tensor) -> Tensor:
+        return x_n @ self._skip_parameter().T
 
     def forward(
         self, x: Tensor, target: Tensor | None = None, *, sparsity_scale: float = 1.0,
@@ -264,7 +312,12 @@ class Dictionary(nn.Module):
         self._check_width(target, self.cfg.d_out, "target")  # type: ignore[arg-type]
         x_n = self._scale_in(x)
         t_n = x_n if target is x and self.cfg.output_scale == self.cfg.input_scale else self._scale_target(target)
+        skip_n = self._skip_n(x_n) if self.cfg.skip else None
+        if skip_n is not None:  # the features fit what the skip term leaves; W_skip gets its gradient through it
+            t_n = t_n - skip_n
         out = self._forward_n(x_n, t_n, sparsity_scale, dead_mask)
+        if skip_n is not None:
+            out.reconstruction = out.reconstruction + skip_n
         out.reconstruction = self._unscale_out(out.reconstruction)
         return out
 

@@ -10,11 +10,12 @@ saved by SAELens load here. Architecture names map as:
 | `batchtopk` | `jumprelu` with the learned threshold (what it is at evaluation) |
 | `jumprelu` (SAE / transcoder) | `jumprelu` / `jumprelu_transcoder` |
 | `gated` | `gated` (`b_gate` is our `b_enc`) |
+| `relu` / `jumprelu` transcoder with `skip` | `skip_transcoder` / `jumprelu_skip_transcoder` (`W_skip [d_out, d_in]`) |
 
 Input normalisation is folded into the weights the way SAELens does, so both libraries work in
-model units with unchanged feature activations: `W_enc * s_in`, `W_dec / s_out`, `b_dec / s_out`.
-The scales are recorded (`metadata.activation_norm_scale_in/out` and the `mechscope` block, which
-also holds our full config); loading here unfolds them again. `metadata` also records
+model units with unchanged feature activations: `W_enc * s_in`, `W_dec / s_out`, `b_dec / s_out`
+(and `W_skip * s_in / s_out`). The scales are recorded (`metadata.activation_norm_scale_in/out` and
+the `mechscope` block, which also holds our full config); loading here unfolds them again. `metadata` also records
 `hook_name`, `hook_name_out`, `model_name`.
 
 Example:
@@ -52,12 +53,16 @@ _TO_SAELENS = {("relu", False): "standard", ("relu", True): "transcoder", ("topk
                ("batchtopk", False): "jumprelu", ("jumprelu", False): "jumprelu",
                ("jumprelu", True): "jumprelu_transcoder", ("gated", False): "gated"}
 _FROM_SAELENS = {"standard": "relu", "transcoder": "relu", "topk": "topk", "jumprelu": "jumprelu",
-                 "jumprelu_transcoder": "jumprelu", "gated": "gated"}
+                 "jumprelu_transcoder": "jumprelu", "gated": "gated",
+                 "skip_transcoder": "relu", "jumprelu_skip_transcoder": "jumprelu"}
+_SKIP_SAELENS = {"relu": "skip_transcoder", "jumprelu": "jumprelu_skip_transcoder"}
 
 
 def saelens_architecture(d: Dictionary) -> str:
     """The SAELens architecture name a dictionary is written as (`mechscope.*` where SAELens has none)."""
     key = (d.cfg.architecture, d.cfg.is_transcoder)
+    if d.cfg.skip:
+        return _SKIP_SAELENS.get(key[0], f"mechscope.{key[0]}_skip_transcoder")
     return _TO_SAELENS.get(key, f"mechscope.{d.cfg.architecture}{'_transcoder' if key[1] else ''}")
 
 
@@ -68,6 +73,8 @@ def _to_saelens_weights(d: Dictionary) -> dict[str, Tensor]:
     sd["W_enc"] = sd["W_enc"] * s_in
     sd["W_dec"] = sd["W_dec"] / s_out
     sd["b_dec"] = sd["b_dec"] / s_out
+    if "W_skip" in sd:
+        sd["W_skip"] = sd["W_skip"] * (s_in / s_out)
     arch = d.cfg.architecture
     if arch == "jumprelu":
         sd["threshold"] = sd.pop("log_threshold").exp()
@@ -147,6 +154,8 @@ def _config_from_saelens(cfg: dict[str, Any], arch: str) -> DictionaryConfig:
     cls = dictionary_class(arch).config_class
     if arch in ("relu", "gated"):
         fields["decoder_norm"] = "weighted"
+    if cfg.get("architecture") in _SKIP_SAELENS.values():
+        fields["skip"] = True
     if arch == "topk":
         fields["k"] = int(cfg["k"])
     return cls(**fields)
@@ -205,4 +214,6 @@ def _from_saelens_weights(w: dict[str, Tensor], c: DictionaryConfig, cfg: dict[s
         sd["W_enc"] = sd["W_enc"] / s_in
         sd["W_dec"] = sd["W_dec"] * s_out
         sd["b_dec"] = sd["b_dec"] * s_out
+        if "W_skip" in sd:
+            sd["W_skip"] = sd["W_skip"] * (s_out / s_in)
     return sd
