@@ -7,6 +7,8 @@
 #   TOKENS=200000 EVAL_TOKENS=8192 PLT_WIDTH=4096 CLT_WIDTH=512 EPOCHS=2 CLT_EPOCHS=2 LR=1e-3 scripts/train_transcoders.sh
 # (memory for the in-memory pairs: TOKENS * 30 layers * 576 * 8 bytes, 46 GB at 200k tokens:
 # lower TOKENS and raise EPOCHS where memory is short).
+# SKIP=1 trains skip transcoders (each adds a linear W_skip @ mlp_input) into $OUT/plt-skip instead;
+# CLT=0 leaves out the cross-layer transcoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/transcoders}
@@ -20,11 +22,18 @@ CLT_WIDTH=${CLT_WIDTH:-64}
 CLT_EPOCHS=${CLT_EPOCHS:-4}
 PROMPT=${PROMPT:-"The capital of the state containing Dallas is"}
 MS=${MS:-.venv/bin/mechscope}
+SKIP=${SKIP:-0}
+CLT=${CLT:-1}
+PLT=plt
+SKIP_FLAG=()
+if [ "$SKIP" = 1 ]; then PLT=plt-skip; SKIP_FLAG=(--skip); fi
 
 $MS transcoders train --kind per_layer --architecture jumprelu --d-sae "$PLT_WIDTH" --tokens "$TOKENS" \
-    --eval-tokens "$EVAL_TOKENS" --epochs "$EPOCHS" --lr "$LR" --batch-size "$BATCH" --out "$OUT/plt"
-$MS graph "$PROMPT" --transcoders "$OUT/plt" --json "$OUT/plt-graph.json" --html "$OUT/plt-graph.html" \
-    --out "$OUT/plt-graph"
+    --eval-tokens "$EVAL_TOKENS" --epochs "$EPOCHS" --lr "$LR" --batch-size "$BATCH" --out "$OUT/$PLT" \
+    "${SKIP_FLAG[@]}"
+$MS graph "$PROMPT" --transcoders "$OUT/$PLT" --json "$OUT/$PLT-graph.json" --html "$OUT/$PLT-graph.html" \
+    --out "$OUT/$PLT-graph"
+[ "$CLT" = 1 ] || exit 0
 $MS transcoders train --kind cross_layer --architecture jumprelu --d-sae "$CLT_WIDTH" --tokens "$TOKENS" \
     --eval-tokens "$EVAL_TOKENS" --epochs "$CLT_EPOCHS" --lr "$LR" --batch-size "$BATCH" --out "$OUT/clt"
 $MS graph "$PROMPT" --transcoders "$OUT/clt" --json "$OUT/clt-graph.json" --html "$OUT/clt-graph.html" \

@@ -10,14 +10,18 @@ Every set answers the same questions in model units, whatever its kind:
   feature adds to the MLP output (`blocks.{l}.hook_mlp_out`) of layers `layer, layer+1, ...`
   (only the first slot is non-zero for a per-layer set);
 - `decode_to(layer, acts: list[[pos, d_sae]]) -> [pos, d_model]`: layer's MLP output prediction from
-  the activations of layers `0..layer` (`reconstruct` does every layer).
+  the activations of layers `0..layer` (`reconstruct` does every layer);
+- `skip(layer, x [pos, d_model]) -> [pos, d_model]`: the linear skip term of a skip transcoder
+  (`has_skip`), added to the prediction: layer's MLP output is predicted as
+  `decode_to(layer, acts) + skip(layer, x)`, with `x` the MLP input of that layer.
 
 `PerLayerTranscoders` wraps one mechscope transcoder (any architecture) per layer and is saved
 as a folder of SAELens-layout subfolders `layer_{l}/` plus `transcoders.json`.
 A cross-layer transcoder (`mechscope.dictionaries.clt`) implements the same interface.
 `save_circuit_tracer` / `from_circuit_tracer` write and read circuit-tracer's single-layer
-layout: one safetensors file per layer with `W_enc [F, d]`, `W_dec [F, d]`, `b_enc`, `b_dec`
-and, for JumpReLU, `activation_function.threshold` (model units; ReLU and JumpReLU only).
+layout: one safetensors file per layer with `W_enc [F, d]`, `W_dec [F, d]`, `b_enc`, `b_dec`,
+for JumpReLU `activation_function.threshold`, and for skip transcoders `W_skip [d, d]` (applied as
+`x @ W_skip.T`, as circuit-tracer's `compute_skip` does) (model units; ReLU and JumpReLU only).
 
 Example:
     >>> import torch
@@ -77,9 +81,25 @@ class TranscoderSet(nn.Module):
     def decode_to(self, layer: int, acts: list[Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def reconstruct(self, acts: list[Tensor]) -> list[Tensor]:
-        """Every layer's MLP output prediction `[pos, d_model]` from all layers' activations."""
-        return [self.decode_to(layer, acts[: layer + 1]) for layer in range(self.n_layers)]
+    @property
+    def has_skip(self) -> bool:
+        """True when some layer's prediction has a linear skip term (`skip`)."""
+        return False
+
+    def skip(self, layer: int, x: Tensor) -> Tensor:
+        """The skip term of `layer` for its MLP input `x [pos, d_model]` (zeros without one)."""
+        return x.new_zeros(x.shape)
+
+    def reconstruct(self, acts: list[Tensor], inputs: list[Tensor] | None = None) -> list[Tensor]:
+        """Every layer's MLP output prediction `[pos, d_model]` from all layers' activations (and, for a set
+        with skip terms, every layer's MLP input `inputs[l] [pos, d_model]`)."""
+        out = [self.decode_to(layer, acts[: layer + 1]) for layer in range(self.n_layers)]
+        if self.has_skip:
+            if inputs is None:
+                raise DictionaryConfigError("this transcoder set has skip connections: reconstruct needs the MLP "
+                                            "inputs too, reconstruct(acts, inputs)")
+            out = [o + self.skip(layer, inputs[layer]).to(o.dtype) for layer, o in enumerate(out)]
+        return out
 
     def output_hook(self, layer: int) -> str:
         """The site `layer`'s MLP output prediction replaces."""
@@ -125,7 +145,16 @@ class PerLayerTranscoders(TranscoderSet):
         return (t.W_dec[feats] / t.cfg.output_scale).detach().unsqueeze(1)
 
     def decode_to(self, layer: int, acts: list[Tensor]) -> Tensor:
-        return self.transcoders[layer].decode(acts[layer])
+        t = self.transcoders[layer]
+        f = acts[layer]
+        return (f.to(t.W_dec.dtype) @ t.W_dec + t.b_dec) / t.cfg.output_scale  # the features' part (no skip term)
+
+    @property
+    def has_skip(self) -> bool:
+        return any(t.cfg.skip for t in self.transcoders)
+
+    def skip(self, layer: int, x: Tensor) -> Tensor:
+        return self.transcoders[layer].skip_output(x)
 
     def save(self, path: str | Path, *, force: bool = False) -> Path:
         """Write `path/transcoders.json` and `path/layer_{l}/` (SAELens layout) for every layer.
@@ -154,6 +183,9 @@ class PerLayerTranscoders(TranscoderSet):
             tensors = {"W_enc": (t.W_enc * s_in).T, "W_dec": t.W_dec / s_out, "b_enc": t.b_enc, "b_dec": t.b_dec / s_out}
             if arch == "jumprelu":
                 tensors["activation_function.threshold"] = t.log_threshold.exp()  # type: ignore[operator]
+            if self.has_skip:  # circuit-tracer reads the skip flag from layer 0 and computes it on every layer
+                W_skip = t.skip_weight()
+                tensors["W_skip"] = W_skip if W_skip is not None else t.W_dec.new_zeros(self.d_model, self.d_model)
             files.append(folder / f"layer_{layer}.safetensors")
             save_file({k: v.detach().float().contiguous() for k, v in tensors.items()}, str(files[-1]))
         return files
@@ -168,12 +200,16 @@ class PerLayerTranscoders(TranscoderSet):
                 F, d = w["W_enc"].shape
             except (OSError, ValueError, KeyError) as err:
                 raise DictionaryFormatError(f"{path} is not a circuit-tracer transcoder file: {err}") from err
-            if "W_skip" in w:
-                raise DictionaryFormatError(f"{path}: transcoders with a skip connection are not supported")
+            skip = "W_skip" in w
+            if skip and tuple(w["W_skip"].shape) != (d, d):
+                raise DictionaryFormatError(f"{path}: W_skip has shape {tuple(w['W_skip'].shape)}, expected {(d, d)}")
             jump = "activation_function.threshold" in w
             t = make_dictionary("jumprelu" if jump else "relu", d_in=d, d_sae=F, d_out=d, decoder_norm="free" if jump
-                                else "weighted", hook_name_out=names.mlp_out(layer), apply_b_dec_to_input=False)
+                                else "weighted", hook_name_out=names.mlp_out(layer), apply_b_dec_to_input=False,
+                                skip=skip)
             state = {"W_enc": w["W_enc"].T, "W_dec": w["W_dec"], "b_enc": w["b_enc"], "b_dec": w["b_dec"]}
+            if skip:
+                state["W_skip"] = w["W_skip"]
             if jump:
                 state["log_threshold"] = w["activation_function.threshold"].reshape(F).clamp_min(1e-30).log()
             t.load_state_dict({k: v.float().contiguous() for k, v in state.items()})

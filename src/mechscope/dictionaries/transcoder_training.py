@@ -129,7 +129,7 @@ def evaluate_layers(tcs: TranscoderSet, data: MlpPairs, chunk: int = 1024) -> li
     for i in range(0, n, chunk):
         x, y = data.inputs[i:i + chunk], data.outputs[i:i + chunk]
         acts = [tcs.encode(layer, x[:, layer]).float() for layer in range(L)]
-        recon = tcs.reconstruct(acts)
+        recon = tcs.reconstruct(acts, [x[:, layer] for layer in range(L)])
         for layer in range(L):
             err[layer] += (recon[layer].float() - y[:, layer]).pow(2).sum()
             var[layer] += (y[:, layer] - mean[layer]).pow(2).sum()

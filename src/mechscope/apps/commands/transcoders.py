@@ -8,6 +8,7 @@ replacement model's next-token agreement with the real model and its KL.
 Example:
     $ mechscope transcoders train --out out/plt --d-sae 2048 --tokens 20000 --json out/plt/eval.json
     $ mechscope transcoders train --kind cross_layer --out out/clt --d-sae 256 --tokens 8000
+    $ mechscope transcoders train --out out/plt-skip --skip    # skip transcoders: + W_skip @ mlp_input
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "cross-layer: jumprelu or topk")
     train.add_argument("--d-sae", type=int, default=1024, help="features per layer")
     train.add_argument("--k", type=int, default=32, help="active features per token (topk)")
+    train.add_argument("--skip", action="store_true", help="per-layer: skip transcoders, whose prediction adds a "
+                       "linear skip term W_skip @ mlp_input (W_skip trained jointly, initialised at zero)")
     train.add_argument("--tokens", type=int, default=8192, help="training tokens (held in memory)")
     train.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens for the evaluation")
     train.add_argument("--epochs", type=int, default=4)
@@ -44,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from mechscope.circuits.replacement import replacement_agreement
+    from mechscope.core.errors import BadInputError
     from mechscope.core.files import claim_output_dir, write_json
     from mechscope.core.provenance import provenance
     from mechscope.dictionaries.transcoder_training import (
@@ -53,6 +57,8 @@ def run_train(args: argparse.Namespace) -> int:
         train_per_layer,
     )
 
+    if args.skip and args.kind != "per_layer":
+        raise BadInputError("--skip is for per-layer transcoders: use --kind per_layer")
     claim_output_dir(args.out, force=args.force)
     model = load(args)
     source = args.corpus
@@ -62,7 +68,9 @@ def run_train(args: argparse.Namespace) -> int:
     del both
     common = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     if args.kind == "per_layer":
-        extra = {"k": args.k} if args.architecture in ("topk", "batchtopk") else {}
+        extra: dict[str, Any] = {"k": args.k} if args.architecture in ("topk", "batchtopk") else {}
+        if args.skip:
+            extra["skip"] = True
         tcs = train_per_layer(data, d_sae=args.d_sae, architecture=args.architecture, **common, **extra)
     else:
         extra = {"k": args.k} if args.architecture == "topk" else {}
@@ -72,13 +80,15 @@ def run_train(args: argparse.Namespace) -> int:
     layers = evaluate_layers(tcs, held)
     ids = _eval_contexts(model, args)
     whole = replacement_agreement(model, tcs, ids)
-    result = {"kind": args.kind, "architecture": args.architecture, "d_sae": args.d_sae, "train_tokens": args.tokens,
+    result = {"kind": args.kind, "architecture": args.architecture, "skip": args.skip, "d_sae": args.d_sae,
+              "train_tokens": args.tokens,
               "eval_tokens": held.inputs.shape[0], "epochs": args.epochs, "layers": layers, "replacement": whole,
               "folder": str(args.out), "provenance": provenance(model, seed=args.seed)}
     write_json(f"{args.out}/eval.json", result, force=True)
     if args.json_path:
         write_json(args.json_path, result, force=args.force)
-    print(f"{args.kind} {args.architecture} transcoders, {args.d_sae} features per layer, saved to {args.out}")
+    kind = f"{args.kind} {args.architecture}{' skip' if args.skip else ''}"
+    print(f"{kind} transcoders, {args.d_sae} features per layer, saved to {args.out}")
     print("layer  nmse    L0      dead")
     for row in layers:
         print(f"{row['layer']:>5}  {row['normalised_mse']:.3f}  {row['l0']:>6.1f}  {row['dead_fraction']:.3f}")
