@@ -15,8 +15,10 @@ and features `f_b`:
   same positions (all but BOS, as in training); the blocks before the site are not run
   again for them (their clean output is replayed, which is exact);
 - `ce_loss_recovered = (ce_zero - ce_sae) / (ce_zero - ce_clean)` (1: as good as clean, 0: as
-  bad as deleting the site);
-- `kl = mean over positions of KL(p_clean || p_sae) = sum_v p_clean(v) (log p_clean(v) - log p_sae(v))`.
+  bad as deleting the site): the normalized recovery of `mechscope.core.scores` with the
+  zero-ablated run as the corrupt one (NaN, with a warning, when `ce_zero == ce_clean`);
+- `kl = mean over positions of KL(p_clean || p_sae) = sum_v p_clean(v) (log p_clean(v) - log p_sae(v))`
+  (`mechscope.core.scores.kl_divergence`).
 
 Example:
     >>> result = evaluate_dictionary(sae, model, n_tokens=20_000)   # doctest: +SKIP
@@ -40,12 +42,14 @@ from torch import Tensor
 
 from mechscope.core import names as hook_names
 from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_contexts
+from mechscope.core.errors import MechscopeError
+from mechscope.core.partial_runs import layers_return_tensors, replay_prefix
+from mechscope.core.scores import kl_divergence, normalized_recovery
 from mechscope.core.tokens import TokenBatch
 from mechscope.dictionaries.base import Dictionary
 from mechscope.dictionaries.metrics import explained_variance_from_sums
-from mechscope.dictionaries.splice import _flat, hook_name_of
+from mechscope.dictionaries.splice import hook_name_of, site_rows
 from mechscope.dictionaries.streaming import keep_mask
-from mechscope.methods.patching.engine import layers_return_tensors, replay_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -179,15 +183,25 @@ def _run_from(model: Any, ids: Tensor, start: int, resid: Tensor | None, hooks: 
         return model.hf_model(input_ids=ids, use_cache=False).logits
 
 
-def _next_token_stats(logits: Tensor, ids: Tensor, clean_logp: Tensor | None) -> tuple[float, float, int]:
-    """Summed CE over predicted positions, summed KL to `clean_logp`, and the position count."""
+def _next_token_stats(logits: Tensor, ids: Tensor, clean_logits: Tensor | None) -> tuple[float, float, int]:
+    """Summed CE over predicted positions, summed `KL(p_clean || p)` to `clean_logits`, and the position count."""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
     target = ids[:, 1:].to(logp.device)
     ce = -logp.gather(-1, target.unsqueeze(-1)).double().sum()
     kl = 0.0
-    if clean_logp is not None:
-        kl = float((clean_logp.exp() * (clean_logp - logp)).sum(-1).double().sum())
+    if clean_logits is not None:
+        kl = float(kl_divergence(clean_logits[:, :-1], logp).double().sum())
     return float(ce), kl, target.numel()
+
+
+def _ce_recovered(ce_sae: float, ce_clean: float, ce_zero: float) -> float:
+    """Normalized recovery of the loss, with zero ablation as the corrupt run; NaN (with a warning)
+    where it is undefined, so the other numbers of a long evaluation are kept."""
+    try:
+        return float(normalized_recovery(ce_sae, clean=ce_clean, corrupt=ce_zero))
+    except MechscopeError as err:
+        logger.warning("CE loss recovered is undefined: %s", err)
+        return math.nan
 
 
 @torch.no_grad()
@@ -225,18 +239,17 @@ def evaluate_dictionary(
         names = list(dict.fromkeys([name_in, name_out, *([hook_names.resid_pre(start)] if start else [])]))
         clean_logits, cache = model.run_with_cache(ids, names=names)
         keep = keep_mask(ids, model.tokenizer, keep_bos=keep_bos)
-        x_in = _flat(cache[name_in], sae.cfg.d_in, sae, name_in, "input").reshape(*ids.shape, -1)[keep]
+        x_in = site_rows(cache[name_in], sae.cfg.d_in, sae, name_in, "input").reshape(*ids.shape, -1)[keep]
         target_act = cache[name_out]
-        target = _flat(target_act, sae.cfg.d_out, sae, name_out, "output").reshape(*ids.shape, -1)
+        target = site_rows(target_act, sae.cfg.d_out, sae, name_out, "output").reshape(*ids.shape, -1)
         f, x_hat = _encode_decode(sae, x_in)
         acc.add(target[keep], x_hat, f)
 
         resid = cache[hook_names.resid_pre(start)] if start else None
         sae_logits = _run_from(model, ids, start, resid, [(name_out, partial(_replace, keep=keep, values=x_hat))])
         zero_logits = _run_from(model, ids, start, resid, [(name_out, partial(_replace, keep=keep, values=None))])
-        clean_logp = F.log_softmax(clean_logits[:, :-1].float(), dim=-1)
         c, _, n = _next_token_stats(clean_logits, ids, None)
-        s, kl, _ = _next_token_stats(sae_logits, ids, clean_logp)
+        s, kl, _ = _next_token_stats(sae_logits, ids, clean_logits)
         z, _, _ = _next_token_stats(zero_logits, ids, None)
         ce["clean"] += c
         ce["sae"] += s
@@ -246,8 +259,7 @@ def evaluate_dictionary(
     result = acc.result()
     if n_pred:
         result.ce_clean, result.ce_sae, result.ce_zero = (ce[k] / n_pred for k in ("clean", "sae", "zero"))
-        gap = result.ce_zero - result.ce_clean
-        result.ce_loss_recovered = (result.ce_zero - result.ce_sae) / gap if gap != 0 else math.nan
+        result.ce_loss_recovered = _ce_recovered(result.ce_sae, result.ce_clean, result.ce_zero)
         result.kl = kl_sum / n_pred
     result.extra = {"hook_name": name_out, "context_length": context_length, "split": split,
                     "corpus_fingerprint": corpus_fingerprint(source, **doc_kwargs),

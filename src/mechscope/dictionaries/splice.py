@@ -71,8 +71,13 @@ def _saes(saes: Saes) -> list[Dictionary]:
     return [saes] if isinstance(saes, Dictionary) else list(saes)
 
 
-def _flat(act: Tensor, width: int | None, sae: Dictionary, name: str, what: str) -> Tensor:
-    """`[batch, pos, ...]` -> `[batch * pos, d]`, with a clear error when `d != width`."""
+def site_rows(act: Tensor, width: int | None, sae: Dictionary, name: str, what: str) -> Tensor:
+    """`[batch, pos, ...]` -> `[batch * pos, d]`, with a clear error when `d != width`.
+
+    Example:
+        >>> site_rows(cache[sae.cfg.hook_name], sae.cfg.d_in, sae, sae.cfg.hook_name, "input").shape   # doctest: +SKIP
+        torch.Size([1024, 576])
+    """
     d = act.shape[-1] if act.ndim == 3 else act[0, 0].numel()
     if d != width:
         raise DictionaryConfigError(
@@ -83,7 +88,7 @@ def _flat(act: Tensor, width: int | None, sae: Dictionary, name: str, what: str)
 
 
 def _encode_site(sae: Dictionary, act: Tensor, name: str) -> Tensor:
-    return sae.encode(_flat(act, sae.cfg.d_in, sae, name, "input")).reshape(*act.shape[:2], -1)
+    return sae.encode(site_rows(act, sae.cfg.d_in, sae, name, "input")).reshape(*act.shape[:2], -1)
 
 
 SAE_POINTS = ("hook_sae_acts_post", "hook_sae_recons", "hook_sae_error")
@@ -155,7 +160,7 @@ def _hooks(saes: list[Dictionary], use_error_term: bool, features: dict[str, Ten
                   _layer: int | None = layer) -> Tensor:
             clean, f = _captured.pop("clean"), _captured.pop("features")
             shape = (*act.shape[:2], -1)
-            flat = _flat(act, _sae.cfg.d_out, _sae, _name_out, "output")
+            flat = site_rows(act, _sae.cfg.d_out, _sae, _name_out, "output")
             recon = _sae.decode(f.reshape(-1, f.shape[-1])).to(act.dtype)
             clean_recon = recon if f is clean else _sae.decode(clean.reshape(-1, clean.shape[-1])).to(act.dtype)
             error = (flat - clean_recon).detach().reshape(shape)

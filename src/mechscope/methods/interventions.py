@@ -30,17 +30,18 @@ import torch
 from torch import Tensor
 
 from mechscope.core.errors import MechscopeError
+from mechscope.core.partial_runs import layers_return_tensors
 from mechscope.core.provenance import provenance
 from mechscope.core.tokens import TokenBatch
 from mechscope.methods.metrics import Metric
-from mechscope.methods.patching.engine import Cell, cached_runs, layers_return_tensors, run_cells
+from mechscope.methods.patching.engine import Cell, cached_runs, run_cells
 from mechscope.methods.patching.inputs import (
     Answers,
     Prompts,
-    _batch,
     describe_metric,
     prepare_pair,
     resolve_metric,
+    token_batch,
 )
 from mechscope.methods.patching.result import PatchResult
 from mechscope.methods.patching.sweep import axis_labels, parse_by, site_cells, site_name
@@ -70,7 +71,7 @@ def replacement_values(model: Any, tokens: TokenBatch, names: Sequence[str], kin
         return {n: torch.zeros_like(cache[n]) for n in names}
     if reference is None:
         raise MechscopeError(f"{kind} ablation needs reference prompts (reference=...).")
-    ref = _batch(model, reference)
+    ref = token_batch(model, reference)
     _, cache = model.run_with_cache(ref, names=list(names))
     out = {}
     if kind == "mean":
@@ -119,7 +120,7 @@ def ablation_hooks(targets: Sequence[Target], values: dict[str, Tensor]) -> list
 def ablate(model: Any, inputs: Prompts, targets: Sequence[Target], kind: Kind = "zero",
            reference: Prompts | None = None, mean_over: str = "batch", seed: int = 0) -> Tensor:
     """Logits `[batch, pos, d_vocab]` of `inputs` with every target ablated."""
-    tokens = _batch(model, inputs)
+    tokens = token_batch(model, inputs)
     for target in targets:
         model.check_name(target.name)
     values = replacement_values(model, tokens, sorted({t.name for t in targets}), kind, reference, mean_over, seed)

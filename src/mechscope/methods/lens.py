@@ -34,8 +34,8 @@ from mechscope.core import names
 from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.hooked import HookedModel, Inputs
 from mechscope.core.provenance import provenance
+from mechscope.core.scores import kl_divergence
 from mechscope.core.tokens import TokenBatch
-from mechscope.methods.metrics import kl_divergence
 
 SiteSpec = str | Sequence[str]
 # translator(hook_name, resid [batch, pos, d_model]) -> resid; None means the identity (logit lens)

@@ -13,6 +13,9 @@ Formulas (at position `p`, logits `z`, log-softmax `log q = z - logsumexp(z)`):
 - normalized recovery: `(patched - corrupt) / (clean - corrupt)`; 1 means the patch
   restores the clean metric, 0 means it changes nothing.
 
+The KL divergence and normalized recovery formulas are defined once, in `mechscope.core.scores`,
+and re-exported here.
+
 Example:
     >>> import torch
     >>> logits = torch.tensor([[[0.0, 2.0, 5.0]]])
@@ -30,7 +33,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from mechscope.core.errors import MechscopeError, require_finite
+# Written once in core.scores (dictionaries and features report them too); re-exported here.
+from mechscope.core.scores import check_recoverable, kl_divergence, normalized_recovery  # noqa: F401
 
 Reduce = Literal["mean", "none"]
 Tokens = int | Sequence[int] | Tensor
@@ -112,20 +116,6 @@ def answer_prob(logits: Tensor, answer: Tokens, pos: Positions = -1, reduce: Red
     return _reduce(AnswerProb(answer, pos)(logits), reduce)
 
 
-def kl_divergence(ref_logits: Tensor, logits: Tensor) -> Tensor:
-    """KL(p || q) in nats over the last axis, with p = softmax(ref_logits), q = softmax(logits).
-
-    KL(p || q) = sum_v p_v (log p_v - log q_v).
-
-    Example:
-        >>> kl_divergence(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0])).item()
-        0.0
-    """
-    log_p = torch.log_softmax(ref_logits.float(), dim=-1)
-    log_q = torch.log_softmax(logits.float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-
-
 def kl_to_clean(logits: Tensor, clean_logits: Tensor, pos: Positions = -1, reduce: Reduce = "mean") -> Tensor:
     """`KL(p_clean || q)` at `pos`, where `clean_logits` holds one row per pair (or `[n_pairs, d_vocab]`).
 
@@ -135,39 +125,6 @@ def kl_to_clean(logits: Tensor, clean_logits: Tensor, pos: Positions = -1, reduc
         0.0
     """
     return _reduce(KLToClean(clean_logits, pos)(logits), reduce)
-
-
-def check_recoverable(clean: Tensor | float, corrupt: Tensor | float) -> None:
-    """Raise unless normalized recovery is defined: both metrics finite and apart by more than 1e-6.
-
-    Example:
-        >>> check_recoverable(2.0, -1.0)
-        >>> check_recoverable(1.0, 1.0)
-        Traceback (most recent call last):
-        ...
-        mechscope.core.errors.MechscopeError: The metric is the same on both prompts (1); normalized recovery ...
-    """
-    require_finite(clean, "The metric on the clean prompt")
-    require_finite(corrupt, "The metric on the corrupted prompt")
-    if abs(float(clean) - float(corrupt)) < 1e-6:
-        raise MechscopeError(f"The metric is the same on both prompts ({float(clean):.4g}); normalized recovery "
-                             "is undefined. Choose prompts or answers the model tells apart.")
-
-
-def normalized_recovery(patched: Tensor | float, clean: Tensor | float, corrupt: Tensor | float) -> Tensor:
-    """`(patched - corrupt) / (clean - corrupt)`: 1 = clean restored, 0 = unchanged from corrupt.
-
-    Raises (never returns NaN) when the metrics are not finite or clean equals corrupt.
-
-    Example:
-        >>> normalized_recovery(torch.tensor([-1.0, 0.5, 2.0]), clean=2.0, corrupt=-1.0).tolist()
-        [0.0, 0.5, 1.0]
-    """
-    check_recoverable(clean, corrupt)
-    require_finite(patched, "The metric of a patched run")
-    patched = torch.as_tensor(patched)
-    patched = patched if patched.is_floating_point() else patched.float()
-    return (patched - float(corrupt)) / (float(clean) - float(corrupt))
 
 
 class PositionMetric:

@@ -37,7 +37,7 @@ from mechscope.core.errors import MechscopeError
 from mechscope.core.files import atomic_write_bytes, atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
 from mechscope.core.provenance import weights_hash
-from mechscope.methods.metrics import kl_divergence
+from mechscope.core.scores import kl_divergence
 
 log = logging.getLogger(__name__)
 

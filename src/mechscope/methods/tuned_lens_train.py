@@ -35,7 +35,7 @@ from mechscope.core.errors import MechscopeError, require_finite
 from mechscope.core.files import atomic_write_bytes, atomic_write_json, claim_output_dir
 from mechscope.core.hooked import HookedModel
 from mechscope.core.optimizer_state import optimizer_from_tensors, optimizer_to_tensors
-from mechscope.methods.metrics import kl_divergence
+from mechscope.core.scores import kl_divergence
 from mechscope.methods.tuned_lens import TunedLens
 
 log = logging.getLogger(__name__)

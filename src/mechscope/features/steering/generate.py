@@ -21,8 +21,8 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from mechscope.core.errors import MechscopeError
+from mechscope.core.partial_runs import cache_kwarg
 from mechscope.features.steering.interventions import Intervention, PositionState, steering
-from mechscope.methods.patching.engine import _cache_kwarg
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _generate_batch(model: Any, prompts: Sequence[str], interventions: Sequence[
     n_new = torch.zeros(len(prompts), dtype=torch.long, device=device)
     state = PositionState(offset=0, start=(width - lengths).to(device), prompt_len=lengths.to(device))
     cache = DynamicCache() if use_cache else None
-    cache_arg = _cache_kwarg(hf)
+    cache_arg = cache_kwarg(hf)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     step_ids, step_pos = ids, positions
     with steering(model, interventions, state):

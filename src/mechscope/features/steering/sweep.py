@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from mechscope.core.errors import MechscopeError
 from mechscope.core.provenance import provenance
+from mechscope.core.scores import kl_divergence
 from mechscope.dictionaries.base import Dictionary
 from mechscope.features.steering.generate import Generation, generate
 from mechscope.features.steering.interventions import Intervention, steering
@@ -154,13 +155,16 @@ def read_generation(model: Any, gen: Generation, concept: Concept | None) -> dic
 @torch.no_grad()
 def neutral_kl(model: Any, texts: Sequence[str], interventions: Sequence[Intervention],
                reference: Tensor | None = None) -> tuple[float, Tensor]:
-    """Mean over real tokens of `KL(p_unsteered || p_steered)` (nats); also returns the unsteered log-probs."""
+    """Mean over real tokens of `KL(p_unsteered || p_steered)` (nats); also returns the unsteered logits.
+
+    Pass the returned logits back as `reference` to skip the unsteered run next time.
+    """
     batch = model.tokenize(list(texts))
     if reference is None:
-        reference = torch.log_softmax(model(batch).float(), dim=-1)
+        reference = model(batch).float()
     with steering(model, interventions):
-        steered = torch.log_softmax(model(batch).float(), dim=-1)
-    kl = (reference.exp() * (reference - steered)).sum(-1)
+        steered = model(batch)
+    kl = kl_divergence(reference, steered)
     mask = batch.attention_mask.to(kl.device).bool()
     return float(kl[mask].mean()), reference
 

@@ -35,8 +35,9 @@ from torch import Tensor
 from mechscope.core import names as hook_names
 from mechscope.core.errors import MechscopeError
 from mechscope.core.provenance import provenance
+from mechscope.core.scores import check_recoverable, normalized_recovery
 from mechscope.methods.metrics import Metric
-from mechscope.methods.patching.engine import _row_bytes, cached_runs, forward_metric
+from mechscope.methods.patching.engine import cached_runs, forward_metric, row_bytes
 from mechscope.methods.patching.inputs import Answers, Prompts, describe_metric, prepare_pair, resolve_metric
 from mechscope.methods.patching.result import PatchResult
 from mechscope.methods.patching.sweep import (
@@ -113,7 +114,7 @@ def _ig_layer_grads(model: Any, tokens: Any, metric: Metric, names: Sequence[str
                     source: dict[str, Tensor], steps: int, memory_mb: float) -> dict[str, Tensor]:
     """Mean gradient over `steps` interpolation points, one layer's activation interpolated per row block."""
     n_pairs, n_pos = tokens.ids.shape
-    per_row = _row_bytes(model, n_pos, 1) * 3 * max(model.cfg.n_layers, 1)
+    per_row = row_bytes(model, n_pos, 1) * 3 * max(model.cfg.n_layers, 1)
     rows_per_chunk = max(steps * n_pairs, int(memory_mb * 2**20 // per_row) // (steps * n_pairs) * steps * n_pairs)
     names_per_chunk = max(1, rows_per_chunk // (steps * n_pairs))
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
@@ -167,10 +168,8 @@ class _Runs:
             base_value, self.base, _ = cached_runs(model, self.base_tokens, self.names, self.metric, keep_kv=False)
         values = (source_value.mean().item(), base_value.mean().item())
         self.clean_value, self.corrupt_value = values if mode == "denoise" else values[::-1]
-        if abs(self.clean_value - self.corrupt_value) < 1e-6:
-            raise MechscopeError(
-                f"The metric is the same on both prompts ({self.clean_value:.4g}); normalized recovery "
-                "is undefined. Choose prompts or answers the model tells apart.")
+        self.base_value = values[1]  # the metric of the run whose activations are patched
+        check_recoverable(self.clean_value, self.corrupt_value)
 
     def result(self, scores: Tensor, site: str, by: tuple[str, ...], method: str, **extra: Any) -> PatchResult:
         return PatchResult(scores, by, axis_labels(self.model, self.pair, by), site, method, self.mode,
@@ -182,8 +181,8 @@ def _estimate(runs: _Runs, site: str, by: tuple[str, ...], grads: dict[str, Tens
     names = _names(runs.model, site)
     rows = [_reduce(((runs.source[n] - runs.base[n]) * grads[n]).float().cpu(), site, by) for n in names]
     delta = torch.stack(rows) if site != FINAL else rows[0]
-    scale = runs.clean_value - runs.corrupt_value
-    return delta / scale if runs.mode == "denoise" else 1 + delta / scale
+    # M(patched) ~= M(base) + delta, in float64 so a small delta is not lost next to a large M(base)
+    return normalized_recovery(runs.base_value + delta.double(), runs.clean_value, runs.corrupt_value).float()
 
 
 def attribution_sweep(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | str | None = None, *,

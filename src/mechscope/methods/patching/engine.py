@@ -17,6 +17,7 @@ chunk of cells. Three exact savings:
   keys and values are kept (`BaseStates.kv`), and a pass whose cells all patch at `p` or
   later runs only the suffix `p..` with the prefix's keys and values as Hugging Face's KV
   cache. Needs a metric read at known positions (`PositionMetric`), all of them `>= p`.
+  (Both mechanisms live in `mechscope.core.partial_runs`.)
 - **Logits at the metric's positions only** (`logits_to_keep`), not over the whole vocabulary
   at every position.
 
@@ -30,18 +31,23 @@ need (`_plan`), within a memory budget (`memory_mb`).
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mechscope.core import names as hook_names
 from mechscope.core.errors import MechscopeError
+from mechscope.core.partial_runs import (
+    cache_kwarg,
+    cache_tensors,
+    layers_return_tensors,  # noqa: F401 - re-exported: callers of the patching engine use it
+    prefix_cache,
+    replay_prefix,
+)
 from mechscope.core.tokens import TokenBatch
 from mechscope.methods.metrics import Metric, PositionMetric
 
@@ -69,48 +75,6 @@ class BaseStates(list):
         self.kv = kv
 
 
-class _Replay(nn.Module):
-    """Stands in for skipped decoder layers: returns a fixed residual whatever it is given."""
-
-    def __init__(self, resid: Tensor) -> None:
-        super().__init__()
-        self.resid = resid
-
-    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return self.resid
-
-
-@contextmanager
-def replay_prefix(model: Any, start: int, resid: Tensor) -> Iterator[None]:
-    """Run `model` with decoder layers `0..start-1` replaced by the residual `resid` (= resid_pre[start])."""
-    if start <= 0:
-        yield
-        return
-    layers = model.layers
-    originals = [layers[i] for i in range(start)]
-    replay = _Replay(resid)
-    try:
-        for i in range(start):
-            layers[i] = replay
-        yield
-    finally:
-        for i, module in enumerate(originals):
-            layers[i] = module
-
-
-def _prefix_cache(kv: Sequence[tuple[Tensor, Tensor]], offset: int, start: int, copies: int) -> Any:
-    """A fresh KV cache holding positions `0..offset-1`, tiled `copies` times for the layers that run."""
-    from transformers import DynamicCache
-
-    data = []
-    for layer, (k, v) in enumerate(kv):
-        k, v = k[:, :, :offset], v[:, :, :offset]
-        if layer >= start and copies > 1:
-            k, v = k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1)
-        data.append((k, v))
-    return DynamicCache(ddp_cache_data=data)
-
-
 def metric_positions(metric: Metric, n_pos: int) -> Tensor | None:
     """The positions a `PositionMetric` reads (per pair, in 0..n_pos-1); None for other metrics."""
     if not isinstance(metric, PositionMetric):
@@ -135,11 +99,11 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
     kwargs: dict[str, Any] = {"use_cache": False}
     if offset > 0:
         copies = ids.shape[0] // kv[0][0].shape[0]
-        kwargs.update({_cache_kwarg(model.hf_model): _prefix_cache(kv, offset, start, copies), "use_cache": True})
+        kwargs.update({cache_kwarg(model.hf_model): prefix_cache(kv, offset, start, copies), "use_cache": True})
     elif keep_kv is not None:
         from transformers import DynamicCache
 
-        kwargs.update({_cache_kwarg(model.hf_model): DynamicCache(), "use_cache": True})
+        kwargs.update({cache_kwarg(model.hf_model): DynamicCache(), "use_cache": True})
     positions = metric_positions(metric, n_pos)
     if positions is not None:
         positions = positions.to(ids.device) - offset
@@ -148,7 +112,7 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
     with model.hooks(list(fwd_hooks), list(bwd_hooks)), replay_prefix(model, start if resid is not None else 0, resid):
         out = model.hf_model(input_ids=ids, attention_mask=mask, **kwargs)
     if keep_kv is not None:
-        keep_kv.extend(_cache_tensors(out))
+        keep_kv.extend(cache_tensors(out))
     logits = out.logits
     if positions is None:
         return metric(logits)
@@ -156,17 +120,6 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
     slot = slot.repeat(logits.shape[0] // slot.numel())
     last = logits[torch.arange(logits.shape[0], device=logits.device), slot].float()
     return metric.at(last)
-
-
-def _cache_kwarg(hf_model: nn.Module) -> str:
-    """The name of the KV-cache argument: `cache` from transformers 5.x on, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
-
-
-def _cache_tensors(output: Any) -> list[tuple[Tensor, Tensor]]:
-    cache = output.get("cache", None) or output.get("past_key_values", None)
-    layers = getattr(cache, "layers", None) or []
-    return [(layer.keys, layer.values) for layer in layers if getattr(layer, "keys", None) is not None]
 
 
 def _slice(cell: Cell, rows: slice | None, offset: int = 0, first: int = 0) -> tuple[Any, ...]:
@@ -192,11 +145,15 @@ def _patch_hook(entries: list[tuple[int, Cell]], source: Tensor, n_pairs: int, o
     return hook
 
 
-def _row_bytes(model: Any, n_pos: int, n_keep: int, n_context: int | None = None) -> int:
+def row_bytes(model: Any, n_pos: int, n_keep: int, n_context: int | None = None) -> int:
     """Rough peak bytes one batch row needs in a no-grad forward pass over `n_pos` query positions.
 
     `n_context` (default `n_pos`) is how many positions each query attends to (the KV cache
-    included); its keys and values are counted for every layer.
+    included); its keys and values are counted for every layer. Used to fit chunks of rows
+    into a memory budget.
+
+    Example:
+        >>> rows_per_gib = 2**30 // row_bytes(model, n_pos=9, n_keep=1)   # doctest: +SKIP
     """
     cfg = model.cfg
     n_context = n_context or n_pos
@@ -246,18 +203,6 @@ def _plan(layers: list[int], n_layers: int, n_pairs: int, n_pos: int, max_rows: 
         chunks.append((groups[begin][0], groups[end - 1][1]))
         end = begin
     return chunks[::-1]
-
-
-def layers_return_tensors(model: Any, tokens: TokenBatch) -> bool:
-    """True when decoder layers return a bare tensor (what `_Replay` imitates)."""
-    seen: list[bool] = []
-    handle = model.layers[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, Tensor)))
-    try:
-        with torch.no_grad():
-            model.hf_model(input_ids=tokens.ids[:1, :1].to(model.device), use_cache=False, logits_to_keep=1)
-    finally:
-        handle.remove()
-    return bool(seen) and all(seen)
 
 
 def suffix_starts(cells: Sequence[Cell], metric: Metric, n_pos: int, sources: Mapping[str, Tensor] | None = None,
@@ -314,7 +259,7 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
     keep = 1 if isinstance(metric, PositionMetric) else n_pos
     order = sorted(range(len(cells)), key=lambda c: (-offsets[c], cells[c].layer))
     out = torch.empty(len(cells), n_pairs)
-    max_rows = max(n_pairs, int(memory_mb * 2**20 // _row_bytes(model, n_pos, keep)))
+    max_rows = max(n_pairs, int(memory_mb * 2**20 // row_bytes(model, n_pos, keep)))
     plan = _plan([cells[c].layer for c in order], model.cfg.n_layers, n_pairs, n_pos, max_rows,
                  [offsets[c] for c in order])
     for begin, end in plan:

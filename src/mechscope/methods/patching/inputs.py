@@ -55,7 +55,13 @@ class PromptPair:
         raise MechscopeError(f"mode must be 'denoise' or 'noise', not {mode!r}.")
 
 
-def _batch(model: Any, prompts: Prompts) -> TokenBatch:
+def token_batch(model: Any, prompts: Prompts) -> TokenBatch:
+    """`prompts` as a `TokenBatch`: text is tokenized, ids `[pos]` or `[batch, pos]` get a full mask.
+
+    Example:
+        >>> token_batch(None, torch.tensor([5, 6, 7])).attention_mask.tolist()
+        [[1, 1, 1]]
+    """
     if isinstance(prompts, TokenBatch):
         return prompts
     if isinstance(prompts, Tensor):
@@ -71,7 +77,7 @@ def _show(model: Any, batch: TokenBatch, row: int) -> list[str]:
 
 def prepare_pair(model: Any, clean: Prompts, corrupt: Prompts) -> PromptPair:
     """Tokenize clean and corrupted prompts; a `TokenizationError` showing both when their lengths differ."""
-    clean_batch, corrupt_batch = _batch(model, clean), _batch(model, corrupt)
+    clean_batch, corrupt_batch = token_batch(model, clean), token_batch(model, corrupt)
     if clean_batch.ids.shape[0] != corrupt_batch.ids.shape[0]:
         raise TokenizationError(f"{clean_batch.ids.shape[0]} clean prompts but {corrupt_batch.ids.shape[0]} "
                                 "corrupted ones; give one corrupted prompt per clean prompt.")

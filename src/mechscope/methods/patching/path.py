@@ -35,7 +35,7 @@ from torch import Tensor
 from mechscope.core import names as hook_names
 from mechscope.core.errors import MechscopeError
 from mechscope.methods.metrics import Metric
-from mechscope.methods.patching.engine import _row_bytes, forward_metric
+from mechscope.methods.patching.engine import forward_metric, row_bytes
 from mechscope.methods.patching.inputs import Answers, Prompts
 from mechscope.methods.patching.result import PatchResult
 from mechscope.methods.patching.sweep import PairRuns
@@ -175,7 +175,7 @@ def path_patch(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | st
     last_receiver = max(_receiver_hook(model, r)[1] for r in receivers)
     reachable = [i for i, s in enumerate(senders) if _sender_layer(s) < last_receiver]
     n_pairs, n_pos = runs.pair.n_pairs, runs.pair.n_pos
-    per_chunk = max(1, int(memory_mb * 2**20 // (_row_bytes(model, n_pos, 1) * n_pairs)))
+    per_chunk = max(1, int(memory_mb * 2**20 // (row_bytes(model, n_pos, 1) * n_pairs)))
     base_value = runs.corrupt_value if mode == "denoise" else runs.clean_value
     values = torch.full((len(senders),), base_value)
     order = sorted(reachable, key=lambda i: _sender_layer(senders[i]))

@@ -27,9 +27,11 @@ from torch import Tensor
 
 from mechscope.core import names as hook_names
 from mechscope.core.errors import MechscopeError
+from mechscope.core.partial_runs import layers_return_tensors
 from mechscope.core.provenance import provenance
-from mechscope.methods.metrics import Metric, check_recoverable, normalized_recovery
-from mechscope.methods.patching.engine import Cell, cached_runs, layers_return_tensors, run_cells
+from mechscope.core.scores import check_recoverable, normalized_recovery
+from mechscope.methods.metrics import Metric
+from mechscope.methods.patching.engine import Cell, cached_runs, run_cells
 from mechscope.methods.patching.inputs import (
     Answers,
     PromptPair,
