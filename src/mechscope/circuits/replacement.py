@@ -13,7 +13,12 @@ Inside `frozen(state, ...)` every run of the model is linear in the residual str
   the mean-centering of LayerNorm (identity for RMSNorm), so on the recorded input it returns
   the recorded output exactly, and its Jacobian is the frozen diagonal;
 - each MLP output is whatever `mlp_out(layer, recorded)` returns (by default the recorded value,
-  a constant), and the MLP's own input is detached so no gradient flows through it.
+  a constant), and the MLP's own input is detached so no gradient flows through it;
+- with skip transcoders, each MLP output also gets `skip(layer, x) - skip(layer, x0)`: the skip
+  term is linear in the live MLP input `x` (read through the frozen norm), so it is part of the
+  replacement model rather than a node; on the recorded input `x0` it adds nothing. An edge
+  therefore includes the paths through skip terms of the layers between its nodes, as in
+  circuit-tracer (whose MLP output is `skip(x) + (mlp_out - skip(x)).detach()`).
 
 So with the error terms the local replacement model reproduces the real logits on the prompt
 (`local_logits`), and every target is a sum of linear contributions of feature outputs, error
@@ -165,7 +170,7 @@ class ReplacementModel:
             acts = tc.encode(layer, mlp_in[layer]).detach().float()
             acts[: self.zero_positions] = 0
             features.append(acts)
-        recon = [r.detach().float() for r in tc.reconstruct(features)]
+        recon = [r.detach().float() for r in tc.reconstruct(features, mlp_in)]
         errors = [mlp_out[layer] - recon[layer] for layer in range(L)]
         assert logits is not None
         return PromptState(ids=ids, logits=logits[0].float(), patterns={i: cache[names.pattern(i)] for i in range(L)},
@@ -187,11 +192,25 @@ class ReplacementModel:
         def pattern_fn(act: Tensor, hook: Any) -> Tensor:
             return state.patterns[_layer(hook)].to(act.dtype).expand_as(act)
 
+        skip = self.transcoders.has_skip
+        live_in: dict[int, Tensor] = {}
+
+        def read_in(act: Tensor, hook: Any) -> None:
+            live_in[_layer(hook)] = act
+
         def mlp_fn(act: Tensor, hook: Any) -> Tensor:
-            recorded = state.mlp_out[_layer(hook)].to(dtype).expand_as(act)
-            return recorded if mlp_out is None else mlp_out(_layer(hook), recorded).to(act.dtype)
+            layer = _layer(hook)
+            recorded = state.mlp_out[layer].to(dtype).expand_as(act)
+            out = recorded if mlp_out is None else mlp_out(layer, recorded).to(act.dtype)
+            if skip:  # linear: the change of the skip term since the recorded input
+                x = live_in.pop(layer)
+                dx = (x - state.mlp_in[layer].to(x.dtype)).reshape(-1, x.shape[-1])
+                out = out + self.transcoders.skip(layer, dx).reshape(x.shape).to(out.dtype)
+            return out
 
         fwd = [(names.pattern(layer), pattern_fn) for layer in range(self.n_layers)]
+        if skip:
+            fwd += [(mlp_input_hook(model, layer), read_in) for layer in range(self.n_layers)]
         fwd += [(names.mlp_out(layer), mlp_fn) for layer in range(self.n_layers)]
         params = list(model.hf_model.parameters())
         grads = [p.requires_grad for p in params]
@@ -241,7 +260,8 @@ def _detach_args(module: nn.Module, args: tuple) -> tuple:
 @torch.no_grad()
 def replacement_logits(model: Any, transcoders: TranscoderSet, inputs: Any) -> Tensor:
     """Logits `[batch, pos, d_vocab]` of the (global) replacement model: every MLP output replaced by
-    the transcoders' prediction from the live MLP inputs, attention and norms running as usual.
+    the transcoders' prediction from the live MLP inputs (skip terms included), attention and norms
+    running as usual.
 
     Example:
         >>> replacement_logits(model, transcoders, ids).shape     # doctest: +SKIP
@@ -249,13 +269,19 @@ def replacement_logits(model: Any, transcoders: TranscoderSet, inputs: Any) -> T
     """
     transcoders.check_model(model)
     acts: list[Tensor] = []
+    inputs: list[Tensor] = []
 
     def read(act: Tensor, hook: Any) -> None:
         flat = act.reshape(-1, act.shape[-1])
         acts.append(transcoders.encode(_layer(hook), flat))
+        inputs.append(flat)
 
     def write(act: Tensor, hook: Any) -> Tensor:
-        return transcoders.decode_to(_layer(hook), acts).reshape(act.shape).to(act.dtype)
+        layer = _layer(hook)
+        out = transcoders.decode_to(layer, acts)
+        if transcoders.has_skip:
+            out = out + transcoders.skip(layer, inputs[layer]).to(out.dtype)
+        return out.reshape(act.shape).to(act.dtype)
 
     hooks: list[tuple[str, Any]] = []
     for layer in range(model.cfg.n_layers):
