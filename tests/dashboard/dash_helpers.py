@@ -16,6 +16,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
+GRAPH_DB_LAYER = 1  # the graph layer whose transcoder has a served feature database
 
 
 WORDS = ["<bos>", "<eos>", "<pad>"] + [f" {a}{b}" for a in ("ba", "co", "di", "fe", "go", "hu", "ki", "lo", "ma", "no",
@@ -42,11 +43,12 @@ def word_lm():
 
 def build_files(folder: Path) -> Path:
     """A feature database (tiny Llama + ReLU SAE, with an explanation and scores), a patch result,
-    a heads table and a circuit-tracer graph, all written by mechscope's own code."""
+    a heads table, a circuit-tracer graph and the feature database of its layer-1 transcoder, all
+    written by mechscope's own code."""
     from circuit_helpers import random_transcoders
 
     from mechscope.circuits.attribution import attribute
-    from mechscope.circuits.export import graph_json
+    from mechscope.circuits.export import dictionary_links, graph_json
     from mechscope.dictionaries import make_dictionary, save_dictionary
     from mechscope.features import CollectConfig, FeatureDatabase, collect_features
     from mechscope.methods.heads import detect_heads
@@ -81,8 +83,13 @@ def build_files(folder: Path) -> Path:
     heads = detect_heads(tiny_model("llama"), seq_len=8, batch=2)
     (folder / "heads.json").write_text(json.dumps({"heads": [h.to_json() for h in heads]}))
     gmodel = tiny_model("llama")
-    graph = attribute(gmodel, random_transcoders(gmodel), tiny_ids(1, 8), max_feature_nodes=60, batch_size=32)
-    (folder / "graph.json").write_text(json.dumps(graph_json(graph, slug="tiny", scan="tiny", d_vocab=VOCAB)))
+    tcs = random_transcoders(gmodel)
+    graph = attribute(gmodel, tcs, tiny_ids(1, 8), max_feature_nodes=60, batch_size=32)
+    (folder / "graph.json").write_text(json.dumps(graph_json(graph, slug="tiny", scan="tiny", d_vocab=VOCAB,
+                                                             dictionaries=dictionary_links(tcs))))
+    # the database of layer 1's transcoder (word_lm has gmodel's weights): the graph's layer-1 nodes link to it
+    collect_features(model, tcs.transcoders[GRAPH_DB_LAYER], folder / "transcoder_l1.db", source=corpus,
+                     context_length=24, config=cfg, progress=False)
     (folder / "notes.txt").write_text("not a result file")
     return folder
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dash_helpers import SHOTS, open_view
+from dash_helpers import GRAPH_DB_LAYER, SHOTS, open_view
 
 from mechscope.features import FeatureDatabase
 
@@ -20,7 +20,7 @@ def _ints(page, selector: str, attr: str) -> list[int]:
 def test_home_lists_every_source(page, server) -> None:
     open_view(page, server.url + "/")
     ids = page.eval_on_selector_all("[data-source-id]", "els => els.map(e => e.dataset.kind + ':' + e.dataset.sourceId)")
-    assert sorted(ids) == ["features:features", "graph:graph", "heads:heads", "patch:patch"]
+    assert sorted(ids) == ["features:features", "features:transcoder_l1", "graph:graph", "heads:heads", "patch:patch"]
     page.screenshot(path=str(SHOTS / "dashboard_sources.png"))
 
 
@@ -113,6 +113,100 @@ def test_graph_nodes_edges_and_pinning(page, server, dash_dir) -> None:
     linked = {x for link in doc["links"] if target in (link["source"], link["target"])
               for x in (link["source"], link["target"])}
     assert faded == set(ids) - linked
+
+
+def _feature_nodes(doc: dict, linked: bool) -> list[dict]:
+    """The graph's feature nodes of the layer with a database (`linked`) or of the other layers."""
+    return [n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder"
+            and (int(n["layer"]) == GRAPH_DB_LAYER) == linked]
+
+
+def _on_top(page, nodes: list[dict]) -> list[dict]:
+    """The nodes that the mouse reaches at their centre (not covered by a neighbour in the same cell)."""
+    ids = page.eval_on_selector_all("circle.node", """els => els.filter(e => {
+        e.scrollIntoView({block: "center", inline: "center"});
+        const q = e.getBoundingClientRect();
+        return document.elementFromPoint(q.x + q.width / 2, q.y + q.height / 2) === e;
+    }).map(e => e.dataset.nodeId)""")
+    return [n for n in nodes if n["node_id"] in set(ids)]
+
+
+def _best_linked(page, nodes: list[dict], db: FeatureDatabase) -> dict:
+    """A reachable linked node whose latent has the most top examples (a dead latent has none)."""
+    return max(_on_top(page, nodes), key=lambda n: (len(db.examples(int(n["node_id"].split("_")[1]), "top")),
+                                                    n["node_id"]))
+
+
+def _hover_shows_examples(page, node: dict, db: FeatureDatabase, db_id: str) -> None:
+    """Hover `node` with the mouse; the card shows exactly `db`'s top examples of the node's latent."""
+    latent = int(node["node_id"].split("_")[1])
+    page.hover(f"circle.node[data-node-id='{node['node_id']}']")
+    card = f"#node-card[data-state=examples][data-node-id='{node['node_id']}']"
+    page.wait_for_selector(card)
+    assert page.get_attribute(card, "data-db") == db_id
+    assert int(page.get_attribute(card, "data-latent")) == latent
+    top = db.examples(latent, "top")
+    assert top, "the linked latent has examples"
+    assert _floats(page, f"{card} .example", "data-act") == [e["act"] for e in top]
+    for i, example in enumerate(top):
+        row = f"{card} .example:nth-child({i + 1})"
+        assert _ints(page, f"{row} .tok", "data-token-id") == example["tokens"]
+        assert _floats(page, f"{row} .tok", "data-act") == example["acts"]
+        marked = page.eval_on_selector_all(f"{row} .tok", "els => els.map(e => e.classList.contains('max'))")
+        assert marked.index(True) == example["center"]
+
+
+def _hover_says_none(page, node: dict) -> None:
+    page.hover(f"circle.node[data-node-id='{node['node_id']}']")
+    card = f"#node-card[data-state=none][data-node-id='{node['node_id']}']"
+    page.wait_for_selector(card)
+    assert f"No feature database for layer {node['layer']}" in page.text_content(card)
+    assert not page.query_selector_all(f"{card} .example")
+
+
+def test_graph_hover_shows_the_linked_databases_top_examples(page, server, dash_dir) -> None:
+    doc = json.loads((dash_dir / "graph.json").read_text())
+    db = FeatureDatabase.open(dash_dir / "transcoder_l1.db")
+    assert doc["mechscope"]["dictionaries"][GRAPH_DB_LAYER]["dictionary_sha256"] == db.meta()["dictionary_sha256"]
+    linked, unlinked = _feature_nodes(doc, True), _feature_nodes(doc, False)
+    assert linked and unlinked, "the fixture graph has feature nodes in the linked layer and in others"
+    open_view(page, server.url + "/#/graph/graph")
+    page.wait_for_selector("circle.node")
+    _hover_says_none(page, _on_top(page, unlinked)[0])
+    _hover_shows_examples(page, _best_linked(page, linked, db), db, "transcoder_l1")
+    page.screenshot(path=str(SHOTS / "dashboard_graph_hover.png"), full_page=True)
+
+
+def test_graph_hover_without_any_database_says_so(page, dash_dir, tmp_path) -> None:
+    """A graph served alone (its databases absent): every feature node's hover says no database is linked."""
+    from dash_helpers import ServerThread
+
+    from mechscope.apps.dashboard.api import Sources
+    from mechscope.apps.dashboard.server import create_app
+
+    doc = json.loads((dash_dir / "graph.json").read_text())
+    del doc["mechscope"]["dictionaries"]  # a graph that records no transcoder hashes
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    thread = ServerThread(create_app(Sources.scan([dash_dir / "graph.json", tmp_path / "old.json"])))
+    try:
+        for graph_id, node in (("graph", _feature_nodes(doc, True)[0]), ("old", _feature_nodes(doc, True)[0])):
+            open_view(page, f"{thread.url}/#/graph/{graph_id}")
+            _hover_says_none(page, _on_top(page, [n for n in doc["nodes"] if n["layer"] == node["layer"]
+                                                  and n["feature_type"] == "cross layer transcoder"])[0])
+        assert "records no transcoder hash" in page.text_content("#node-card .missing")
+    finally:
+        thread.stop()
+
+
+def test_standalone_graph_hover_equals_the_server(page, sources, dash_dir, tmp_path) -> None:
+    from mechscope.apps.dashboard.standalone import export_html
+
+    doc = json.loads((dash_dir / "graph.json").read_text())
+    db = FeatureDatabase.open(dash_dir / "transcoder_l1.db")
+    path = export_html(sources, tmp_path / "dash.html")
+    open_view(page, f"{path.as_uri()}#/graph/graph")
+    _hover_shows_examples(page, _best_linked(page, _feature_nodes(doc, True), db), db, "transcoder_l1")
+    _hover_says_none(page, _on_top(page, _feature_nodes(doc, False))[0])
 
 
 def test_standalone_file_renders_the_same_values(page, server, sources, tmp_path) -> None:

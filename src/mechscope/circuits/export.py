@@ -6,7 +6,9 @@ circuit-tracer's ids: feature `"{layer}_{feature}_{pos}"`, error `"0_{layer}_{po
 gets the virtual id `d_vocab + k`, as circuit-tracer gives it). Each node's `influence` is its
 cumulative influence share (none for logits, as in circuit-tracer); `metadata` holds the prompt, its tokens, both thresholds and
 `schema_version`; a `provenance` block and mechscope's `scores` ride along as extra keys that
-the schema ignores.
+the schema ignores. `mechscope.dictionaries` links each layer's feature nodes to their transcoder
+(`dictionary_links`: its `weights_hash`, which `features collect` records as the feature
+database's `dictionary_sha256`), so a viewer can find the database of a node's latent.
 
 Example:
     >>> doc = graph_json(graph, slug="dallas", scan="smollm2-plt")       # doctest: +SKIP
@@ -16,12 +18,33 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mechscope.circuits.graph import AttributionGraph, prune, pruned_scores
 from mechscope.circuits.graph import graph_scores as scores_of
+from mechscope.core.provenance import weights_hash
 
 SCHEMA_VERSION = 1
+
+
+def dictionary_links(transcoders: Any, folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """Per layer of a per-layer transcoder set: `{layer, dictionary_sha256, hook_name, d_sae[, path]}`.
+
+    A node `"{layer}_{feature}_{pos}"` is latent `feature` of that layer's transcoder; a feature
+    database collected over it records the same `dictionary_sha256`. Sets without one dictionary
+    per layer (a cross-layer transcoder) give `[]`.
+
+    Example:
+        >>> dictionary_links(object())
+        []
+    """
+    per_layer = getattr(transcoders, "transcoders", None)
+    if per_layer is None:
+        return []
+    return [{"layer": layer, "dictionary_sha256": weights_hash(t), "hook_name": t.cfg.hook_name, "d_sae": t.cfg.d_sae,
+             **({"path": str(Path(folder) / f"layer_{layer}")} if folder is not None else {})}
+            for layer, t in enumerate(per_layer)]
 
 
 def _cantor(x: int, y: int) -> int:
@@ -61,8 +84,10 @@ def _nodes(graph: AttributionGraph, keep: list[int], cumulative: list[float], d_
 
 
 def graph_json(graph: AttributionGraph, *, slug: str, scan: str, d_vocab: int, node_threshold: float = 0.8,
-               edge_threshold: float = 0.98, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The pruned `graph` as a circuit-tracer graph document (see the module docstring)."""
+               edge_threshold: float = 0.98, provenance: dict[str, Any] | None = None,
+               dictionaries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The pruned `graph` as a circuit-tracer graph document (see the module docstring);
+    `dictionaries` is `dictionary_links(transcoders)` of the set the graph was attributed over."""
     pruned = prune(graph, node_threshold, edge_threshold)
     keep = pruned.node_mask.nonzero().squeeze(1).tolist()
     nodes = _nodes(graph, keep, pruned.cumulative_scores.tolist(), d_vocab)
@@ -82,6 +107,7 @@ def graph_json(graph: AttributionGraph, *, slug: str, scan: str, d_vocab: int, n
         "links": links,
         "mechscope": {"scores": {"unpruned": full._asdict(), "pruned": kept._asdict()},
                       "n_nodes": {"unpruned": int(graph.adjacency.shape[0]), "pruned": len(used)},
-                      "n_links": len(links), "info": graph.info},
+                      "n_links": len(links), "info": graph.info,
+                      "dictionaries": dictionaries or []},
         "provenance": provenance or {},
     }

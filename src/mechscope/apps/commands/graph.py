@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mechscope.apps.graph_view import graph_html
     from mechscope.circuits.attribution import attribute
-    from mechscope.circuits.export import graph_json
+    from mechscope.circuits.export import dictionary_links, graph_json
     from mechscope.circuits.graph import influence
     from mechscope.core.files import write_json, write_text
     from mechscope.core.provenance import provenance
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     slug = args.slug or re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:40] or "graph"
     prov = provenance(model, transcoders=str(args.transcoders))
     doc = graph_json(graph, slug=slug, scan=f"mechscope-{tcs.kind}", d_vocab=model.lm_head.weight.shape[0],
-                     node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, provenance=prov)
+                     node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, provenance=prov,
+                     dictionaries=dictionary_links(tcs, args.transcoders))
     if args.json_path:
         write_json(args.json_path, doc, force=args.force)
     if args.html_path:

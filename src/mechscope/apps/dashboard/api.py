@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -23,9 +22,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from mechscope.apps.dashboard.views import heads_view, heatmap_view
+from mechscope.apps.dashboard.views import (
+    graph_view,
+    heads_view,
+    heatmap_view,
+    latent_detail_view,
+    open_read_only,
+)
 from mechscope.core.errors import MechscopeError, unknown_name_message
-from mechscope.features.database import FeatureDatabase, is_feature_database
+from mechscope.features.database import is_feature_database
 
 MAX_LIMIT = 500          # rows per page of the latent list
 MAX_QUERY_CHARS = 200    # a search query
@@ -135,7 +140,9 @@ class HeadsTable(BaseModel):
 
 
 class Graph(BaseModel):
-    """Nodes carry `node_id`, `feature_type`, `influence`, `layer` and their place: `row` (layer) and `col`."""
+    """Nodes carry `node_id`, `feature_type`, `influence`, `layer` and their place: `row` (layer) and `col`;
+    feature nodes also their `latent` and the `db` holding its examples (None: no database linked).
+    `dictionaries`: per layer, the transcoder's sha256 the graph records and the served database matching it."""
 
     id: str
     kind: Literal["attribution", "circuit"]
@@ -144,6 +151,7 @@ class Graph(BaseModel):
     links: list[dict[str, Any]]
     row_labels: list[str]
     col_labels: list[str]
+    dictionaries: list[dict[str, Any]] = []
 
 
 # -- sources -------------------------------------------------------------------------------------
@@ -151,8 +159,8 @@ class FeatureSource:
     """One feature database, read-only, with its sort orders built once (numpy argsort, latent breaks ties)."""
 
     def __init__(self, path: Path) -> None:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-        self.db = FeatureDatabase(con, path)
+        self.db = open_read_only(path)
+        con = self.db.con
         self.lock = threading.Lock()
         rows = np.array(con.execute("SELECT latent, density, max_act FROM latents ORDER BY latent").fetchall(),
                         dtype=np.float64).reshape(-1, 3)
@@ -168,7 +176,7 @@ class FeatureSource:
         meta = self.db.meta()
         self.hist_edges = [float(x) for x in meta.get("hist_edges", [])]
         self.info = {"d_sae": meta.get("d_sae"), "model": meta.get("model"), "hook_name": meta.get("hook_name"),
-                     "n_tokens": meta.get("n_tokens")}
+                     "n_tokens": meta.get("n_tokens"), "dictionary_sha256": meta.get("dictionary_sha256")}
 
     def order(self, sort: str, order: str) -> np.ndarray:
         """Row indices sorted by `sort` (NaN scores last in either order), ties by ascending latent."""
@@ -201,14 +209,7 @@ class FeatureSource:
         if not 0 <= latent < len(self.ids):
             raise NotFoundError(f"latent {latent} is outside 0..{len(self.ids) - 1} in {db_id!r}")
         with self.lock:
-            info = self.db.latent(latent)
-            examples = {kind: [Example(**{k: e[k] for k in Example.model_fields}) for e in self.db.examples(latent, kind)]
-                        for kind in ("top", "interval", "random")}
-        stats = {k: info[k] for k in ("n_fired", "density", "max_act", "mean_act", "sum_act", "decoder_norm")}
-        return LatentDetail(db=db_id, latent=latent, stats=stats, hist=info["hist"], hist_edges=self.hist_edges,
-                            logits_positive=info["logits_positive"], logits_negative=info["logits_negative"],
-                            decoder_cosine=info["decoder_cosine"], cooccurrence=info["cooccurrence"],
-                            explanations=info["explanations"], examples=examples)
+            return LatentDetail(**latent_detail_view(db_id, self.db, latent, self.hist_edges))
 
     def search(self, db_id: str, query: str, limit: int) -> SearchResult:
         with self.lock:
@@ -302,62 +303,9 @@ class Sources:
         return HeadsTable(**heads_view(doc_id, self.document("heads", doc_id)["heads"]))
 
     def graph(self, doc_id: str) -> Graph:
-        d = self.document("graph", doc_id)
-        return attribution_layout(doc_id, d) if "nodes" in d else circuit_layout(doc_id, d)
-
-
-def _layer_row(layer: str, n_layers: int) -> int:
-    """circuit-tracer layers: "E" (embeddings) below layer 0, logits (layer n_layers + 1... ) on top."""
-    return 0 if layer == "E" else min(int(layer) + 1, n_layers + 1)
-
-
-def attribution_layout(doc_id: str, d: dict[str, Any]) -> Graph:
-    """A circuit-tracer graph document placed by token position (column) and layer (row)."""
-    numeric = [int(n["layer"]) for n in d["nodes"] if n["feature_type"] not in ("embedding", "logit")]
-    n_layers = 1 + max(numeric, default=0)
-    nodes = [{**n, "row": _layer_row(n["layer"], n_layers) if n["feature_type"] != "logit" else n_layers + 1,
-              "col": int(n["ctx_idx"])} for n in d["nodes"]]
-    tokens = [str(t) for t in d["metadata"].get("prompt_tokens", [])]
-    return Graph(id=doc_id, kind="attribution", metadata=d["metadata"], nodes=nodes, links=d["links"],
-                 row_labels=["emb", *[f"L{i}" for i in range(n_layers)], "logit"], col_labels=tokens)
-
-
-def _component(name: str, n_layers: int) -> tuple[int, int, str]:
-    """(row, col, type) of a component node: `input`, `a{l}.h{h}`, `m{l}`, `logits`."""
-    if name == "input":
-        return 0, 0, "input"
-    if name == "logits":
-        return 2 * n_layers + 1, 0, "logits"
-    match = re.fullmatch(r"a(\d+)\.h(\d+)", name)
-    if match:
-        return 1 + 2 * int(match[1]), int(match[2]), "attention head"
-    match = re.fullmatch(r"m(\d+)", name)
-    if match:
-        return 2 + 2 * int(match[1]), 0, "mlp"
-    raise MechscopeError(f"unknown circuit node {name!r}")
-
-
-def circuit_layout(doc_id: str, d: dict[str, Any]) -> Graph:
-    """A `mechscope circuit --json` record: components by layer (rows: attention, then MLP) and head (column)."""
-    info = d.get("graph", {})
-    n_layers = int(info.get("n_layers", 0))
-    links, influence = [], {}
-    for edge in d["circuit"]["edges"]:
-        src, _, dst = edge["edge"].partition("->")
-        dst = re.sub(r"\.[qkv]$", "", dst)
-        links.append({"source": src, "target": dst, "weight": edge["score"]})
-        for node in (src, dst):
-            influence[node] = influence.get(node, 0.0) + abs(edge["score"])
-    if not n_layers:
-        n_layers = 1 + max((int(m) for n in influence for m in re.findall(r"^[am](\d+)", n)), default=0)
-    nodes = []
-    for name, value in influence.items():
-        row, col, kind = _component(name, n_layers)
-        nodes.append({"node_id": name, "feature_type": kind, "influence": value, "layer": str(row), "row": row,
-                      "col": col, "clerp": name, "activation": None})
-    rows = ["input"] + [x for layer in range(n_layers) for x in (f"attn {layer}", f"mlp {layer}")] + ["logits"]
-    n_heads = int(info.get("n_heads", 1 + max((n["col"] for n in nodes), default=0)))
-    metadata = {k: d.get(k) for k in ("task", "method", "n_pairs")} | {"evaluation": {
-        k: v for k, v in d["circuit"].items() if k not in ("nodes", "edges")}}
-    return Graph(id=doc_id, kind="circuit", metadata=metadata, nodes=nodes, links=links, row_labels=rows,
-                 col_labels=[f"h{h}" for h in range(n_heads)])
+        """The graph placed for the view, its feature nodes linked to the served databases by dictionary sha256."""
+        databases: dict[str, str] = {}
+        for db_id, fs in self.features.items():
+            if fs.info.get("dictionary_sha256"):
+                databases.setdefault(fs.info["dictionary_sha256"], db_id)
+        return Graph(**graph_view(doc_id, self.document("graph", doc_id), databases))

@@ -56,7 +56,7 @@ export async function renderFeatureList(root, source, db, params) {
   root.append(pager, table);
 }
 
-function exampleRow(example, maxAct) {
+export function exampleRow(example, maxAct) {
   const spans = example.text.map((text, i) => {
     const act = example.acts[i];
     return el("span", { class: "tok" + (i === example.center && example.kind !== "random" ? " max" : ""), "data-act": act,

@@ -1,6 +1,9 @@
 // Attribution graphs (circuit-tracer JSON) and component circuits, laid out by column (token
 // position or head) and row (layer); node radius by influence, edge width by |weight|; click pins.
+// Hovering a feature node shows its top examples from the feature database linked to its layer
+// (the server matches databases to the graph's transcoders by dictionary sha256), or says why none is.
 import { el, fmt, svgEl, visibleToken } from "./util.js";
+import { exampleRow } from "./features.js";
 
 const COLOURS = { embedding: "#7f8c8d", logit: "#27ae60", "mlp reconstruction error": "#bdc3c7",
   "attention head": "#2980b9", mlp: "#8e44ad", input: "#7f8c8d", logits: "#27ae60" };
@@ -27,6 +30,68 @@ function place(graph) {
   return { at, width: left + cols * colW + 20, height, colW, rowH, left };
 }
 
+function nodeSummary(n) {
+  return [n.node_id, n.feature_type, n.clerp, n.influence === null || n.influence === undefined ? "" : `influence ${fmt(n.influence, 4)}`,
+    n.activation === null || n.activation === undefined ? "" : `activation ${fmt(n.activation, 4)}`].filter(Boolean);
+}
+
+// Why a feature node has no examples to show, in words.
+function missingReason(g, n) {
+  const link = (g.dictionaries || []).find((d) => String(d.layer) === String(n.layer));
+  if (!link) {
+    return `No feature database for layer ${n.layer}: this graph records no transcoder hash for that layer ` +
+      "(graphs written by `mechscope graph` record one per layer of a per-layer transcoder set).";
+  }
+  return `No feature database for layer ${n.layer}'s transcoder (sha256 ${String(link.dictionary_sha256).slice(0, 12)}…) ` +
+    "is served or embedded. Run `mechscope features collect` on that transcoder and serve the .db with the graph.";
+}
+
+// The card beside the graph: what the hovered node is, and a feature's top examples.
+function hoverCard(g, source) {
+  const card = el("aside", { id: "node-card", class: "card node-card", "data-state": "empty" },
+    [el("p", { class: "muted", text: "Hover a node to see its values and, for a feature, its top examples." })]);
+  const cache = new Map();
+  let shown = 0;
+  async function show(n) {
+    const ticket = ++shown;
+    const isFeature = n.latent !== undefined;
+    const head = [el("h3", { text: isFeature ? `Feature ${n.latent} · layer ${n.layer} · position ${n.ctx_idx}` : n.node_id }),
+      el("p", { class: "muted", text: nodeSummary(n).join(" · ") })];
+    card.setAttribute("data-node-id", n.node_id);
+    card.setAttribute("data-db", n.db || "");
+    card.setAttribute("data-latent", isFeature ? n.latent : "");
+    if (!isFeature) {
+      card.setAttribute("data-state", "node");
+      card.replaceChildren(...head);
+      return;
+    }
+    if (!n.db) {
+      card.setAttribute("data-state", "none");
+      card.replaceChildren(...head, el("p", { class: "missing", text: missingReason(g, n) }));
+      return;
+    }
+    card.setAttribute("data-state", "loading");
+    card.replaceChildren(...head, el("p", { class: "muted", text: "loading examples…" }));
+    const path = `/api/features/${n.db}/latents/${n.latent}`;
+    try {
+      if (!cache.has(path)) cache.set(path, source.get(path));
+      const d = await cache.get(path);
+      if (ticket !== shown) return;
+      const expl = d.explanations.length ? d.explanations[0].text : "no explanation yet";
+      card.replaceChildren(...head,
+        el("p", {}, [el("a", { href: `#/features/${n.db}/${n.latent}`, text: `latent ${n.latent} in ${n.db}` }),
+          ` · max ${fmt(d.stats.max_act)} · density ${fmt(d.stats.density, 5)} · ${expl}`]),
+        el("div", { class: "hover-examples" }, d.examples.top.map((e) => exampleRow(e, d.stats.max_act))));
+      card.setAttribute("data-state", "examples");
+    } catch (err) {
+      if (ticket !== shown) return;
+      card.setAttribute("data-state", "error");
+      card.replaceChildren(...head, el("p", { class: "error", text: String(err.message || err) }));
+    }
+  }
+  return { card, show };
+}
+
 export async function renderGraph(root, source, id) {
   const g = await source.get(`/api/graph/${id}`);
   const { at, width, height, colW, rowH, left } = place(g);
@@ -34,6 +99,7 @@ export async function renderGraph(root, source, id) {
     el("p", { class: "muted", text: `${g.nodes.length} nodes, ${g.links.length} edges. ` +
       "Hover a node or an edge for its values; click nodes to pin them and their neighbours." }));
   const svg = svgEl("svg", { width, height, id: "graph", "data-pinned": "" });
+  const hover = hoverCard(g, source);
   const maxW = Math.max(1e-12, ...g.links.map((l) => Math.abs(l.weight)));
   const maxInf = Math.max(1e-12, ...g.nodes.map((n) => n.influence ?? 0));
   const edges = svgEl("g");
@@ -63,11 +129,11 @@ export async function renderGraph(root, source, id) {
   for (const n of g.nodes) {
     const p = at.get(n.node_id);
     const r = 3 + 9 * Math.sqrt(Math.max(0, n.influence ?? 0) / maxInf);
-    const tip = [n.node_id, n.feature_type, n.clerp, n.influence === null ? "" : `influence ${fmt(n.influence, 4)}`,
-      n.activation === null || n.activation === undefined ? "" : `activation ${fmt(n.activation, 4)}`,
-      n.examples ? `top tokens: ${n.examples}` : ""].filter(Boolean).join("\n");
+    const tip = nodeSummary(n).join("\n");
     svg.append(svgEl("circle", { class: "node", cx: p.x, cy: p.y, r, fill: COLOURS[n.feature_type] || "#e67e22",
       "data-node-id": n.node_id, "data-influence": n.influence, "data-layer": n.layer, "data-col": n.col,
+      "data-latent": n.latent, "data-db": n.db, tabindex: 0,
+      onmouseenter: () => hover.show(n), onfocus: () => hover.show(n),
       onclick: () => { pinned.has(n.node_id) ? pinned.delete(n.node_id) : pinned.add(n.node_id); redraw(); } },
     [svgEl("title", {}, [tip])]));
   }
@@ -79,5 +145,5 @@ export async function renderGraph(root, source, id) {
     const y = height - 70 - r * rowH - rowH / 2 + 3;
     svg.append(svgEl("text", { x: 4, y }, [String(label)]));
   });
-  root.append(svg);
+  root.append(el("div", { class: "graph-box" }, [svg, hover.card]));
 }
