@@ -1,15 +1,60 @@
-"""The anchor libraries, built offline from an already loaded mechscope model's weights.
+"""What mechscope's timings are compared against: the plain HF forward, the floor of a patching sweep, and
+the anchor libraries (TransformerLens, nnsight), built offline from an already loaded mechscope model's weights.
 
-Each builder returns the anchor, or raises; callers record the reason and go on.
+Each library builder returns the anchor, or raises; callers record the reason and go on.
+
+Example:
+    >>> run = hf_forward(model, model.to_tokens("Hello"))   # doctest: +SKIP
+    >>> time_interleaved({"HF forward": run})                # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from mechscope.methods.patching import PairRuns
+from mechscope.methods.patching.engine import floor_work, suffix_starts
+from mechscope.methods.patching.sweep import site_cells, site_name
+
+
+def hf_forward(model: Any, ids: torch.Tensor) -> Callable[[], object]:
+    """A call of the plain Hugging Face forward over `ids` (no hooks, no KV cache, no autograd): the unit."""
+    def run() -> object:
+        with torch.no_grad():
+            return model.hf_model(input_ids=ids, use_cache=False)
+    return run
+
+
+def hf_forward_backward(model: Any, ids: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+    """A call of the plain HF forward and a backward of `metric(logits).sum()` to the input embeddings
+    (no weight gradients): what one attribution pass cannot go below."""
+    hf = model.hf_model
+
+    def run() -> None:
+        embeds = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = hf(inputs_embeds=embeds, use_cache=False).logits
+            torch.autograd.grad(metric(logits).sum(), embeds)
+    return run
+
+
+def floor_rows(model: Any, clean: Any, corrupt: Any, site: str = "resid_pre", by: Sequence[str] = ("layer", "pos"),
+               **answers: Any) -> tuple[int, int]:
+    """The floor of a patching sweep of `site` by `by`: (its work in layer x token units, `engine.floor_work`,
+    and how many rows of one full plain forward hold that much work)."""
+    n_layers = model.cfg.n_layers
+    runs = PairRuns(model, clean, corrupt, names=[site_name(site, i) for i in range(n_layers)], **answers)
+    n_pos = runs.pair.n_pos
+    cells, _ = site_cells(model, site, tuple(by), n_pos)
+    starts = suffix_starts(cells, runs.metric, n_pos, runs.clean_acts, runs.corrupt_acts)
+    work = floor_work(cells, starts, n_layers, n_pos, runs.pair.n_pairs)
+    return work, max(1, math.ceil(work / (n_layers * n_pos)))
 
 
 def hooked_transformer(model: Any) -> Any:

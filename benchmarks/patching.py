@@ -22,33 +22,28 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from anchors import hooked_transformer, tl_recovery, transformer_bridge
+from anchors import (
+    floor_rows,
+    hf_forward,
+    hf_forward_backward,
+    hooked_transformer,
+    tl_recovery,
+    transformer_bridge,
+)
 from common import add_arguments, cell, goal, load, print_table, setup, time_interleaved, write_result
 from mechscope.methods.patching import PairRuns, patch_heads, patch_loop, patch_sweep
 from mechscope.methods.patching.attribution import attribution_every_site
-from mechscope.methods.patching.engine import floor_work, suffix_starts
-from mechscope.methods.patching.sweep import site_cells, site_name
 
 CLEAN = "The Eiffel Tower is in the city of"
 CORRUPT = "The Colosseum is in the city of"
 ANSWER, WRONG = " Paris", " Rome"
 KW = dict(answer=ANSWER, wrong=WRONG)
 SWEEPS = {"resid_pre": ("resid_pre", ("layer", "pos")), "z": ("z", ("layer", "head"))}
-
-
-def floor_rows(model: Any, site: str, by: tuple[str, ...]) -> tuple[int, int]:
-    """(floor work in layer x token units, rows of a full plain forward that hold that much work)."""
-    runs = PairRuns(model, CLEAN, CORRUPT, names=[site_name(site, i) for i in range(model.cfg.n_layers)], **KW)
-    cells, _ = site_cells(model, site, by, runs.pair.n_pos)
-    starts = suffix_starts(cells, runs.metric, runs.pair.n_pos, runs.clean_acts, runs.corrupt_acts)
-    work = floor_work(cells, starts, model.cfg.n_layers, runs.pair.n_pos)
-    return work, max(1, math.ceil(work / (model.cfg.n_layers * runs.pair.n_pos)))
 
 
 def main() -> None:
@@ -60,31 +55,17 @@ def main() -> None:
     args = parser.parse_args()
     repeats = setup(args)
     model = load(quick=args.quick)
-    hf = model.hf_model
     clean_ids, corrupt_ids = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
     print(f"model {model.cfg.name}, {model.cfg.n_layers} layers, threads {torch.get_num_threads()}, "
           f"tokens {model.to_str_tokens(CLEAN)}")
     resid = patch_sweep(model, CLEAN, CORRUPT, site="resid_pre", by="layer,pos", **KW)
     metric = PairRuns(model, CLEAN, CORRUPT, **KW).metric
-    floors = {name: floor_rows(model, site, by) for name, (site, by) in SWEEPS.items()}
-
-    def forward(ids: torch.Tensor) -> Callable[[], object]:
-        def run() -> object:
-            with torch.no_grad():
-                return hf(input_ids=ids, use_cache=False)
-        return run
-
-    def forward_backward() -> None:
-        embeds = hf.get_input_embeddings()(clean_ids).detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = hf(inputs_embeds=embeds, use_cache=False).logits
-            torch.autograd.grad(metric(logits).sum(), embeds)
-
+    floors = {name: floor_rows(model, CLEAN, CORRUPT, site, by, **KW) for name, (site, by) in SWEEPS.items()}
     candidates: dict[str, Callable[[], object]] = {
-        "HF forward": forward(clean_ids),
-        "HF forward + backward": forward_backward,
-        "floor resid_pre": forward(corrupt_ids.repeat(floors["resid_pre"][1], 1)),
-        "floor z": forward(corrupt_ids.repeat(floors["z"][1], 1)),
+        "HF forward": hf_forward(model, clean_ids),
+        "HF forward + backward": hf_forward_backward(model, clean_ids, metric),
+        "floor resid_pre": hf_forward(model, corrupt_ids.repeat(floors["resid_pre"][1], 1)),
+        "floor z": hf_forward(model, corrupt_ids.repeat(floors["z"][1], 1)),
         "mechscope resid_pre": lambda: patch_sweep(model, CLEAN, CORRUPT, site="resid_pre", by="layer,pos", **KW),
         "mechscope z": lambda: patch_heads(model, CLEAN, CORRUPT, by="layer,head", **KW),
         "mechscope attribution": lambda: attribution_every_site(model, CLEAN, CORRUPT, **KW),

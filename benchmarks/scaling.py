@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from anchors import floor_rows, hf_forward, hf_forward_backward
 from common import (
     RESULTS,
     add_arguments,
@@ -44,10 +44,9 @@ from common import (
 )
 from mechscope.core.files import write_bytes
 from mechscope.dictionaries import make_dictionary
-from mechscope.methods.patching import PairRuns, patch_sweep
+from mechscope.methods.patching import patch_sweep
 from mechscope.methods.patching.attribution import attribution_every_site
-from mechscope.methods.patching.engine import floor_work, suffix_starts
-from mechscope.methods.patching.sweep import site_cells, site_name
+from mechscope.methods.patching.sweep import site_name
 
 OPS = ("cache every hook", "attribution every site", "SAE encode every position", "resid_pre sweep")
 
@@ -62,48 +61,29 @@ def prompt_pair(model: Any, batch: int, n_pos: int, seed: int = 0) -> tuple[torc
     return clean, corrupt, 1001, 1002
 
 
-def floor_rows(model: Any, clean: torch.Tensor, corrupt: torch.Tensor, answer: int, wrong: int) -> int:
-    n_pos = clean.shape[1]
-    runs = PairRuns(model, clean, corrupt, answer=answer, wrong=wrong,
-                    names=[site_name("resid_pre", i) for i in range(model.cfg.n_layers)])
-    cells, _ = site_cells(model, "resid_pre", ("layer", "pos"), n_pos)
-    starts = suffix_starts(cells, runs.metric, n_pos, runs.clean_acts, runs.corrupt_acts)
-    work = floor_work(cells, starts, model.cfg.n_layers, n_pos, clean.shape[0])
-    return max(1, math.ceil(work / (model.cfg.n_layers * n_pos)))
-
-
 def candidates_for(model: Any, batch: int, n_pos: int, sweep: bool, memory_mb: float) -> dict[str, Callable[[], object]]:
-    hf = model.hf_model
     clean, corrupt, answer, wrong = prompt_pair(model, batch, n_pos)
     kw = dict(answer=answer, wrong=wrong)
     middle = model.cfg.n_layers // 2
     sae = make_dictionary("topk", d_in=model.cfg.d_model, d_sae=16 * model.cfg.d_model, k=32, seed=0)
     sae = sae.to(model.dtype)
 
-    def forward(ids: torch.Tensor) -> Callable[[], object]:
-        def run() -> object:
-            with torch.no_grad():
-                return hf(input_ids=ids, use_cache=False)
-        return run
-
-    def forward_backward() -> None:
-        embeds = hf.get_input_embeddings()(clean).detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = hf(inputs_embeds=embeds, use_cache=False).logits
-            torch.autograd.grad(logits[:, -1, answer].sum() - logits[:, -1, wrong].sum(), embeds)
+    def logit_diff(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, -1, answer] - logits[:, -1, wrong]
 
     def sae_encode() -> object:
         with torch.no_grad():
             _, cache = model.run_with_cache(clean, names=[site_name("resid_pre", middle)], stop_at_layer=middle + 1)
             return sae.encode(cache[site_name("resid_pre", middle)].reshape(-1, model.cfg.d_model))
 
-    out = {"HF forward": forward(clean), "HF forward + backward": forward_backward,
+    out = {"HF forward": hf_forward(model, clean), "HF forward + backward": hf_forward_backward(model, clean, logit_diff),
            "cache every hook": lambda: model.run_with_cache(clean),
            "attribution every site": lambda: attribution_every_site(model, clean, corrupt, **kw),
            "SAE encode every position": sae_encode}
     if sweep:
         out["resid_pre sweep"] = lambda: patch_sweep(model, clean, corrupt, by="layer,pos", memory_mb=memory_mb, **kw)
-        out["resid_pre sweep floor"] = forward(corrupt[:1].repeat(floor_rows(model, clean, corrupt, answer, wrong), 1))
+        rows = floor_rows(model, clean, corrupt, "resid_pre", ("layer", "pos"), **kw)[1]
+        out["resid_pre sweep floor"] = hf_forward(model, corrupt[:1].repeat(rows, 1))
     return out
 
 
