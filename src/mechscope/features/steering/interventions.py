@@ -32,6 +32,7 @@ from torch import Tensor
 
 from mechscope.core.errors import MechscopeError
 from mechscope.dictionaries.base import Dictionary
+from mechscope.dictionaries.streaming import flatten_site
 from mechscope.features.steering.directions import Direction, check_width
 
 Where = Literal["all", "prompt", "generated"] | Sequence[int]
@@ -68,10 +69,6 @@ class PositionState:
         for p in where:
             chosen |= index == (p + end if p < 0 else torch.full_like(end, p))
         return chosen
-
-
-def _flat(act: Tensor) -> Tensor:
-    return act if act.ndim == 3 else act.reshape(*act.shape[:2], -1)
 
 
 def _apply(act: Tensor, new_flat: Tensor, mask: Tensor | None) -> Tensor:
@@ -113,8 +110,23 @@ def _as_direction(direction: Direction | Tensor, hook_name: str | None) -> Direc
     return Direction(torch.as_tensor(direction, dtype=torch.float32), hook_name, {"kind": "vector"})
 
 
+class _AlongDirection(Intervention):
+    """Shared by `Add` and `Ablate`: a `Direction` (or a raw vector with `hook_name`) at its site."""
+
+    direction: Direction | Tensor
+    hook_name: str | None
+
+    def __post_init__(self) -> None:
+        self.direction = _as_direction(self.direction, self.hook_name)
+        _check_where(self.where)
+
+    def validate(self, model: Any) -> None:
+        assert isinstance(self.direction, Direction)
+        check_width(model, self.direction.hook_name, self.direction.vector)
+
+
 @dataclass
-class Add(Intervention):
+class Add(_AlongDirection):
     """Add `coef * direction.vector`, or `coef * site_norm * direction.unit` when `site_norm` is given."""
 
     direction: Direction | Tensor
@@ -123,26 +135,18 @@ class Add(Intervention):
     site_norm: float | None = None
     hook_name: str | None = None
 
-    def __post_init__(self) -> None:
-        self.direction = _as_direction(self.direction, self.hook_name)
-        _check_where(self.where)
-
     @property
     def vector(self) -> Tensor:
         d = self.direction
         assert isinstance(d, Direction)
         return self.coef * (d.vector if self.site_norm is None else self.site_norm * d.unit)
 
-    def validate(self, model: Any) -> None:
-        assert isinstance(self.direction, Direction)
-        check_width(model, self.direction.hook_name, self.direction.vector)
-
     def hooks(self, model: Any, state: PositionState) -> list[Hook]:
         assert isinstance(self.direction, Direction)
         vector = self.vector.to(model.device, model.dtype)
 
         def add(act: Tensor, hook: Any) -> Tensor:
-            flat = _flat(act)
+            flat = flatten_site(act)
             return _apply(act, flat + vector, state.mask(self.where, act.shape[0], act.shape[1], act.device))
 
         return [(self.direction.hook_name, add)]
@@ -156,7 +160,7 @@ class Add(Intervention):
 
 
 @dataclass
-class Ablate(Intervention):
+class Ablate(_AlongDirection):
     """Project the direction out (`x - (x.u) u`), or with `cap` remove only the part above it."""
 
     direction: Direction | Tensor
@@ -164,20 +168,12 @@ class Ablate(Intervention):
     where: Where = "all"
     hook_name: str | None = None
 
-    def __post_init__(self) -> None:
-        self.direction = _as_direction(self.direction, self.hook_name)
-        _check_where(self.where)
-
-    def validate(self, model: Any) -> None:
-        assert isinstance(self.direction, Direction)
-        check_width(model, self.direction.hook_name, self.direction.vector)
-
     def hooks(self, model: Any, state: PositionState) -> list[Hook]:
         assert isinstance(self.direction, Direction)
         unit = self.direction.unit.to(model.device, model.dtype)
 
         def ablate(act: Tensor, hook: Any) -> Tensor:
-            flat = _flat(act)
+            flat = flatten_site(act)
             proj = flat @ unit
             amount = proj if self.cap is None else (proj - self.cap).clamp_min(0)
             new = flat - amount[..., None] * unit
@@ -231,7 +227,7 @@ class _LatentEdit(Intervention):
         stash: dict[str, Tensor] = {}
 
         def read(act: Tensor, hook: Any) -> None:
-            flat = _flat(act)
+            flat = flatten_site(act)
             with torch.no_grad():
                 codes = self.sae.encode(flat.reshape(-1, flat.shape[-1]))
             current = codes[:, index.to(codes.device)]
@@ -239,7 +235,7 @@ class _LatentEdit(Intervention):
             stash["delta"] = (change @ rows).reshape(*flat.shape[:2], -1)
 
         def write(act: Tensor, hook: Any) -> Tensor:
-            flat = _flat(act)
+            flat = flatten_site(act)
             new = flat + stash.pop("delta").to(flat.device)
             return _apply(act, new, state.mask(self.where, act.shape[0], act.shape[1], act.device))
 
@@ -305,7 +301,7 @@ def typical_norm(model: Any, hook_name: str, texts: Sequence[str]) -> float:
     model.check_name(hook_name)
     batch = model.tokenize(list(texts))
     _, cache = model.run_with_cache(batch, names=[hook_name])
-    act = _flat(cache[hook_name]).float()
+    act = flatten_site(cache[hook_name]).float()
     mask = batch.attention_mask.to(act.device).bool().clone()
     mask[:, 0] = False
     norms = act.norm(dim=-1)[mask]
