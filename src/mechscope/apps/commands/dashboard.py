@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
     parser.add_argument("--export-html", default=None, metavar="PATH",
                         help="write one self-contained HTML file with every source instead of serving")
+    parser.add_argument("--export-max-mb", type=float, default=100.0, metavar="MB",
+                        help="cap of the JSON embedded by --export-html (default 100; 0: no cap): every latent is "
+                             "listed, latent pages are embedded in id order until the cap")
     parser.add_argument("--force", action="store_true", help="overwrite files that mechscope did not write")
     parser.set_defaults(func=run)
 
@@ -40,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
         from mechscope.apps.dashboard.standalone import export_html
     except ImportError as err:
         raise BadInputError(f"the dashboard needs its extra: pip install 'mechscope[dashboard]' ({err})") from err
+    if args.export_max_mb < 0:
+        raise BadInputError(f"--export-max-mb {args.export_max_mb} is negative (0 means no cap).")
     sources = Sources.scan(args.paths)
     if args.export_html:
-        print(f"wrote {export_html(sources, args.export_html, force=args.force)}")
+        cap = args.export_max_mb if args.export_max_mb > 0 else None
+        print(f"wrote {export_html(sources, args.export_html, force=args.force, max_mb=cap)}")
         return 0
     model = tuned = None
     if args.tuned_lens and not args.model:

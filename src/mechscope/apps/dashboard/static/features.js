@@ -17,7 +17,9 @@ export async function renderFeatureList(root, source, db, params) {
     e.preventDefault();
     location.hash = `#/features/${db}?q=${encodeURIComponent(box.value)}`;
   } }, [box, el("button", { type: "submit", text: "Search" })]);
-  if (!source.embedded) root.append(form);
+  root.append(form);
+  const note = source.note(db);
+  if (note) root.append(el("p", { class: "cap-note", id: "export-cap", text: note }));
   if (query) {
     const result = await source.get(`/api/features/${db}/search?q=${encodeURIComponent(query)}&limit=${PAGE}`);
     root.append(el("p", { class: "muted", text: `${result.hits.length} matches for “${query}”` }));
