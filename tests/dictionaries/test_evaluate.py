@@ -138,3 +138,14 @@ def test_replayed_prefix_equals_a_full_hooked_run(kind):
     hooks = [("blocks.2.hook_resid_post", lambda a, h: a * 0.5)]
     torch.testing.assert_close(_run_from(m, ids, start, cache[names.resid_pre(2)], hooks),
                                m.run_with_hooks(ids, fwd_hooks=hooks), atol=1e-6, rtol=1e-6)
+
+
+def test_ce_loss_recovered_is_normalized_recovery_with_zero_ablation_as_corrupt(caplog) -> None:
+    from mechscope.dictionaries.evaluate import _ce_recovered
+
+    # CE 4.0 with the site zeroed, 2.0 clean, 2.5 spliced: (4.0 - 2.5) / (4.0 - 2.0) = 0.75
+    assert _ce_recovered(2.5, ce_clean=2.0, ce_zero=4.0) == pytest.approx(0.75)
+    assert _ce_recovered(5.0, ce_clean=2.0, ce_zero=4.0) == pytest.approx(-0.5)   # worse than deleting the site
+    with caplog.at_level("WARNING", logger="mechscope.dictionaries.evaluate"):
+        assert math.isnan(_ce_recovered(2.5, ce_clean=2.0, ce_zero=2.0))
+    assert "undefined" in caplog.text
