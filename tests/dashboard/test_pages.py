@@ -209,6 +209,26 @@ def test_standalone_graph_hover_equals_the_server(page, sources, dash_dir, tmp_p
     _hover_says_none(page, _on_top(page, _feature_nodes(doc, False))[0])
 
 
+def test_graph_html_page_hovers_with_the_given_database(page, dash_dir, tmp_path) -> None:
+    """`mechscope graph --html --features DB`'s page: the dashboard's graph view, examples from the given database."""
+    from mechscope.apps.graph_view import graph_html
+
+    doc = json.loads((dash_dir / "graph.json").read_text())
+    db = FeatureDatabase.open(dash_dir / "transcoder_l1.db")
+    path = tmp_path / "graph.html"
+    path.write_text(graph_html(doc, "tiny graph", databases=[dash_dir / "features.db", dash_dir / "transcoder_l1.db"]))
+    page.goto(path.as_uri())
+    page.wait_for_selector("#app[data-ready=true] circle.node")
+    assert page.eval_on_selector_all("circle.node", "els => els.map(e => e.dataset.nodeId)") == [
+        n["node_id"] for n in doc["nodes"]]
+    _hover_shows_examples(page, _best_linked(page, _feature_nodes(doc, True), db), db, "transcoder_l1")
+    _hover_says_none(page, _on_top(page, _feature_nodes(doc, False))[0])
+    path.write_text(graph_html(doc, "tiny graph"))  # no database given: every feature node says so
+    page.goto(path.as_uri())
+    page.wait_for_selector("#app[data-ready=true] circle.node")
+    _hover_says_none(page, _on_top(page, _feature_nodes(doc, True))[0])
+
+
 def test_standalone_file_renders_the_same_values(page, server, sources, tmp_path) -> None:
     from mechscope.apps.dashboard.standalone import export_html
 

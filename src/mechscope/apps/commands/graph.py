@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slug", default=None, help="graph name in the JSON (default: from the prompt)")
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="circuit-tracer graph JSON")
     parser.add_argument("--html", dest="html_path", default=None, metavar="PATH", help="static HTML view")
+    parser.add_argument("--features", nargs="+", default=[], metavar="DB",
+                        help="feature databases of the transcoders (features collect): the HTML view's hover examples")
     parser.add_argument("--out", default=None, metavar="DIR", help="mechscope's own form (safetensors + JSON)")
     parser.add_argument("--force", action="store_true", help="overwrite files that mechscope did not write")
     add_model_option(parser)
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json_path:
         write_json(args.json_path, doc, force=args.force)
     if args.html_path:
-        write_text(args.html_path, graph_html(doc, title=f"Attribution graph: {args.prompt}"), force=args.force)
+        write_text(args.html_path, graph_html(doc, title=f"Attribution graph: {args.prompt}", databases=args.features),
+                   force=args.force)
     if args.out:
         graph.save(args.out, provenance=prov, force=args.force)
     scores = doc["mechscope"]["scores"]
