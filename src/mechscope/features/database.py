@@ -2,6 +2,9 @@
 
 The schema is a contract read by steering, autointerp and the dashboard; `SCHEMA_VERSION`
 changes with any incompatible change and docs/feature_database.md describes every table.
+The full-text index `features_fts` holds one row per latent keyed by `rowid = latent`, so
+re-indexing a latent touches one row (version 1 files numbered the rows otherwise; `open`
+migrates them in place).
 
 Example:
     >>> db = FeatureDatabase.open("out/features.db")        # doctest: +SKIP
@@ -14,15 +17,20 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from mechscope.core.errors import MechscopeError, OutputExistsError
 
+logger = logging.getLogger(__name__)
+
 SCHEMA_NAME = "mechscope-features"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATES_FROM = (1,)  # versions `open` upgrades in place (v1 -> v2: FTS rows keyed by rowid = latent)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -113,12 +121,34 @@ class FeatureDatabase:
             raise FeatureDatabaseError(f"{path} is not a mechscope feature database.")
         db = cls(sqlite3.connect(path), path)
         version = db.meta().get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise FeatureDatabaseError(f"{path} has schema version {version}; this mechscope reads {SCHEMA_VERSION}.")
+        if version in MIGRATES_FROM:
+            db._migrate(version)
+        elif version != SCHEMA_VERSION:
+            db.close()
+            raise FeatureDatabaseError(f"{path} has schema version {version}; this mechscope reads {SCHEMA_VERSION} "
+                                       f"(and upgrades {', '.join(map(str, MIGRATES_FROM))}).")
         if require_complete and not db.meta().get("complete"):
+            db.close()
             raise FeatureDatabaseError(f"{path} holds an unfinished collection; run `mechscope features collect` "
                                        "again with the same arguments to resume it.")
         return db
+
+    def _migrate(self, version: int) -> None:
+        """Upgrade a version-1 file in place, in one transaction: the FTS rows are rebuilt with `rowid = latent`."""
+        logger.info("%s: upgrading the feature database from schema version %d to %d", self.path, version,
+                    SCHEMA_VERSION)
+        try:
+            with self.con:
+                if self.meta().get("d_sae") is not None:
+                    self._write_fts(range(self.d_sae))
+                else:
+                    self.con.execute("DELETE FROM features_fts")
+                self.set_meta({"schema_version": SCHEMA_VERSION}, commit=False)
+        except sqlite3.OperationalError as err:
+            self.close()
+            raise FeatureDatabaseError(f"{self.path} has schema version {version} and must be upgraded in place to "
+                                       f"{SCHEMA_VERSION}, which failed ({err}); open it once with write access"
+                                       ) from err
 
     def close(self) -> None:
         self.con.close()
@@ -242,27 +272,51 @@ class FeatureDatabase:
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
     def _reindex(self, latent: int) -> None:
-        texts = [r[0] for r in self.con.execute("SELECT text FROM explanations WHERE latent = ? ORDER BY id",
-                                                (latent,))]
-        self.con.execute("DELETE FROM features_fts WHERE latent = ?", (latent,))
-        self.con.execute("INSERT INTO features_fts (latent, explanations, top_tokens) VALUES (?, ?, ?)",
-                         (latent, "\n".join(texts), self._top_token_text(latent)))
+        self._write_fts([latent])
 
-    def _top_token_text(self, latent: int) -> str:
-        """The centre tokens of the top examples and the top positive logit tokens, space-separated."""
-        ids = [r[0] for r in self.con.execute(
-            "SELECT json_extract(tokens, '$[' || center || ']') FROM examples WHERE latent = ? AND kind = 'top' "
-            "ORDER BY rank", (latent,))]
-        ids += [r[0] for r in self.con.execute(
-            "SELECT token_id FROM logit_effects WHERE latent = ? AND sign = 1 ORDER BY rank", (latent,))]
-        return " ".join(dict.fromkeys(t.strip() for t in self.token_texts(ids) if t.strip())) if ids else ""
+    def _write_fts(self, latents: Iterable[int]) -> None:
+        """Replace the FTS rows (`rowid = latent`) of `latents`: their explanations and top tokens.
+
+        Top tokens are the centre tokens of the top examples and the top positive logit tokens,
+        space-separated, each once. Every lookup goes through an index, so the cost is linear in
+        the rows written.
+        """
+        latents = sorted(set(latents))
+        if not latents:
+            return
+        everything = len(latents) == self.d_sae
+        where, args = ("", ()) if everything else (f" AND latent IN ({','.join('?' * len(latents))})", tuple(latents))
+        texts: dict[int, list[str]] = {}
+        for k, text in self.con.execute(f"SELECT latent, text FROM explanations WHERE 1{where} ORDER BY latent, id",
+                                        args):
+            texts.setdefault(k, []).append(text)
+        ids: dict[int, list[int]] = {}
+        for k, t in self.con.execute(
+                "SELECT latent, json_extract(tokens, '$[' || center || ']') FROM examples "
+                f"WHERE kind = 'top'{where} ORDER BY latent, rank", args):
+            if t is not None:
+                ids.setdefault(k, []).append(t)
+        for k, t in self.con.execute(
+                f"SELECT latent, token_id FROM logit_effects WHERE sign = 1{where} ORDER BY latent, rank", args):
+            ids.setdefault(k, []).append(t)
+        wanted = sorted({t for row in ids.values() for t in row})
+        vocab = (dict(self.con.execute("SELECT token_id, text FROM vocab").fetchall()) if everything
+                 else dict(zip(wanted, self.token_texts(wanted), strict=True)) if wanted else {})
+        rows = []
+        for k in latents:
+            words = (vocab.get(t, f"<{t}>").strip() for t in ids.get(k, []))
+            rows.append((k, k, "\n".join(texts.get(k, [])), " ".join(dict.fromkeys(w for w in words if w))))
+        if everything:
+            self.con.execute("DELETE FROM features_fts")
+        else:
+            self.con.executemany("DELETE FROM features_fts WHERE rowid = ?", [(k,) for k in latents])
+        self.con.executemany("INSERT INTO features_fts (rowid, latent, explanations, top_tokens) VALUES (?, ?, ?, ?)",
+                             rows)
 
     def reindex_all(self) -> None:
         """Rebuild the FTS index for every latent (after a collection or an import)."""
-        self.con.execute("DELETE FROM features_fts")
-        for latent in range(self.d_sae):
-            self._reindex(latent)
-        self.con.commit()
+        with self.con:
+            self._write_fts(range(self.d_sae))
 
 
 def _fts_query(text: str) -> str:

@@ -21,55 +21,80 @@ from mechscope.features.effects import cooccurrence_neighbours, decoder_neighbou
 _RESIDUAL_SITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 
 
-def window_row(wtok: np.ndarray, wact: np.ndarray, left: int) -> tuple[list[int], list[float], int]:
-    """A stored window without its padding: token ids, activations and the centre's offset."""
-    valid = wtok >= 0
-    lead = int(np.argmax(valid)) if valid.any() else 0
-    return wtok[valid].tolist(), wact[valid].tolist(), left - lead
+def _json_list(values: list[Any]) -> str:
+    """`json.dumps` of a list of ints or finite floats (the same text), without building an encoder per call."""
+    return "[" + ", ".join(map(repr, values)) + "]"
 
 
-def _groups(lat: np.ndarray, d_sae: int) -> list[tuple[int, int, int]]:
-    """(latent, start, stop) of each run of equal values in the sorted array `lat`."""
+def _ranks_in_groups(lat: np.ndarray, d_sae: int) -> tuple[np.ndarray, np.ndarray]:
+    """For entries sorted by latent: each entry's rank within its latent, and the size of its latent's group."""
     bounds = np.searchsorted(lat, np.arange(d_sae + 1))
-    return [(k, int(bounds[k]), int(bounds[k + 1])) for k in range(d_sae) if bounds[k + 1] > bounds[k]]
+    sizes = np.diff(bounds)
+    return np.arange(len(lat)) - bounds[lat], sizes[lat]
+
+
+def _rows(a: dict[str, np.ndarray], sel: np.ndarray, latent: np.ndarray, kind: str, rank: np.ndarray,
+          interval: np.ndarray | None, left: int, T: int) -> list[tuple[Any, ...]]:
+    """`examples` rows of entries `sel` of the ranked arrays `a` (windows cut to their valid, contiguous part)."""
+    if len(sel) == 0:
+        return []
+    wtok = a["wtok"][sel]
+    valid = wtok >= 0  # a window is cut only at its context's edges, so the valid part is contiguous
+    lead = np.where(valid.any(1), valid.argmax(1), 0)
+    stop = lead + valid.sum(1)
+    tokens = wtok.tolist()
+    acts = a["wact"][sel].tolist() if "wact" in a else None
+    idx, act = a["idx"][sel], a["act"][sel]
+    cols = zip(latent.tolist(), rank.tolist(), [None] * len(sel) if interval is None else interval.tolist(),
+               idx.tolist(), (idx // T).tolist(), (idx % T).tolist(), (left - lead).tolist(),
+               act.astype(np.float64).tolist(), lead.tolist(), stop.tolist(), strict=True)
+    rows = []
+    for i, (k, r, g, x, c, p, center, v, lo, hi) in enumerate(cols):
+        window_acts = acts[i][lo:hi] if acts is not None else [0.0] * (hi - lo)
+        rows.append((k, kind, r, g, x, c, p, center, v, _json_list(tokens[i][lo:hi]), _json_list(window_acts)))
+    return rows
 
 
 def example_rows(acc: Accumulator) -> list[tuple[Any, ...]]:
-    """Rows of the `examples` table: top, interval (equal-count) and random (non-activating) examples."""
-    cfg, T, left = acc.cfg, acc.T, acc.cfg.window_left
-    rows: list[tuple[Any, ...]] = []
+    """Rows of the `examples` table: top, interval (equal-count) and random (non-activating) examples.
 
-    def add(latent: int, kind: str, rank: int, interval: int | None, a: dict[str, np.ndarray], i: int) -> None:
-        wact = a["wact"][i] if "wact" in a else np.zeros(a["wtok"].shape[1], np.float32)
-        tokens, acts, center = window_row(a["wtok"][i], wact, left)
-        idx = int(a["idx"][i])
-        rows.append((latent, kind, rank, interval, idx, idx // T, idx % T, center, float(a["act"][i]),
-                     json.dumps(tokens), json.dumps(acts)))
+    Ordered by latent, then kind (top, interval, random), then rank.
+    """
+    cfg, T, left, d_sae = acc.cfg, acc.T, acc.cfg.window_left, acc.d_sae
+    per_latent: list[tuple[np.ndarray, np.ndarray, list[tuple[Any, ...]]]] = []  # (latent, order, rows) per kind
 
-    top = acc.top.arrays
-    for latent, start, stop in _groups(top["lat"], acc.d_sae):
-        for rank, i in enumerate(range(start, stop)):
-            add(latent, "top", rank, None, top, i)
+    top = acc.top.arrays  # sorted by latent, then rank
+    rank, _ = _ranks_in_groups(top["lat"], d_sae)
+    sel = np.arange(len(top["lat"]))
+    per_latent.append((top["lat"], rank, _rows(top, sel, top["lat"], "top", rank, None, left, T)))
+
     sample = acc.sample.arrays
-    for latent, start, stop in _groups(sample["lat"], acc.d_sae):
-        members = np.arange(start, stop)
-        by_act = members[np.lexsort((sample["idx"][members], sample["act"][members]))]
-        rank = 0
-        for interval, part in enumerate(np.array_split(by_act, min(cfg.n_intervals, len(by_act)))):
-            for i in part:
-                add(latent, "interval", rank, interval, sample, int(i))
-                rank += 1
+    sel = np.lexsort((sample["idx"], sample["act"], sample["lat"]))  # by latent, then activation, then index
+    lat = sample["lat"][sel]
+    rank, size = _ranks_in_groups(lat, d_sae)
+    parts = np.minimum(cfg.n_intervals, size)  # np.array_split(members, parts): the first `size % parts` get one more
+    q, rem = size // np.maximum(parts, 1), size % np.maximum(parts, 1)
+    edge = rem * (q + 1)
+    interval = np.where(rank < edge, rank // (q + 1), rem + (rank - edge) // np.maximum(q, 1))
+    per_latent.append((lat, rank, _rows(sample, sel, lat, "interval", rank, interval, left, T)))
+
     pool = acc.pool.arrays
     if len(pool["idx"]) and cfg.n_random:
-        fire = np.unpackbits(pool["fire"], axis=1)[:, : acc.d_sae].astype(bool)  # [P, d_sae]
-        lat = np.arange(acc.d_sae)
-        prio = mix_hash(cfg.seed, lat[:, None], pool["idx"][None, :])
+        fire = np.unpackbits(pool["fire"], axis=1)[:, :d_sae].astype(bool)  # [P, d_sae]
+        lat_all = np.arange(d_sae)
+        prio = mix_hash(cfg.seed, lat_all[:, None], pool["idx"][None, :])
         prio[fire.T] = np.iinfo(np.uint64).max
-        order = np.argsort(prio, axis=1, kind="stable")[:, : cfg.n_random]
-        for latent in range(acc.d_sae):
-            for rank, p in enumerate(int(p) for p in order[latent] if not fire[p, latent]):
-                add(latent, "random", rank, None, pool, p)
-    return rows
+        order = np.argsort(prio, axis=1, kind="stable")[:, : cfg.n_random]  # [d_sae, n]
+        quiet = ~fire[order, lat_all[:, None]]
+        lat = np.broadcast_to(lat_all[:, None], order.shape)[quiet]
+        rank = (np.cumsum(quiet, axis=1) - 1)[quiet]
+        per_latent.append((lat, rank, _rows(pool, order[quiet], lat, "random", rank, None, left, T)))
+
+    lat = np.concatenate([p[0] for p in per_latent])
+    kind = np.concatenate([np.full(len(p[0]), i) for i, p in enumerate(per_latent)])
+    rank = np.concatenate([p[1] for p in per_latent])
+    rows = [r for p in per_latent for r in p[2]]
+    return [rows[i] for i in np.lexsort((rank, kind, lat)).tolist()]
 
 
 def _token_texts(tokenizer: Any, ids: list[int]) -> list[tuple[int, str]]:
