@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from mechscope.core.scores import normalized_recovery
 from mechscope.methods.patching import PairRuns
 from mechscope.methods.patching.engine import floor_work, suffix_starts
 from mechscope.methods.patching.sweep import site_cells, site_name
@@ -105,6 +106,6 @@ def tl_recovery(tl: Any, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, met
         corrupt_value = float(metric(tl(corrupt_ids)).mean())
 
     def recovery(logits: torch.Tensor) -> torch.Tensor:
-        return (metric(logits).mean() - corrupt_value) / (clean_value - corrupt_value)
+        return normalized_recovery(metric(logits).mean(), clean_value, corrupt_value)
 
     return clean_cache, recovery

@@ -227,4 +227,4 @@ def patch_loop(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | st
             logits = model.run_with_hooks(base, fwd_hooks=[(cell.name, hook)])
             out.append(metric_fn(logits).float().mean())
     values = torch.stack(out).cpu()
-    return ((values - corrupt_value.cpu()) / (clean_value - corrupt_value).cpu()).reshape(shape)
+    return normalized_recovery(values, clean_value, corrupt_value).reshape(shape)
