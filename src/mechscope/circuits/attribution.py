@@ -11,6 +11,10 @@ output vector dotted with the gradient at its site:
   `a_s * sum_l d_s^(l) . dT/dM_l[p_s]`;
 - error node `(l, p)`: `e_l[p] . dT/dM_l[p]`; token node `p`: `embed[p] . dT/dE[p]`.
 
+Skip transcoders add no nodes: their skip term is linear in the MLP input, so the frozen model
+carries it (`replacement.py`), and `dT/dM_l` includes the paths through the skip terms of later
+layers, as circuit-tracer's gradients do.
+
 Logit targets come first (`ceil(n_logits / B)` passes); then features are visited in order
 of their influence on the logits, re-estimated from the rows computed so far every
 `update_interval` batches, until `max_feature_nodes` (`ceil(n_visited / B)` passes): in all
@@ -253,5 +257,5 @@ def attribute(model: Any, transcoders: TranscoderSet, prompt: Any, *, targets: l
         adjacency=adjacency, logit_tokens=torch.tensor([t.token_id for t in targets]),
         logit_probabilities=weights[logit_offset:].clone(), logit_labels=[t.label for t in targets],
         info={"backward_passes": eng.passes, "batch_size": batch_size, "n_active_features": n_active,
-              "max_feature_nodes": max_feature_nodes, "transcoders": transcoders.kind},
+              "max_feature_nodes": max_feature_nodes, "transcoders": transcoders.kind, "skip": transcoders.has_skip},
     )

@@ -14,10 +14,12 @@ Inside `frozen(state, ...)` every run of the model is linear in the residual str
   the recorded output exactly, and its Jacobian is the frozen diagonal;
 - each MLP output is whatever `mlp_out(layer, recorded)` returns (by default the recorded value,
   a constant), and the MLP's own input is detached so no gradient flows through it;
-- with skip transcoders, each MLP output also gets `skip(layer, x) - skip(layer, x0)`: the skip
-  term is linear in the live MLP input `x` (read through the frozen norm), so it is part of the
-  replacement model rather than a node; on the recorded input `x0` it adds nothing. An edge
-  therefore includes the paths through skip terms of the layers between its nodes, as in
+- with skip transcoders, each MLP output also gets `skip(layer, x - x0)`: the skip term is
+  linear in the live MLP input `x` (read through the frozen norm), so it is part of the
+  replacement model rather than a node. `x0` is the MLP input of the frozen model's own run on
+  the prompt (`state.extra["frozen_mlp_in"]`, equal to the recorded one up to rounding), so an
+  unchanged run adds exactly nothing and rounding does not compound through the skip terms. An
+  edge therefore includes the paths through the skip terms of the layers between its nodes, as in
   circuit-tracer (whose MLP output is `skip(x) + (mlp_out - skip(x)).detach()`).
 
 So with the error terms the local replacement model reproduces the real logits on the prompt
@@ -173,18 +175,34 @@ class ReplacementModel:
         recon = [r.detach().float() for r in tc.reconstruct(features, mlp_in)]
         errors = [mlp_out[layer] - recon[layer] for layer in range(L)]
         assert logits is not None
-        return PromptState(ids=ids, logits=logits[0].float(), patterns={i: cache[names.pattern(i)] for i in range(L)},
-                           norms=norms, embed=cache[names.EMBED][0].float(), mlp_in=mlp_in, mlp_out=mlp_out,
-                           features=features, reconstruction=recon, errors=errors)
+        state = PromptState(ids=ids, logits=logits[0].float(), patterns={i: cache[names.pattern(i)] for i in range(L)},
+                            norms=norms, embed=cache[names.EMBED][0].float(), mlp_in=mlp_in, mlp_out=mlp_out,
+                            features=features, reconstruction=recon, errors=errors)
+        if tc.has_skip:
+            state.extra["frozen_mlp_in"] = self._frozen_mlp_inputs(state)
+        return state
+
+    def _frozen_mlp_inputs(self, state: PromptState) -> list[Tensor]:
+        """Each layer's MLP input `[pos, d_model]` in the frozen model's run on the prompt (no skip terms)."""
+        seen: dict[int, Tensor] = {}
+
+        def keep(act: Tensor, hook: Any) -> None:
+            seen[_layer(hook)] = act[0].detach()
+
+        hooks = [(mlp_input_hook(self.model, layer), keep) for layer in range(self.n_layers)]
+        with self.frozen(state, hooks=hooks, skip_terms=False):
+            self.model(state.ids)
+        return [seen[layer] for layer in range(self.n_layers)]
 
     # -- the frozen forward ---------------------------------------------------------------------
     @contextmanager
     def frozen(self, state: PromptState, mlp_out: MlpOut | None = None,
-               hooks: list[tuple[str, Any]] | None = None) -> Iterator[Any]:
+               hooks: list[tuple[str, Any]] | None = None, skip_terms: bool = True) -> Iterator[Any]:
         """Within the block, runs of `self.model` are the local replacement model of `state`.
 
         `mlp_out(layer, recorded [batch, pos, d_model]) -> tensor` gives each MLP output
-        (default: the recorded one); `hooks` are extra `(name, fn)` forward hooks.
+        (default: the recorded one); `hooks` are extra `(name, fn)` forward hooks; `skip_terms=False`
+        leaves out the skip terms of skip transcoders.
         """
         model = self.model
         dtype = model.dtype
@@ -192,7 +210,8 @@ class ReplacementModel:
         def pattern_fn(act: Tensor, hook: Any) -> Tensor:
             return state.patterns[_layer(hook)].to(act.dtype).expand_as(act)
 
-        skip = self.transcoders.has_skip
+        skip = skip_terms and self.transcoders.has_skip
+        base_in = state.extra.get("frozen_mlp_in", state.mlp_in)
         live_in: dict[int, Tensor] = {}
 
         def read_in(act: Tensor, hook: Any) -> None:
@@ -204,7 +223,7 @@ class ReplacementModel:
             out = recorded if mlp_out is None else mlp_out(layer, recorded).to(act.dtype)
             if skip:  # linear: the change of the skip term since the recorded input
                 x = live_in.pop(layer)
-                dx = (x - state.mlp_in[layer].to(x.dtype)).reshape(-1, x.shape[-1])
+                dx = (x - base_in[layer].to(x.dtype)).reshape(-1, x.shape[-1])
                 out = out + self.transcoders.skip(layer, dx).reshape(x.shape).to(out.dtype)
             return out
 
@@ -269,18 +288,18 @@ def replacement_logits(model: Any, transcoders: TranscoderSet, inputs: Any) -> T
     """
     transcoders.check_model(model)
     acts: list[Tensor] = []
-    inputs: list[Tensor] = []
+    mlp_inputs: list[Tensor] = []
 
     def read(act: Tensor, hook: Any) -> None:
         flat = act.reshape(-1, act.shape[-1])
         acts.append(transcoders.encode(_layer(hook), flat))
-        inputs.append(flat)
+        mlp_inputs.append(flat)
 
     def write(act: Tensor, hook: Any) -> Tensor:
         layer = _layer(hook)
         out = transcoders.decode_to(layer, acts)
         if transcoders.has_skip:
-            out = out + transcoders.skip(layer, inputs[layer]).to(out.dtype)
+            out = out + transcoders.skip(layer, mlp_inputs[layer]).to(out.dtype)
         return out.reshape(act.shape).to(act.dtype)
 
     hooks: list[tuple[str, Any]] = []
