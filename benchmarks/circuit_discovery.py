@@ -9,8 +9,13 @@ first), then EAP-IG circuits, ACDC started from the EAP-IG candidates, path patc
 roles (name movers, S-inhibition, induction / duplicate-token heads) next to the head detectors;
 writes docs/circuit_discovery_findings_<tasks>.json and figures.
 
+Induction toy (`--induction-toy`): trains the attention-only induction toy, then prints each
+method's edge-recovery ROC area against `induction_reference` on `induction_pairs` (24 pairs
+per seed, spans of 12); nothing is written.
+
     python benchmarks/circuit_discovery.py --timing --pairs 100 --steps 5
     python benchmarks/circuit_discovery.py --findings --pairs 12 --steps 3 --acdc-candidates 120
+    python benchmarks/circuit_discovery.py --induction-toy --toy-steps 800 --seeds 0,1,2,3
 """
 
 from __future__ import annotations
@@ -180,6 +185,35 @@ def findings(n_pairs: int, steps: int, batch: int, acdc_candidates: int, tasks: 
     return out
 
 
+def induction_toy(toy_steps: int, seeds: list[int], steps: int) -> dict:
+    """ROC areas of every method (and ACDC) on the trained induction toy, per pair seed."""
+    import tempfile
+
+    from mechscope.circuits.discovery.acdc import acdc
+    from mechscope.circuits.discovery.eap import METHODS, attribute
+    from mechscope.circuits.discovery.graph_run import GraphModel
+    from mechscope.circuits.discovery.induction import induction_pairs, induction_reference
+    from mechscope.circuits.discovery.roc import edge_roc, edges_from_names
+    from mechscope.core.loading import load_model
+    from mechscope.toys.induction import InductionToyConfig, train_induction_toy
+
+    cfg = InductionToyConfig(steps=toy_steps, eval_every=max(toy_steps // 4, 1))
+    with tempfile.TemporaryDirectory() as folder:
+        train_induction_toy(cfg, out_dir=Path(folder) / "toy")
+        gm = GraphModel(load_model(str(Path(folder) / "toy")))
+    reference = edges_from_names(gm.graph, induction_reference(cfg.n_heads))
+    out = {}
+    for seed in seeds:
+        pairs = induction_pairs(n=24, span=12, n_tokens=cfg.n_tokens, seed=seed)
+        aucs = {m: edge_roc(gm.graph, attribute(gm, pairs, method=m, steps=steps).scores, reference).auc
+                for m in METHODS}
+        result = acdc(gm, pairs, thresholds=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+        aucs["acdc"] = edge_roc(gm.graph, result.scores.scores, reference).auc
+        out[seed] = aucs
+        print(f"seed {seed}: " + "  ".join(f"{m} {a:.3f}" for m, a in aucs.items()), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timing", action="store_true")
@@ -189,11 +223,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--acdc-candidates", type=int, default=300)
     parser.add_argument("--tasks", default="ioi,greater-than", help="findings for these built-in tasks")
+    parser.add_argument("--induction-toy", action="store_true")
+    parser.add_argument("--toy-steps", type=int, default=800, help="training steps of the induction toy")
+    parser.add_argument("--seeds", default="0", help="pair seeds for --induction-toy, comma-separated")
     args = parser.parse_args()
     if args.timing:
         timing(args.pairs, args.steps, args.batch)
     if args.findings:
         findings(args.pairs, args.steps, args.batch, args.acdc_candidates, tuple(args.tasks.split(",")))
+    if args.induction_toy:
+        induction_toy(args.toy_steps, [int(s) for s in args.seeds.split(",")], args.steps)
 
 
 if __name__ == "__main__":
