@@ -90,8 +90,28 @@ def build_files(folder: Path) -> Path:
     # the database of layer 1's transcoder (word_lm has gmodel's weights): the graph's layer-1 nodes link to it
     collect_features(model, tcs.transcoders[GRAPH_DB_LAYER], folder / "transcoder_l1.db", source=corpus,
                      context_length=24, config=cfg, progress=False)
+    (folder / "circuit.json").write_text(json.dumps(circuit_record(model, folder)))
     (folder / "notes.txt").write_text("not a result file")
     return folder
+
+
+def circuit_record(model, folder: Path) -> dict:
+    """`mechscope circuit --json`'s record (its own `discover`) of EAP over eight made-up word pairs."""
+    import argparse
+    import random
+
+    from mechscope.apps.commands.circuit import discover
+
+    rng = random.Random(0)
+    records = []
+    for _ in range(8):
+        a = rng.sample(WORDS[3:], 4)
+        records.append({"clean": "".join(a[:3]), "corrupt": "".join([a[3], *a[1:3]]), "answer": a[0], "wrong": a[3]})
+    (folder / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    args = argparse.Namespace(task=str(folder / "pairs.jsonl"), method="eap", steps=5, top_n=30, signed=False,
+                              greedy=False, corruption="paired", n_pairs=8, seed=0, batch_size=8, thresholds="0.01",
+                              objective="kl", candidates=0, curve_points=0, no_progress=True)
+    return discover(model, args)[0]
 
 
 class ServerThread:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from dash_helpers import GRAPH_DB_LAYER, SHOTS, open_view
 
@@ -20,7 +21,8 @@ def _ints(page, selector: str, attr: str) -> list[int]:
 def test_home_lists_every_source(page, server) -> None:
     open_view(page, server.url + "/")
     ids = page.eval_on_selector_all("[data-source-id]", "els => els.map(e => e.dataset.kind + ':' + e.dataset.sourceId)")
-    assert sorted(ids) == ["features:features", "features:transcoder_l1", "graph:graph", "heads:heads", "patch:patch"]
+    assert sorted(ids) == ["features:features", "features:transcoder_l1", "graph:circuit", "graph:graph", "heads:heads",
+                           "patch:patch"]
     page.screenshot(path=str(SHOTS / "dashboard_sources.png"))
 
 
@@ -113,6 +115,20 @@ def test_graph_nodes_edges_and_pinning(page, server, dash_dir) -> None:
     linked = {x for link in doc["links"] if target in (link["source"], link["target"])
               for x in (link["source"], link["target"])}
     assert faded == set(ids) - linked
+
+
+def test_component_circuit_drawn_like_the_record(page, server, dash_dir) -> None:
+    record = json.loads((dash_dir / "circuit.json").read_text())
+    open_view(page, server.url + "/#/graph/circuit")
+    page.wait_for_selector("circle.node")
+    shown = [(a, b, float(w)) for a, b, w in page.eval_on_selector_all(
+        "line.edge", "els => els.map(e => [e.dataset.source, e.dataset.target, e.dataset.weight])")]
+    assert shown == [(e["edge"].split("->")[0], re.sub(r"\.[qkv]$", "", e["edge"].split("->")[1]), e["score"])
+                     for e in record["circuit"]["edges"]]
+    assert set(page.eval_on_selector_all("circle.node", "els => els.map(e => e.dataset.nodeId)")) == {
+        x for a, b, _ in shown for x in (a, b)}
+    assert page.text_content("h1").startswith("Circuit")
+    page.screenshot(path=str(SHOTS / "dashboard_circuit.png"), full_page=True)
 
 
 def _feature_nodes(doc: dict, linked: bool) -> list[dict]:
