@@ -27,8 +27,6 @@ from mechscope.core.errors import MechscopeError
 
 logger = logging.getLogger(__name__)
 
-_SITE_ALIASES = {"mlp_pre": "mlp.hook_pre", "mlp_post": "mlp.hook_post", "embed": "hook_embed"}
-
 
 def site_hook_name(site: str, layer: int | None) -> str:
     """A full hook name from `--site` (short or full) and `--layer`: ('resid_post', 15) -> 'blocks.15.hook_resid_post'."""
@@ -40,7 +38,7 @@ def site_hook_name(site: str, layer: int | None) -> str:
         return names.EMBED
     if layer is None:
         raise MechscopeError(f"--site {site} needs --layer")
-    return names.block(layer, _SITE_ALIASES.get(site) or names.short_site(site))
+    return names.block(layer, names.short_site(site))
 
 
 def site_hook_names(sites: str, layers: str | None) -> list[str]:
