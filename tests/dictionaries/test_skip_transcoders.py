@@ -181,3 +181,33 @@ def test_circuit_tracer_layout_of_a_mixed_set_has_zero_skips(tmp_path):
     files = _set([True, False]).save_circuit_tracer(tmp_path / "ct")
     w0, w1 = load_file(str(files[0])), load_file(str(files[1]))
     assert w0["W_skip"].abs().sum() > 0 and w1["W_skip"].abs().sum() == 0
+
+
+def test_splice_and_evaluation_use_the_skip_term():
+    """Spliced into a model (no error term), a skip transcoder's site holds decode(f, x); evaluation counts it."""
+    from mechscope.core import names
+    from mechscope.dictionaries.evaluate import evaluate_activations
+    from mechscope.dictionaries.splice import run_with_sae
+    from tiny_models import tiny_ids, tiny_model
+
+    model = tiny_model("llama")
+    d = model.cfg.d_model
+    t = make_dictionary("relu", d_in=d, d_sae=F, d_out=d, hook_name=names.ln2(0), hook_name_out=names.mlp_out(0),
+                        skip=True, seed=0)
+    with torch.no_grad():
+        t.W_skip.copy_(0.3 * torch.randn(d, d, generator=torch.Generator().manual_seed(1)) / d**0.5)
+    ids = tiny_ids(1, 6)
+    seen = {}
+
+    def keep(act, hook):
+        seen[hook.name] = act.detach().clone()
+
+    run_with_sae(model, ids, t, fwd_hooks=[(names.ln2(0), keep), (names.mlp_out(0), keep)])
+    x = seen[names.ln2(0)][0]
+    torch.testing.assert_close(seen[names.mlp_out(0)][0], t.decode(t.encode(x), x), atol=1e-5, rtol=1e-5)
+    y = t.decode(t.encode(x), x)
+    exact = evaluate_activations(t, [x], [y])
+    assert exact.fvu < 1e-6
+    with torch.no_grad():
+        t.W_skip.zero_()
+    assert evaluate_activations(t, [x], [y]).fvu > 1e-3

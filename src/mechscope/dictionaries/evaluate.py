@@ -137,7 +137,7 @@ class _Accumulator:
 
 def _encode_decode(sae: Dictionary, x: Tensor) -> tuple[Tensor, Tensor]:
     f = sae.encode(x)
-    return f, sae.decode(f)
+    return f, sae.decode(f, x)
 
 
 @torch.no_grad()

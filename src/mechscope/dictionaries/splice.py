@@ -150,6 +150,8 @@ def _hooks(saes: list[Dictionary], use_error_term: bool, features: dict[str, Ten
                  _name_out: str = name_out, _captured: dict[str, Tensor] = captured,
                  _fns: list[HookFn] = acts_fns, _layer: int | None = layer) -> None:
             clean = _encode_site(_sae, act, _name_in)
+            if _sae.cfg.skip:  # a skip transcoder's prediction also reads its input
+                _captured["input"] = site_rows(act, _sae.cfg.d_in, _sae, _name_in, "input")
             f = _apply(_fns, clean, f"{_name_out}.hook_sae_acts_post", _layer)
             _captured["clean"], _captured["features"] = clean, f
             if features is not None:
@@ -161,8 +163,9 @@ def _hooks(saes: list[Dictionary], use_error_term: bool, features: dict[str, Ten
             clean, f = _captured.pop("clean"), _captured.pop("features")
             shape = (*act.shape[:2], -1)
             flat = site_rows(act, _sae.cfg.d_out, _sae, _name_out, "output")
-            recon = _sae.decode(f.reshape(-1, f.shape[-1])).to(act.dtype)
-            clean_recon = recon if f is clean else _sae.decode(clean.reshape(-1, clean.shape[-1])).to(act.dtype)
+            x_in = _captured.pop("input", None)
+            recon = _sae.decode(f.reshape(-1, f.shape[-1]), x_in).to(act.dtype)
+            clean_recon = recon if f is clean else _sae.decode(clean.reshape(-1, clean.shape[-1]), x_in).to(act.dtype)
             error = (flat - clean_recon).detach().reshape(shape)
             recon = _apply(_fns[0], recon.reshape(shape), f"{_name_out}.hook_sae_recons", _layer)
             error = _apply(_fns[1], error, f"{_name_out}.hook_sae_error", _layer)
