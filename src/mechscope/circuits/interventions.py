@@ -180,7 +180,7 @@ def free_logits(rm: ReplacementModel, ids: Tensor, edits: list[FeatureEdit]) -> 
 @torch.no_grad()
 def generate(rm: ReplacementModel, prompt: Any, edits: list[FeatureEdit], max_new_tokens: int = 10) -> Tensor:
     """Greedy continuation `[pos + max_new_tokens]` ids with free-mode `edits` (pos None edits every token)."""
-    ids, _ = rm.model._prepare(prompt, None)
+    ids, _ = rm.model.prepare_inputs(prompt, None)
     for _ in range(max_new_tokens):
         nxt = free_logits(rm, ids, edits)[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], 1)

@@ -145,7 +145,7 @@ class ReplacementModel:
         model = self.model
         if isinstance(inputs, str):  # circuit-tracer's convention: a special token first (its features are zeroed)
             inputs = model.tokenize(inputs, prepend_bos=True).ids
-        ids, _ = model._prepare(inputs, None)
+        ids, _ = model.prepare_inputs(inputs, None)
         if ids.shape[0] != 1:
             raise ReplacementError(f"attribution takes one prompt at a time, got a batch of {ids.shape[0]}")
         seen: dict[str, tuple[Tensor, Tensor]] = {}

@@ -149,7 +149,13 @@ class HookedModel(nn.Module):
         """The id of a one-token string (e.g. ' Paris'); a clear error listing its tokens otherwise."""
         return tok.single_token(self.tokenizer, text)
 
-    def _prepare(self, inputs: Inputs, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def prepare_inputs(self, inputs: Inputs, attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Token ids `[batch, pos]` on the model's device, and the attention mask (None when nothing is padded),
+        from text, ids or a `TokenBatch`; refuses empty input, ids outside the vocabulary and over-long contexts.
+
+        Example:
+            >>> ids, mask = model.prepare_inputs("The Eiffel Tower is in")   # doctest: +SKIP
+        """
         if isinstance(inputs, tok.TokenBatch):
             ids, attention_mask = inputs.ids, inputs.attention_mask
         elif isinstance(inputs, Tensor):
@@ -224,7 +230,7 @@ class HookedModel(nn.Module):
 
     def forward(self, inputs: Inputs, attention_mask: Tensor | None = None) -> Tensor:
         """Logits [batch, pos, d_vocab] of the HF model (with any active hooks)."""
-        ids, mask = self._prepare(inputs, attention_mask)
+        ids, mask = self.prepare_inputs(inputs, attention_mask)
         if self._permanent and self._depth == 0:
             with HookRun(self.hf_model, self.sites, self._hook_table(None, permanent=True)):
                 return self.hf_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
