@@ -12,13 +12,15 @@ from mechscope.circuits.discovery.graph_run import GraphModel
 from mechscope.core.errors import MechscopeError
 
 
-def _finite_difference(gm, pairs, corrupt, eps):
-    """Central difference of the mean metric in each edge's weight (an edge at 1 +- eps)."""
+def _finite_difference(gm, pairs, corrupt, eps, edges=None):
+    """Central difference of the mean metric in each edge's weight (an edge at 1 +- eps); `edges`
+    is a list of (dest, source) pairs, every edge of the graph by default."""
     g = gm.graph
-    out = torch.zeros(g.n_edges, dtype=torch.float64)
+    edges = g.edges.tolist() if edges is None else edges
+    out = torch.zeros(len(edges), dtype=torch.float64)
     mask = torch.ones(g.n_dests, g.n_sources, dtype=torch.float64)
     with torch.no_grad():
-        for i, (d, s) in enumerate(g.edges.tolist()):
+        for i, (d, s) in enumerate(edges):
             values = []
             for sign in (1, -1):
                 mask[d, s] = 1 + sign * eps
@@ -30,7 +32,11 @@ def _finite_difference(gm, pairs, corrupt, eps):
 
 # GPT-2's LayerNorm runs in float64; Llama's RMSNorm computes in float32 inside, which bounds
 # how closely a finite difference can agree (hence a larger step and tolerance there).
-@pytest.mark.parametrize(("kind", "eps", "tol"), [("gpt2", 1e-4, 1e-3), ("llama", 1e-2, 1e-2)])
+FD_CASES = [("gpt2", 1e-4, 1e-3), ("llama", 1e-2, 1e-2)]
+
+
+@pytest.mark.slow  # two forward passes per edge (262 edges on GPT-2, 306 on Llama)
+@pytest.mark.parametrize(("kind", "eps", "tol"), FD_CASES)
 def test_eap_equals_finite_differences(kind, eps, tol):
     gm = GraphModel(tiny64(kind))
     pairs = tiny_pairs()
@@ -39,6 +45,24 @@ def test_eap_equals_finite_differences(kind, eps, tol):
     eap = scores.edge_values()
     assert (eap - fd).norm() / fd.norm() < tol
     assert eap.abs().max() > 0
+
+
+@pytest.mark.parametrize(("kind", "eps", "tol"), FD_CASES)
+def test_eap_equals_finite_differences_on_every_kind_of_edge(kind, eps, tol):
+    """The same check on a few edges into every destination kind (q, k, v, MLP, logits) and from
+    every source kind (input, heads, MLPs)."""
+    gm = GraphModel(tiny64(kind))
+    g, pairs = gm.graph, tiny_pairs()
+    last = g.n_layers - 1
+    names = ["input->a0.h0.q", "input->a0.h1.k", "input->a0.h2.v", "input->m0", "a0.h3->m0",
+             f"m0->a{last}.h1.q", f"a0.h2->a{last}.h0.k", f"a0.h1->a{last}.h3.v", f"a{last}.h2->m{last}",
+             "input->logits", f"a{last}.h1->logits", f"m{last}->logits"]
+    edges = [g.edge_index(n) for n in names]
+    eap = attribute(gm, pairs, method="eap").scores
+    fd = _finite_difference(gm, pairs, gm.sources(pairs.corrupt), eps, edges)
+    got = torch.stack([eap[d, s] for d, s in edges]).double()
+    assert (got - fd).norm() / fd.norm() < tol
+    assert bool((fd != 0).all())
 
 
 def test_eap_ig_is_the_mean_of_per_step_gradients():
