@@ -153,7 +153,7 @@ def test_circuit_tracer_layout_loads_in_circuit_tracer_and_back(tmp_path):
     ref_set = TranscoderSet(refs, feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out")
     assert ref_set.skip_connection
     back = PerLayerTranscoders.from_circuit_tracer(files)
-    for layer, path in enumerate(files):
+    for layer in range(len(files)):
         x = _x(seed=10 + layer) * 2
         ours = tcs.encode(layer, x)
         assert ours.count_nonzero() > 0
