@@ -66,18 +66,21 @@ def replay_prefix(model: Any, start: int, resid: Tensor | None) -> Iterator[None
             layers[i] = module
 
 
-def layers_return_tensors(model: Any, tokens: TokenBatch) -> bool:
+def layers_return_tensors(model: Any, tokens: TokenBatch | Tensor) -> bool:
     """True when decoder layers return a bare tensor (what `replay_prefix`'s stand-in imitates).
+
+    Runs the model on one token of `tokens` (a `TokenBatch` or ids `[batch, pos]`).
 
     Example:
         >>> layers_return_tensors(model, model.tokenize("Hi"))   # doctest: +SKIP
         True
     """
+    ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
     seen: list[bool] = []
     handle = model.layers[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, Tensor)))
     try:
         with torch.no_grad():
-            model.hf_model(input_ids=tokens.ids[:1, :1].to(model.device), use_cache=False, logits_to_keep=1)
+            model.hf_model(input_ids=ids[:1, :1].to(model.device), use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
     return bool(seen) and all(seen)

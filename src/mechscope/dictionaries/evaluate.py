@@ -45,7 +45,6 @@ from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_context
 from mechscope.core.errors import MechscopeError
 from mechscope.core.partial_runs import layers_return_tensors, replay_prefix
 from mechscope.core.scores import kl_divergence, normalized_recovery
-from mechscope.core.tokens import TokenBatch
 from mechscope.dictionaries.base import Dictionary
 from mechscope.dictionaries.metrics import explained_variance_from_sums
 from mechscope.dictionaries.splice import hook_name_of, site_rows
@@ -169,7 +168,7 @@ def _replay_start(model: Any, ids: Tensor, name_in: str, name_out: str) -> int:
     """First block the spliced runs must compute: the site's block, when earlier blocks can be
     replayed from the clean run's `resid_pre` (else 0: run everything)."""
     layers = [hook_names.parse_layer(n) for n in (name_in, name_out)]
-    if any(layer is None for layer in layers) or not layers_return_tensors(model, TokenBatch(ids, ids.new_ones(ids.shape))):
+    if any(layer is None for layer in layers) or not layers_return_tensors(model, ids):
         return 0
     return min(layers)  # type: ignore[type-var]
 
