@@ -80,3 +80,20 @@ def test_export_cap_stops_latent_pages_and_says_so(page, sources, tmp_path) -> N
 def test_export_cap_below_the_lists_is_refused(sources) -> None:
     with pytest.raises(MechscopeError, match="raise the cap"):
         export_data(sources, max_mb=0.001)
+
+
+def test_export_cap_option_of_the_cli(dash_dir, tmp_path, capsys) -> None:
+    from mechscope.apps.cli import main
+
+    assert main(["dashboard", str(dash_dir), "--export-html", str(tmp_path / "x.html"), "--export-max-mb", "-1"]) == 2
+    assert "--export-max-mb" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
+    assert main(["dashboard", str(dash_dir), "--export-html", str(tmp_path / "x.html"), "--export-max-mb", "0.001"]) == 2
+    assert "raise the cap" in capsys.readouterr().err
+
+
+def test_graph_page_refuses_a_file_that_is_not_a_feature_database(dash_dir) -> None:
+    from mechscope.apps.graph_view import graph_html
+
+    doc = json.loads((dash_dir / "graph.json").read_text())
+    with pytest.raises(MechscopeError, match="not a mechscope feature database"):
+        graph_html(doc, "g", databases=[dash_dir / "notes.txt"])
