@@ -77,6 +77,20 @@ def test_correlation_and_alignment_by_hand() -> None:
     assert aligned.tolist() == [[5.0], [5.0]]
 
 
+def test_correlation_equals_the_centred_formula_across_blocks() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.relu(torch.randn(500, 40, generator=g) - 2.0)  # sparse, as dictionary codes are
+    b = torch.relu(torch.randn(500, 70, generator=g) - 2.0)
+    a[:, 3] = 0.0  # dead latent
+    b[:, 5] = 2.5 * a[:, 7] + 1.0  # an affine copy: correlation 1
+    ca, cb = a.double() - a.double().mean(0), b.double() - b.double().mean(0)
+    want = (ca.t() @ cb) / (ca.norm(dim=0)[:, None] * cb.norm(dim=0)[None, :]).clamp_min(1e-12)
+    want[3] = 0.0
+    got = correlation_matrix(a, b, block=16)  # blocks of B's latents, the last one partial
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-12)
+    assert got[7, 5] == pytest.approx(1.0, abs=1e-12) and not got[3].any()
+
+
 def test_different_widths_need_activations() -> None:
     with pytest.raises(Exception, match="different spaces"):
         decoder_match(torch.randn(4, 8), torch.randn(4, 6))

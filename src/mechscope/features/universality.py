@@ -57,14 +57,30 @@ def decoder_match(W_a: Tensor, W_b: Tensor, threshold: float = 0.7) -> dict[str,
     return summarise((_unit(W_a) @ _unit(W_b).t()).numpy(), threshold)
 
 
-def correlation_matrix(acts_a: Tensor, acts_b: Tensor) -> np.ndarray:
-    """Pearson correlation `[n_A, n_B]` of activations `[tokens, n_A]` and `[tokens, n_B]` (0 for constant latents)."""
-    a = acts_a.double() - acts_a.double().mean(0)
-    b = acts_b.double() - acts_b.double().mean(0)
-    na, nb = a.norm(dim=0), b.norm(dim=0)
-    corr = (a.t() @ b) / (na[:, None] * nb[None, :]).clamp_min(1e-12)
-    corr[(na == 0)[:, None].expand_as(corr) | (nb == 0)[None, :].expand_as(corr)] = 0.0
-    return corr.numpy()
+def correlation_matrix(acts_a: Tensor, acts_b: Tensor, block: int = 2048) -> np.ndarray:
+    """Pearson correlation `[n_A, n_B]` of activations `[tokens, n_A]` and `[tokens, n_B]` (0 for constant latents).
+
+    `cov = A^T B - n mean_A mean_B^T` in float64, with `A^T B` taken as a sparse product (a
+    dictionary's codes are mostly zero, so this costs `nnz(A) * n_B`, not `tokens * n_A * n_B`)
+    over blocks of `block` latents of B; the variances are summed over centred values.
+    """
+    n = acts_a.shape[0]
+    a = acts_a.detach().double()
+    mean_a = a.mean(0)
+    norm_a = (a - mean_a).norm(dim=0)
+    a_t = a.t().to_sparse()
+    del a
+    out = np.zeros((acts_a.shape[1], acts_b.shape[1]), np.float64)
+    for start in range(0, acts_b.shape[1], block):
+        b = acts_b[:, start:start + block].detach().double()
+        mean_b = b.mean(0)
+        norm_b = (b - mean_b).norm(dim=0)
+        cov = torch.sparse.mm(a_t, b) - n * mean_a[:, None] * mean_b[None, :]
+        corr = cov / (norm_a[:, None] * norm_b[None, :]).clamp_min(1e-12)
+        corr[norm_a == 0] = 0.0
+        corr[:, norm_b == 0] = 0.0
+        out[:, start:start + block] = corr.clamp(-1.0, 1.0).numpy()
+    return out
 
 
 def activation_match(acts_a: Tensor, acts_b: Tensor, threshold: float = 0.7) -> dict[str, Any]:
@@ -128,8 +144,8 @@ def plot_match(result: dict[str, Any], title: str) -> Any:
         ax.axvline(part["threshold"], color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel(label)
         ax.set_ylabel("latents")
-        ax.set_title(f"{label}: MMCS {part['mean_max_a_to_b']:.3f}, "
-                     f">{part['threshold']}: {part['fraction_above_threshold']:.1%}", fontsize=9)
+        ax.set_title(f"{label}\nmean max A->B {part['mean_max_a_to_b']:.3f}, Hungarian {part['hungarian_mean']:.3f}, "
+                     f"above {part['threshold']}: {part['fraction_above_threshold']:.1%}", fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig

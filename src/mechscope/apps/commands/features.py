@@ -228,7 +228,10 @@ def run_match(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"a": str(args.a), "b": str(args.b), "d_sae_a": sae_a.cfg.d_sae, "d_sae_b": sae_b.cfg.d_sae}
     if sae_a.cfg.d_out == sae_b.cfg.d_out and sae_a.cfg.model_name == sae_b.cfg.model_name:
         result["decoder"] = decoder_match(sae_a.W_dec, sae_b.W_dec, args.threshold)
-    provenance: dict[str, Any] = {"seed": None}
+    from mechscope.core.provenance import weights_hash
+
+    provenance: dict[str, Any] = {"seed": None, "dictionary_a_sha256": weights_hash(sae_a),
+                                  "dictionary_b_sha256": weights_hash(sae_b)}
     if args.activations:
         model_a = _model_for(args, sae_a)
         model_b = model_a
@@ -241,7 +244,8 @@ def run_match(args: argparse.Namespace) -> int:
         result["activations"]["tokens"] = int(acts_a.shape[0])
         from mechscope.core.provenance import provenance as make_provenance
 
-        provenance = make_provenance(model_a, model_b=model_b.cfg.name)
+        provenance = make_provenance(model_a, **provenance, model_b=model_b.cfg.name,
+                                     model_b_weights_sha256=weights_hash(model_b), corpus=args.corpus)
     if "decoder" not in result and "activations" not in result:
         raise MechscopeError("the dictionaries read different models or sites: pass --activations to match them "
                              "by activation correlation on the same text")
