@@ -9,7 +9,7 @@ from _discovery_helpers import tiny64, tiny_pairs
 from mechscope.circuits.discovery.acdc import acdc
 from mechscope.circuits.discovery.component_graph import ComponentGraph
 from mechscope.circuits.discovery.eap import attribute
-from mechscope.circuits.discovery.evaluate import Evaluator, default_sizes
+from mechscope.circuits.discovery.evaluate import Evaluation, Evaluator, default_sizes
 from mechscope.circuits.discovery.graph_run import GraphModel
 from mechscope.circuits.discovery.roc import edges_from_names, node_scores, roc
 from mechscope.circuits.discovery.scores import EdgeScores
@@ -39,6 +39,10 @@ def test_full_and_empty_circuits_give_faithfulness_one_and_zero(llama):
     assert [c.n_edges for c in curve] == default_sizes(g.n_edges, points=5)
     assert curve[0].faithfulness == pytest.approx(0.0, abs=1e-5)
     assert curve[-1].faithfulness == pytest.approx(1.0, abs=1e-5)
+    half = Evaluation(10, metric=0.5 * (ev.clean + ev.corrupted), clean=ev.clean, corrupted=ev.corrupted)
+    assert half.faithfulness == pytest.approx(0.5) and half.to_dict()["faithfulness"] == pytest.approx(0.5)
+    with pytest.raises(MechscopeError, match="same on both prompts"):
+        _ = Evaluation(10, metric=1.0, clean=2.0, corrupted=2.0).faithfulness
 
 
 def test_selection_rules(llama):

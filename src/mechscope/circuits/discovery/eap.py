@@ -37,6 +37,12 @@ METHODS = ("eap", "eap-ig", "eap-ig-act", "clean-corrupted", "exact")
 
 
 def batches(n: int, size: int) -> Iterator[slice]:
+    """Consecutive row slices of at most `size` covering `n` rows.
+
+    Example:
+        >>> list(batches(5, 2))
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 

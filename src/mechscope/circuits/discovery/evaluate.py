@@ -2,9 +2,11 @@
 
 Edges outside the circuit carry their source's corrupted value (paired prompt, zero, mean or
 resample; see `corruption.py`); circuit edges carry the circuit run's own values. The
-faithfulness is `(m(circuit) - m(corrupted)) / (m(clean) - m(corrupted))`, where
-`m(corrupted)` is the empty circuit (every edge corrupted; for paired prompts exactly the
-corrupt run) and `m(clean)` the full model; 1 means the circuit alone does the task.
+faithfulness is the normalized recovery (`mechscope.core.scores`)
+`(m(circuit) - m(corrupted)) / (m(clean) - m(corrupted))`, where `m(corrupted)` is the empty
+circuit (every edge corrupted; for paired prompts exactly the corrupt run) and `m(clean)` the
+full model; 1 means the circuit alone does the task. It is an error when the full model and
+the empty circuit score the same (the task does not tell them apart).
 
 Example:
     >>> ev = evaluate(gm, pairs, top_n(scores, 200))          # doctest: +SKIP
@@ -28,6 +30,7 @@ from mechscope.circuits.discovery.graph_run import GraphModel
 from mechscope.circuits.discovery.scores import EdgeScores
 from mechscope.circuits.discovery.select import prune, top_n
 from mechscope.circuits.discovery.tasks import Pairs
+from mechscope.core.scores import normalized_recovery
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,7 @@ class Evaluation:
 
     @property
     def faithfulness(self) -> float:
-        span = self.clean - self.corrupted
-        return float("nan") if span == 0 else (self.metric - self.corrupted) / span
+        return float(normalized_recovery(self.metric, self.clean, self.corrupted))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "faithfulness": self.faithfulness}

@@ -40,8 +40,8 @@ from mechscope.core import names
 from mechscope.core.errors import MechscopeError
 from mechscope.core.families import get_module
 from mechscope.core.hooked import HookedModel
+from mechscope.core.partial_runs import layers_return_tensors, replay_prefix
 from mechscope.core.tokens import TokenBatch
-from mechscope.methods.patching.engine import layers_return_tensors, replay_prefix
 
 
 @dataclass
