@@ -97,3 +97,33 @@ def test_graph_page_refuses_a_file_that_is_not_a_feature_database(dash_dir) -> N
     doc = json.loads((dash_dir / "graph.json").read_text())
     with pytest.raises(MechscopeError, match="not a mechscope feature database"):
         graph_html(doc, "g", databases=[dash_dir / "notes.txt"])
+
+
+@pytest.mark.slow
+def test_export_of_a_100k_latent_database(page, tmp_path) -> None:
+    """Every one of 100,000 latents listed in the file (the last page of a sort equals the server's), the
+    cap message shown, and search finding what the database's full-text search finds."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    from dashboard_search import synthetic_database
+
+    from mechscope.apps.dashboard.api import Sources
+
+    n = 100_000
+    db_path = synthetic_database(tmp_path / "big.db", n, n_explained=500)
+    sources = Sources.scan([db_path])
+    path = export_html(sources, tmp_path / "big.html", max_mb=12)
+    assert path.stat().st_size < 13e6
+    fs = sources.features["big"]
+    last = (n - 1) // 50 * 50
+    open_view(page, f"{path.as_uri()}#/features/big?sort=density&order=desc&offset={last}")
+    assert _rows(page) == [(r.latent, r.density, r.max_act) for r in fs.page("big", "density", "desc", last, 50).rows]
+    assert f"of {n}" in page.text_content("#export-cap")
+    word = FeatureDatabase.open(db_path).latent(0)["explanations"][0]["text"].split()[0]
+    expected = {h["latent"] for h in FeatureDatabase.open(db_path).search(word, limit=n)}
+    open_view(page, f"{path.as_uri()}#/features/big?q={word}")
+    shown = {int(x) for x in page.eval_on_selector_all("#hits tr[data-latent]", "els => els.map(e => e.dataset.latent)")}
+    assert 0 < len(expected) < 50  # all of them fit on the page
+    assert shown == expected

@@ -48,15 +48,27 @@ function embeddedTables(data) {
       density: r[2], max_act: r[3], score: r[4], explanation: r[5] }));
     return { db, total: data[tableKey(db)].total, offset, limit, sort, order: dir, rows };
   }
+  // Each latent's searchable words with their counts, built once per database.
+  const indexes = new Map();
+  function index(db) {
+    if (!indexes.has(db)) {
+      indexes.set(db, data[tableKey(db)].rows.map((r) => {
+        const counts = new Map();
+        for (const w of words(`${r[6] ?? r[5] ?? ""} ${r[7]}`)) counts.set(w, (counts.get(w) || 0) + 1);
+        return counts;
+      }));
+    }
+    return indexes.get(db);
+  }
   // Latents whose explanations or top tokens hold every word of the query, most occurrences first.
   function search(db, params) {
     const query = params.get("q") || "", limit = Number(params.get("limit") || 20);
     const wanted = [...new Set(words(query))];
     const hits = [];
     if (wanted.length) {
-      for (const r of data[tableKey(db)].rows) {
-        const counts = new Map();
-        for (const w of words(`${r[6] ?? r[5] ?? ""} ${r[7]}`)) counts.set(w, (counts.get(w) || 0) + 1);
+      const rows = data[tableKey(db)].rows, counted = index(db);
+      for (let i = 0; i < rows.length; i++) {
+        const r = rows[i], counts = counted[i];
         if (!wanted.every((w) => counts.has(w))) continue;
         hits.push({ latent: r[0], explanations: r[6] ?? r[5] ?? "", top_tokens: r[7],
           score: wanted.reduce((sum, w) => sum + counts.get(w), 0) });
