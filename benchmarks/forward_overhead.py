@@ -12,28 +12,18 @@ import argparse
 import torch
 
 import mechscope
+from anchors import hooked_transformer
 from common import add_arguments, cell, goal, print_table, setup, time_interleaved, write_result
 from mechscope.core.attention import using_implementation
 
 
 def transformer_lens_model(model: mechscope.HookedModel):
-    """TransformerLens's HookedTransformer with the default model's weights, or None with a reason."""
+    """TransformerLens's HookedTransformer with the default model's weights (`anchors.hooked_transformer`),
+    or None with a reason."""
     try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-        from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+        return hooked_transformer(model), ""
     except ImportError as err:
         return None, f"not installed ({err})"
-    c, hf = model.cfg, model.hf_model.config
-    cfg = HookedTransformerConfig(
-        n_layers=c.n_layers, d_model=c.d_model, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp,
-        d_vocab=c.d_vocab, n_ctx=2048, act_fn="silu", normalization_type="RMS", eps=hf.rms_norm_eps,
-        positional_embedding_type="rotary", rotary_dim=c.d_head, n_key_value_heads=c.n_kv_heads,
-        gated_mlp=True, final_rms=True, rotary_adjacent_pairs=False,
-        rotary_base=hf.rope_parameters["rope_theta"], dtype=torch.float32,
-    )
-    tl = HookedTransformer(cfg)
-    tl.load_state_dict(convert_llama_weights(model.hf_model, cfg), strict=False)
-    return tl.eval(), ""
 
 
 def nnsight_model(model: mechscope.HookedModel):
