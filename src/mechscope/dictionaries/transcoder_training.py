@@ -87,8 +87,9 @@ def _steps(n: int, batch_size: int, epochs: int) -> int:
 
 def train_per_layer(data: MlpPairs, *, d_sae: int, architecture: str = "jumprelu", epochs: int = 4,
                     batch_size: int = 512, lr: float = 1e-3, seed: int = 0, progress: bool = True,
-                    **dictionary_fields: Any) -> PerLayerTranscoders:
-    """One transcoder per layer (any registered architecture), trained by `Trainer`."""
+                    target_l0: float | None = None, **dictionary_fields: Any) -> PerLayerTranscoders:
+    """One transcoder per layer (any registered architecture), trained by `Trainer` (`target_l0`: its
+    L0 controller steers each layer's sparsity coefficient to that L0; penalty architectures only)."""
     n, L, d = data.inputs.shape
     transcoders = []
     for layer in tqdm(range(L), desc="layers", disable=not progress):
@@ -96,7 +97,7 @@ def train_per_layer(data: MlpPairs, *, d_sae: int, architecture: str = "jumprelu
                             hook_name=data.input_hooks[layer], hook_name_out=names.mlp_out(layer),
                             model_name=data.model_name, **dictionary_fields)
         config = TrainerConfig(total_steps=_steps(n, batch_size, epochs), lr=lr, progress=False, seed=seed,
-                               log_every=10_000)
+                               log_every=10_000, target_l0=target_l0)
         Trainer(t, config).fit(_epochs(data.inputs[:, layer], data.outputs[:, layer], batch_size, epochs, seed))
         transcoders.append(t.eval())
     return PerLayerTranscoders(transcoders)

@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--k", type=int, default=32, help="active features per token (topk)")
     train.add_argument("--skip", action="store_true", help="per-layer: skip transcoders, whose prediction adds a "
                        "linear skip term W_skip @ mlp_input (W_skip trained jointly, initialised at zero)")
+    train.add_argument("--target-l0", type=float, default=None, help="per-layer, penalty architectures (relu, "
+                       "jumprelu, gated): steer each layer's sparsity coefficient so its L0 ends at this value")
     train.add_argument("--tokens", type=int, default=8192, help="training tokens (held in memory)")
     train.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens for the evaluation")
     train.add_argument("--epochs", type=int, default=4)
@@ -57,8 +59,8 @@ def run_train(args: argparse.Namespace) -> int:
         train_per_layer,
     )
 
-    if args.skip and args.kind != "per_layer":
-        raise BadInputError("--skip is for per-layer transcoders: use --kind per_layer")
+    if (args.skip or args.target_l0 is not None) and args.kind != "per_layer":
+        raise BadInputError("--skip and --target-l0 are for per-layer transcoders: use --kind per_layer")
     claim_output_dir(args.out, force=args.force)
     model = load(args)
     source = args.corpus
@@ -71,6 +73,8 @@ def run_train(args: argparse.Namespace) -> int:
         extra: dict[str, Any] = {"k": args.k} if args.architecture in ("topk", "batchtopk") else {}
         if args.skip:
             extra["skip"] = True
+        if args.target_l0 is not None:
+            extra["target_l0"] = args.target_l0
         tcs = train_per_layer(data, d_sae=args.d_sae, architecture=args.architecture, **common, **extra)
     else:
         extra = {"k": args.k} if args.architecture == "topk" else {}
@@ -80,7 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
     layers = evaluate_layers(tcs, held)
     ids = _eval_contexts(model, args)
     whole = replacement_agreement(model, tcs, ids)
-    result = {"kind": args.kind, "architecture": args.architecture, "skip": args.skip, "d_sae": args.d_sae,
+    result = {"kind": args.kind, "architecture": args.architecture, "skip": args.skip, "target_l0": args.target_l0,
+              "d_sae": args.d_sae,
               "train_tokens": args.tokens,
               "eval_tokens": held.inputs.shape[0], "epochs": args.epochs, "layers": layers, "replacement": whole,
               "folder": str(args.out), "provenance": provenance(model, seed=args.seed)}
