@@ -41,13 +41,7 @@ from torch import Tensor
 
 from mechscope.core import names as hook_names
 from mechscope.core.errors import MechscopeError
-from mechscope.core.partial_runs import (
-    cache_kwarg,
-    cache_tensors,
-    layers_return_tensors,  # noqa: F401 - re-exported: callers of the patching engine use it
-    prefix_cache,
-    replay_prefix,
-)
+from mechscope.core.partial_runs import cache_kwarg, cache_tensors, prefix_cache, replay_prefix
 from mechscope.core.tokens import TokenBatch
 from mechscope.methods.metrics import Metric, PositionMetric
 
