@@ -19,6 +19,13 @@ from mechscope.core.errors import MechscopeError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mechscope` argument parser, with every subcommand of `mechscope.apps.commands` registered.
+
+    Example:
+        >>> args = build_parser().parse_args(["run", "The Eiffel Tower is in", "--top-k", "3"])
+        >>> args.command, args.top_k
+        ('run', 3)
+    """
     parser = argparse.ArgumentParser(prog="mechscope", description="Mechanistic interpretability for HF causal LMs.")
     parser.add_argument("--version", action="version", version=f"mechscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -31,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `mechscope` command line on `argv` (default: `sys.argv[1:]`); returns the exit code (2 on a mechscope error).
+
+    Example:
+        >>> main(["info", "--layer", "3"])                            # doctest: +SKIP
+        0
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

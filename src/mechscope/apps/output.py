@@ -10,4 +10,10 @@ __all__ = ["MARKER", "figure_png", "png_data_uri", "write_bytes", "write_json", 
 
 
 def png_data_uri(png: bytes) -> str:
+    """PNG bytes as a `data:` URI, for an `<img src=...>` inside a self-contained HTML page.
+
+    Example:
+        >>> png_data_uri(b"\\x89PNG")
+        'data:image/png;base64,iVBORw=='
+    """
     return "data:image/png;base64," + base64.b64encode(png).decode()

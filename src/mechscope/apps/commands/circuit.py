@@ -17,6 +17,14 @@ METHOD_CHOICES = ["eap", "eap-ig", "eap-ig-act", "clean-corrupted", "acdc"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope circuit` (automated circuit discovery: EAP, EAP-IG, ACDC) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['circuit', '--task', 'greater-than', '--method', 'eap']).method
+        'eap'
+    """
     parser = subparsers.add_parser("circuit", help="automated circuit discovery over heads and MLPs (EAP, EAP-IG, ACDC)")
     parser.add_argument("--task", default="ioi",
                         help="ioi, greater-than, or a JSONL file of prompt pairs (see docs/circuit_discovery.md)")
@@ -43,7 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def discover(model: Any, args: argparse.Namespace) -> tuple[dict, Any, Any]:
-    """Scores, circuit and evaluation for the parsed options: (JSON record, EdgeScores, circuit mask)."""
+    """Scores, circuit and evaluation for the parsed options: (JSON record, EdgeScores, circuit mask).
+
+    Example:
+        >>> from mechscope import load_model
+        >>> from mechscope.apps.cli import build_parser
+        >>> args = build_parser().parse_args(["circuit", "--task", "ioi", "--n-pairs", "8"])   # doctest: +SKIP
+        >>> record, scores, mask = discover(load_model("smollm2-135m"), args)                    # doctest: +SKIP
+    """
     from mechscope.circuits.discovery.acdc import acdc
     from mechscope.circuits.discovery.eap import attribute
     from mechscope.circuits.discovery.evaluate import Evaluator, default_sizes
@@ -109,6 +124,12 @@ def _per_pair_metric(gm: Any, pairs: Any, batch_size: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope circuit`: discover a circuit for the task, print it, and write the requested files; returns 0.
+
+    Example:
+        $ mechscope circuit --task ioi --method eap-ig --steps 5 --top-n 200 --json c.json --png c.png
+        $ mechscope circuit --task pairs.jsonl --method acdc --thresholds 0.01,0.03 --candidates 1000
+    """
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.circuits.discovery.draw import circuit_figure
     from mechscope.core.files import check_writable

@@ -13,6 +13,14 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope dashboard` (the local web dashboard over result files) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['dashboard', 'out/', '--port', '8000']).port
+        8000
+    """
     parser = subparsers.add_parser("dashboard", help="local web dashboard over mechscope's result files")
     parser.add_argument("paths", nargs="*", default=["."],
                         help="files or folders holding feature databases (.db) and result JSON (default: .)")
@@ -33,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope dashboard`: serve the result files found under the paths, or export them as one HTML file; returns 0.
+
+    Example:
+        $ mechscope dashboard out/ --model smollm2-135m          # http://127.0.0.1:PORT, with the live views
+        $ mechscope dashboard out/ --export-html out/dashboard.html
+    """
     from mechscope.core.errors import BadInputError
 
     if not 0 <= args.port <= 65535:

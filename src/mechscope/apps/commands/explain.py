@@ -11,6 +11,14 @@ import argparse
 
 
 def add_llm_options(parser: argparse.ArgumentParser) -> None:
+    """Add `--llm`, `--base-url` and `--api-key` (the language model that explains or scores) to `parser`.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_llm_options(parser)
+        >>> parser.parse_args([]).llm
+        'local'
+    """
     parser.add_argument("--llm", default="local",
                         help="language model: local (the default model), local:gemma3-270m, or openai:MODEL")
     parser.add_argument("--base-url", default=None,
@@ -19,12 +27,28 @@ def add_llm_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_latent_options(parser: argparse.ArgumentParser) -> None:
+    """Add `--latents`, `--sample` and `--seed` (which latents of a feature database to work on) to `parser`.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_latent_options(parser)
+        >>> parser.parse_args(["--latents", "12,40"]).latents
+        '12,40'
+    """
     parser.add_argument("--latents", default=None, help="comma-separated latent ids")
     parser.add_argument("--sample", type=int, default=None, help="a seeded sample of this many live latents")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def latents_from(args: argparse.Namespace, db: object) -> list[int]:
+    """The latent ids chosen by `--latents` or a seeded `--sample` of the live latents of `db`.
+
+    Example:
+        >>> from mechscope.features import FeatureDatabase
+        >>> with FeatureDatabase.open("out/features.db") as db:                                # doctest: +SKIP
+        ...     latents_from(argparse.Namespace(latents="12,40", sample=None, seed=0), db)
+        [12, 40]
+    """
     from mechscope.features.autointerp import select_latents
 
     ids = [int(x) for x in args.latents.split(",") if x.strip()] if args.latents else None
@@ -32,6 +56,14 @@ def latents_from(args: argparse.Namespace, db: object) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope explain` (explain latents of a feature database with a language model) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['explain', 'out/features.db', '--sample', '20']).sample
+        20
+    """
     parser = subparsers.add_parser("explain", help="explain latents of a feature database with a language model")
     parser.add_argument("db", help="feature database (mechscope features collect)")
     add_latent_options(parser)
@@ -41,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope explain`: write an explanation of each chosen latent into the database; returns 0.
+
+    Example:
+        $ mechscope explain out/features.db --sample 20 --seed 0 --llm local
+        $ mechscope explain out/features.db --latents 12,40 --llm openai:gpt-4o-mini
+    """
     from mechscope.features import FeatureDatabase
     from mechscope.features.autointerp import explain_latent, make_client
 

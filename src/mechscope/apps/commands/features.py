@@ -21,6 +21,14 @@ from mechscope.core.errors import MechscopeError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope features` (collect, show, search, prompt, export, import, match) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['features', 'show', 'out/features.db', '12']).features_command
+        'show'
+    """
     parser = subparsers.add_parser("features", help="feature database: collect, show, search, prompt, export, match")
     sub = parser.add_subparsers(dest="features_command", required=True, metavar="FEATURES_COMMAND")
 
@@ -103,6 +111,11 @@ def _model_for(args: argparse.Namespace, dictionary: Any) -> Any:
 
 
 def run_collect(args: argparse.Namespace) -> int:
+    """Run `mechscope features collect`: build (or resume) a feature database of a dictionary over a corpus; returns 0.
+
+    Example:
+        $ mechscope features collect out/sae-l15 --out out/features.db --tokens 100000
+    """
     from mechscope.core.files import write_json
     from mechscope.dictionaries import load_dictionary
     from mechscope.features import CollectConfig, FeatureDatabase, collect_features
@@ -130,7 +143,12 @@ def run_collect(args: argparse.Namespace) -> int:
 
 
 def highlight(tokens: list[str], acts: list[float], center: int) -> str:
-    """Tokens joined, the centre token in [[ ]] and other firing tokens in ( )."""
+    """Tokens joined, the centre token in [[ ]] and other firing tokens in ( ).
+
+    Example:
+        >>> highlight(["The", " cat", " sat"], [0.0, 2.0, 1.0], center=1)
+        'The[[ cat]]( sat)'
+    """
     parts = []
     for i, (t, a) in enumerate(zip(tokens, acts, strict=True)):
         t = t.replace("\n", "\\n")
@@ -139,6 +157,11 @@ def highlight(tokens: list[str], acts: list[float], center: int) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    """Run `mechscope features show`: print one latent's statistics, examples, logit effects and explanations; returns 0.
+
+    Example:
+        $ mechscope features show out/features.db 12
+    """
     from mechscope.features import FeatureDatabase
 
     with FeatureDatabase.open(args.db) as db:
@@ -167,6 +190,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    """Run `mechscope features search`: print the latents whose explanation or top tokens match a query; returns 0.
+
+    Example:
+        $ mechscope features search out/features.db "digits"
+    """
     from mechscope.features import FeatureDatabase
 
     with FeatureDatabase.open(args.db) as db:
@@ -180,6 +208,11 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_prompt(args: argparse.Namespace) -> int:
+    """Run `mechscope features prompt`: print the latents most active on a prompt at one position; returns 0.
+
+    Example:
+        $ mechscope features prompt out/features.db "The year 1984 was" --top 10
+    """
     from mechscope.dictionaries import load_dictionary
     from mechscope.features import FeatureDatabase
     from mechscope.features.inspect import top_latents
@@ -197,6 +230,11 @@ def run_prompt(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Run `mechscope features export`: write the database as Neuronpedia batch JSON; returns 0.
+
+    Example:
+        $ mechscope features export out/features.db --out out/neuronpedia.json
+    """
     from mechscope.core.files import write_text
     from mechscope.features import FeatureDatabase
     from mechscope.features.export import to_neuronpedia
@@ -209,6 +247,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    """Run `mechscope features import`: read Neuronpedia batch JSON into a new feature database; returns 0.
+
+    Example:
+        $ mechscope features import out/neuronpedia.json --out out/copy.db
+    """
     from mechscope.features.export import from_neuronpedia
 
     with open(args.json_file, encoding="utf-8") as f:
@@ -220,6 +263,11 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_match(args: argparse.Namespace) -> int:
+    """Run `mechscope features match`: pair the latents of two dictionaries (by decoder or by activations); returns 0.
+
+    Example:
+        $ mechscope features match out/sae-a out/sae-b --threshold 0.7 --json out/match.json --png out/match.png
+    """
     from mechscope.core.files import figure_png, write_bytes, write_json
     from mechscope.dictionaries import load_dictionary
     from mechscope.features.universality import activation_match, decoder_match, plot_match

@@ -17,6 +17,14 @@ from mechscope.apps.commands.common import add_model_option, check_outputs, load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope graph` (an attribution graph over a transcoder replacement model) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['graph', 'The capital of Texas is', '--transcoders', 'out/plt']).transcoders
+        'out/plt'
+    """
     parser = subparsers.add_parser("graph", help="attribution graph of the next token over a transcoder replacement model")
     parser.add_argument("prompt", help="the text whose next token is explained")
     parser.add_argument("--transcoders", required=True, help="a transcoder set folder (mechscope transcoders train)")
@@ -38,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope graph`: attribute the next token of the prompt, prune the graph and write it; returns 0.
+
+    Example:
+        $ mechscope graph "The capital of the state containing Dallas is" --transcoders out/plt --json g.json --html g.html
+    """
     import re
 
     from mechscope.apps.graph_view import graph_html

@@ -13,6 +13,14 @@ from mechscope.apps.commands.common import add_model_option, add_output_options,
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope heads` (attention-head detectors and their table) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['heads', '--seq-len', '20']).seq_len
+        20
+    """
     parser = subparsers.add_parser("heads", help="attention-head detectors and classification table")
     parser.add_argument("--seq-len", type=int, default=50, help="random tokens per copy of the repeated sequence")
     parser.add_argument("--batch", type=int, default=8, help="repeated sequences scored")
@@ -25,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def heads_result(model, seq_len: int, batch: int, seed: int) -> tuple[dict, list]:
-    """The JSON record of `mechscope heads` and the per-head table."""
+    """The JSON record of `mechscope heads` and the per-head table.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> record, table = heads_result(load_model("smollm2-135m"), seq_len=50, batch=8, seed=0)   # doctest: +SKIP
+    """
     from mechscope.core.provenance import provenance
     from mechscope.methods.heads import THRESHOLDS, detect_heads, icl_score, repeated_random_tokens
 
@@ -45,6 +58,11 @@ def heads_result(model, seq_len: int, batch: int, seed: int) -> tuple[dict, list
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope heads`: score every head on repeated random tokens and print the labelled ones; returns 0.
+
+    Example:
+        $ mechscope heads --json heads.json --png heads.png
+    """
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.methods.reading_plots import heads_figure
 

@@ -9,6 +9,14 @@ from mechscope.apps.commands.common import add_model_option, load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope info` (a model's configuration and hook names) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['info', '--layer', '3']).layer
+        3
+    """
     parser = subparsers.add_parser("info", help="show a model's config and hook names")
     add_model_option(parser)
     parser.add_argument("--layer", type=int, default=None, help="list hook names of this block only")
@@ -16,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope info`: print the model's configuration and the hook names of one block; returns 0.
+
+    Example:
+        $ mechscope info --layer 3
+    """
     from mechscope.core import names
     from mechscope.core.sites import Site  # noqa: F401  (documents where shapes come from)
 

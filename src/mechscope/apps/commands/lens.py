@@ -19,6 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope lens` (logit / tuned lens of a prompt, and `lens train`) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['lens', 'The Eiffel Tower is in', '--target', ' Paris']).rest
+        ['--target', ' Paris']
+    """
     parser = subparsers.add_parser(
         "lens", help="logit / tuned lens of a prompt; 'lens train' fits a tuned lens",
         description="Read the residual stream at every layer through the unembedding. "
@@ -62,6 +70,12 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope lens`: dispatch to `run_train` for `lens train`, else to `run_view`; returns the exit code.
+
+    Example:
+        $ mechscope lens "The Eiffel Tower is in the city of" --target " Paris"
+        $ mechscope lens train --out out/tuned-lens
+    """
     if args.prompt == "train":
         return run_train(_train_parser().parse_args(args.rest))
     view = _view_parser().parse_args(args.rest)
@@ -70,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_view(args: argparse.Namespace) -> int:
+    """Run `mechscope lens PROMPT`: print (and write) the lens table of the prompt, layer by layer; returns 0.
+
+    Example:
+        $ mechscope lens "The Eiffel Tower is in the city of" --target " Paris" --json lens.json --png lens.png
+    """
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.methods.lens import logit_lens
     from mechscope.methods.reading_plots import lens_grid_figure
@@ -97,6 +116,11 @@ def run_view(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Run `mechscope lens train`: fit (or resume) a tuned lens and save it to `--out`; returns 0.
+
+    Example:
+        $ mechscope lens train --out out/tuned-lens
+    """
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.core.corpus import token_contexts
     from mechscope.core.files import claim_output_dir

@@ -20,6 +20,14 @@ SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "ev
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope patch` (activation / attribution patching of a prompt pair) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['patch', '--clean', 'The Eiffel Tower is in the city of', '--corrupt', 'The Colosseum is in the city of', '--answer', ' Paris']).site
+        'resid_pre'
+    """
     parser = subparsers.add_parser("patch", help="activation / attribution patching heatmap for a prompt pair")
     parser.add_argument("--clean", required=True, help="the clean prompt")
     parser.add_argument("--corrupt", required=True, help="the corrupted prompt (same number of tokens)")
@@ -46,7 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def compute(model, args: argparse.Namespace):
-    """The `PatchResult` the arguments ask for."""
+    """The `PatchResult` the arguments ask for.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> from mechscope.apps.cli import build_parser
+        >>> args = build_parser().parse_args(["patch", "--clean", "The Eiffel Tower is in the city of",
+        ...     "--corrupt", "The Colosseum is in the city of", "--answer", " Paris", "--wrong", " Rome"])   # doctest: +SKIP
+        >>> result = compute(load_model("smollm2-135m"), args)                                             # doctest: +SKIP
+    """
     from mechscope.methods.patching import patch_every_block, patch_sweep
     from mechscope.methods.patching.attribution import attribution_sweep
 
@@ -65,6 +81,11 @@ def compute(model, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope patch`: patch every cell the options ask for, print the top cells and write the heatmap; returns 0.
+
+    Example:
+        $ mechscope patch --clean "The Eiffel Tower is in the city of" --corrupt "The Colosseum is in the city of" --answer " Paris" --wrong " Rome"
+    """
     from mechscope.apps.output import MARKER, write_bytes, write_json
 
     model = load(args)

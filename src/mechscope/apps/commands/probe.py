@@ -18,6 +18,14 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope probe` (linear probes per layer on a labelled JSONL dataset) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['probe', 'data.jsonl', '--site', 'resid_mid']).site
+        'resid_mid'
+    """
     parser = subparsers.add_parser("probe", help="linear probes per layer on a labelled JSONL dataset")
     parser.add_argument("data", help="JSONL file: one {text, label[, token]} object per line")
     parser.add_argument("--site", default="resid_post", help="site read at every layer (resid_pre, resid_mid, "
@@ -33,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope probe`: fit a probe (and its control task) at every layer and print the accuracies; returns 0.
+
+    Example:
+        $ mechscope probe data.jsonl --site resid_post --json probe.json --png probe.png
+    """
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.core.provenance import provenance
     from mechscope.methods.probe_collect import collect_activations, site_hook_names

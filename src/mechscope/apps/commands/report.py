@@ -11,6 +11,14 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope report` (one HTML page and its JSON for a prompt) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['report', 'The Eiffel Tower is in', '--out', 'out/demo']).out
+        'out/demo'
+    """
     parser = subparsers.add_parser("report", help="write DIR/report.html and DIR/report.json for a prompt")
     parser.add_argument("prompt")
     parser.add_argument("--out", required=True, help="output folder (new, empty or written by mechscope; else --force)")
@@ -24,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope report`: write DIR/report.html and DIR/report.json for the prompt; returns 0.
+
+    Example:
+        $ mechscope report "The Eiffel Tower is in the city of" --out out/demo
+    """
     from mechscope.apps.output import write_bytes, write_json
     from mechscope.apps.report import render_html, render_json
     from mechscope.apps.report.sections import report_sections

@@ -10,6 +10,14 @@ from mechscope.apps.commands.common import add_model_option, add_output_options,
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope run` (top next-token predictions for a prompt) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['run', 'The Eiffel Tower is in', '--top-k', '3']).top_k
+        3
+    """
     parser = subparsers.add_parser("run", help="top next-token predictions for a prompt")
     parser.add_argument("prompt")
     parser.add_argument("--top-k", type=int, default=10)
@@ -19,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope run`: print the top next-token predictions of the prompt; returns 0.
+
+    Example:
+        $ mechscope run "The Eiffel Tower is in the city of" --top-k 3
+    """
     from mechscope.apps.output import write_json
     from mechscope.apps.report.core_sections import top_predictions
     from mechscope.core.errors import require_finite

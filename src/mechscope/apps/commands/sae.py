@@ -29,7 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 def site_hook_name(site: str, layer: int | None) -> str:
-    """A full hook name from `--site` (short or full) and `--layer`: ('resid_post', 15) -> 'blocks.15.hook_resid_post'."""
+    """A full hook name from `--site` (short or full) and `--layer`: ('resid_post', 15) -> 'blocks.15.hook_resid_post'.
+
+    Example:
+        >>> site_hook_name("resid_post", 15)
+        'blocks.15.hook_resid_post'
+    """
     from mechscope.core import names
 
     if site.startswith("blocks.") or site in (names.EMBED, names.POS_EMBED, names.LN_FINAL):
@@ -89,6 +94,14 @@ def _site_args(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope sae` (cache, train, eval, synthetic) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['sae', 'eval', 'out/sae-l15']).sae_command
+        'eval'
+    """
     parser = subparsers.add_parser("sae", help="sparse autoencoders: cache activations, train, evaluate, synthetic")
     sub = parser.add_subparsers(dest="sae_command", required=True, metavar="SAE_COMMAND")
 
@@ -167,6 +180,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> int:
+    """Run `mechscope sae cache`: write (or resume) an activation store of the sites over a corpus; returns 0.
+
+    Example:
+        $ mechscope sae cache --layer 15 --site resid_post --tokens 500000 --out out/acts-l15
+    """
     from mechscope.apps.output import write_json
     from mechscope.core.provenance import provenance
     from mechscope.dictionaries.store import cache_activations
@@ -235,6 +253,11 @@ def _check_pair(hooks: list[str], where: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Run `mechscope sae train`: train a dictionary on a store or streamed activations and save it; returns 0.
+
+    Example:
+        $ mechscope sae train --acts out/acts-l15 --arch topk --k 32 --expansion 16 --out out/sae-l15
+    """
     from mechscope.apps.output import write_json
     from mechscope.core.files import claim_output_dir
     from mechscope.dictionaries import Trainer, TrainerConfig, make_dictionary, save_dictionary
@@ -336,6 +359,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Run `mechscope sae eval`: reconstruction, sparsity and CE-loss metrics of a dictionary on held-out text; returns 0.
+
+    Example:
+        $ mechscope sae eval out/sae-l15 --json out/sae-l15/eval.json
+    """
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.core.provenance import provenance
     from mechscope.dictionaries import load_dictionary
@@ -366,6 +394,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
+    """Run `mechscope sae synthetic`: train on data with known features and report how many are recovered; returns 0.
+
+    Example:
+        $ mechscope sae synthetic --arch topk --seed 0 --json out/synthetic-topk.json
+    """
     import torch
 
     import mechscope

@@ -14,6 +14,14 @@ from mechscope.core.errors import MechscopeError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope score` (score explanations on held-out examples) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['score', 'out/features.db', '--methods', 'detection']).methods
+        'detection'
+    """
     parser = subparsers.add_parser("score", help="score explanations on held-out examples")
     parser.add_argument("db", help="feature database with explanations (mechscope explain)")
     add_latent_options(parser)
@@ -28,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope score`: score each chosen latent's explanation with the methods and print the table; returns 0.
+
+    Example:
+        $ mechscope score out/features.db --sample 20 --llm local --json out/scores.json
+    """
     from mechscope.features import FeatureDatabase
     from mechscope.features.autointerp import make_client, score_explanation
 

@@ -22,6 +22,14 @@ from mechscope.apps.commands.common import add_model_option, add_output_options,
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope steer` (generate with a latent clamped or a direction added, over a sweep) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['steer', 'I went to the', '--vector', 'out/dir', '--coef=-4..4:9']).coef
+        '-4..4:9'
+    """
     p = subparsers.add_parser("steer", help="generate with a latent clamped or a direction added; sweep its value")
     p.add_argument("prompts", nargs="+", help="prompt(s) to continue")
     src = p.add_argument_group("direction (one of)")
@@ -135,6 +143,11 @@ def _plan(args: argparse.Namespace, direction: Any, sae: Any, where: Any,
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope steer`: generate at each swept value and print the generations and their measures; returns 0.
+
+    Example:
+        $ mechscope steer "I think the movie was" --vector caa:pairs.jsonl --layer 12 --coef=-0.2,0.2 --units site
+    """
     from mechscope.core.errors import MechscopeError
     from mechscope.core.files import figure_png, write_bytes, write_json
     from mechscope.core.provenance import provenance

@@ -16,6 +16,14 @@ from mechscope.apps.commands.common import add_output_options, check_outputs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope toy` (the induction and superposition toy models) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['toy', 'induction', '--out', 'out/toy']).toy
+        'induction'
+    """
     parser = subparsers.add_parser("toy", help="toy models: induction (attention-only transformer), superposition")
     toys = parser.add_subparsers(dest="toy", required=True, metavar="TOY")
     induction = toys.add_parser("induction", help="train a 2-layer attention-only transformer that forms induction heads")
@@ -31,7 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def induction_summary(model: Any, chance: float, seq_len: int = 20, batch: int = 64, seed: int = 123) -> dict[str, Any]:
-    """Detected heads of a trained toy; the effect of ablating its best induction head, and all of them."""
+    """Detected heads of a trained toy; the effect of ablating its best induction head, and all of them.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> summary = induction_summary(load_model("out/induction-toy"), chance=1 / 64)   # doctest: +SKIP
+    """
     from mechscope.methods.heads import detect_heads, head_ablation_hooks, icl_score, repeated_random_tokens
 
     ids = repeated_random_tokens(model, seq_len, batch, seed)
@@ -56,6 +69,11 @@ def induction_summary(model: Any, chance: float, seq_len: int = 20, batch: int =
 
 
 def run_induction(args: argparse.Namespace) -> int:
+    """Run `mechscope toy induction`: train the attention-only toy, save it and report its induction heads; returns 0.
+
+    Example:
+        $ mechscope toy induction --out out/induction-toy
+    """
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.core.provenance import provenance
     from mechscope.methods.reading_plots import toy_history_figure
@@ -114,6 +132,11 @@ def _missing() -> int:
 
 
 def run_superposition(args: argparse.Namespace) -> int:
+    """Run `mechscope toy superposition`: sweep feature sparsity of the toy model and write the result; returns 0.
+
+    Example:
+        $ mechscope toy superposition --json sup.json --png sup.png
+    """
     from mechscope.apps.output import figure_png, write_bytes, write_json
     from mechscope.toys.superposition import SuperpositionConfig, train_superposition
     from mechscope.toys.superposition_plots import plot_norms_and_superposition

@@ -10,6 +10,14 @@ PROMPTS = ["The Eiffel Tower is in the city of", "Hi", "def add(a, b):\n    retu
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope verify` (hooked activations against the plain HF model) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> parser.parse_args(['verify', '--json', 'v.json']).json_path
+        'v.json'
+    """
     parser = subparsers.add_parser("verify", help="check hooked activations against the plain HF model")
     add_model_option(parser)
     add_output_options(parser, png=False)
@@ -17,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `mechscope verify`: compare hooked activations with the plain HF model's and print the verdict; returns 0 when they match.
+
+    Example:
+        $ mechscope verify --json verify.json
+    """
     from mechscope.apps.output import write_json
     from mechscope.core.provenance import provenance
     from mechscope.core.verify import run_checks
