@@ -28,7 +28,16 @@ GRAPH_ID = "graph"
 
 def graph_data(doc: dict[str, Any], databases: Sequence[str | Path] = ()) -> dict[str, Any]:
     """The JSON the page embeds ({API path: answer}): the graph placed for the view, and the pages of
-    the latents its nodes link to in `databases` (feature database files)."""
+    the latents its nodes link to in `databases` (feature database files).
+
+    Example:
+        >>> doc = {"metadata": {"prompt_tokens": ["Hi"]}, "links": [], "nodes": [
+        ...     {"node_id": "E_26_0", "feature_type": "embedding", "layer": "E", "ctx_idx": 0},
+        ...     {"node_id": "0_12_0", "feature_type": "cross layer transcoder", "layer": "0", "ctx_idx": 0},
+        ...     {"node_id": "1_99_0", "feature_type": "logit", "layer": "1", "ctx_idx": 0}]}
+        >>> graph_data(doc)["/api/graph/graph"]["col_labels"]
+        ['Hi']
+    """
     dbs, sha_to_id, infos = {}, {}, [{"id": GRAPH_ID, "kind": "graph", "name": "graph", "detail": {}}]
     for path in map(Path, databases):
         if not is_feature_database(path):
@@ -55,5 +64,14 @@ def graph_data(doc: dict[str, Any], databases: Sequence[str | Path] = ()) -> dic
 
 
 def graph_html(doc: dict[str, Any], title: str, databases: Sequence[str | Path] = ()) -> str:
-    """The page for a circuit-tracer graph document (`circuits.export.graph_json`), hover examples from `databases`."""
+    """The page for a circuit-tracer graph document (`circuits.export.graph_json`), hover examples from `databases`.
+
+    Example:
+        >>> doc = {"metadata": {"prompt_tokens": ["Hi"]}, "links": [], "nodes": [
+        ...     {"node_id": "E_26_0", "feature_type": "embedding", "layer": "E", "ctx_idx": 0},
+        ...     {"node_id": "0_12_0", "feature_type": "cross layer transcoder", "layer": "0", "ctx_idx": 0},
+        ...     {"node_id": "1_99_0", "feature_type": "logit", "layer": "1", "ctx_idx": 0}]}
+        >>> graph_html(doc, title="Hi").startswith("<!doctype html>")
+        True
+    """
     return standalone_html(graph_data(doc, databases), title=title, start=f"#/graph/{GRAPH_ID}")

@@ -41,7 +41,12 @@ Order = Literal["asc", "desc"]
 
 
 class NotFoundError(MechscopeError, KeyError):
-    """A source id or latent that the server does not hold (HTTP 404)."""
+    """A source id or latent that the server does not hold (HTTP 404).
+
+    Example:
+        >>> str(NotFoundError("no feature database 'x'"))
+        "no feature database 'x'"
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -49,6 +54,12 @@ class NotFoundError(MechscopeError, KeyError):
 
 # -- response models -----------------------------------------------------------------------------
 class SourceInfo(BaseModel):
+    """One result file the server found: its id, kind (`features`, `patch`, `heads`, `graph`) and file name.
+
+    Example:
+        >>> SourceInfo(id="patch", kind="patch", name="patch.json").detail
+        {}
+    """
     id: str
     kind: Literal["features", "patch", "heads", "graph"]
     name: str
@@ -56,11 +67,23 @@ class SourceInfo(BaseModel):
 
 
 class SourceList(BaseModel):
+    """The answer of `GET /api/sources`: every source, and the live model's name (None: no live views).
+
+    Example:
+        >>> SourceList(sources=[SourceInfo(id="patch", kind="patch", name="patch.json")]).model is None
+        True
+    """
     sources: list[SourceInfo]
     model: str | None = None
 
 
 class LatentRow(BaseModel):
+    """One row of the latent list: the latent's id, how often it fired, its largest activation, best score and explanation.
+
+    Example:
+        >>> LatentRow(latent=12, n_fired=40, density=0.004, max_act=7.5, score=None, explanation="digits").latent
+        12
+    """
     latent: int
     n_fired: int
     density: float
@@ -70,6 +93,12 @@ class LatentRow(BaseModel):
 
 
 class LatentPage(BaseModel):
+    """One page of a feature database's latent list, in the requested sort order.
+
+    Example:
+        >>> LatentPage(db="features", total=1, offset=0, limit=50, sort="latent", order="asc", rows=[]).total
+        1
+    """
     db: str
     total: int
     offset: int
@@ -80,6 +109,12 @@ class LatentPage(BaseModel):
 
 
 class SearchHit(BaseModel):
+    """One latent found by full-text search: its explanations, top tokens and match score.
+
+    Example:
+        >>> SearchHit(latent=12, explanations="digits", top_tokens="1 2 3", score=1.5).latent
+        12
+    """
     latent: int
     explanations: str
     top_tokens: str
@@ -87,12 +122,26 @@ class SearchHit(BaseModel):
 
 
 class SearchResult(BaseModel):
+    """The answer of a search of one feature database: the query and its hits, best first.
+
+    Example:
+        >>> SearchResult(db="features", query="digits", hits=[]).query
+        'digits'
+    """
     db: str
     query: str
     hits: list[SearchHit]
 
 
 class Example(BaseModel):
+    """One example excerpt of a latent: tokens, their activations and the centre token's place.
+
+    Example:
+        >>> ex = Example(kind="top", rank=0, interval=None, token_index=5, context=0, position=1, center=1, act=3.0,
+        ...              tokens=[504, 2415], text=["The", " cat"], acts=[0.0, 3.0])
+        >>> ex.text[ex.center]
+        ' cat'
+    """
     kind: str
     rank: int
     interval: int | None
@@ -107,6 +156,14 @@ class Example(BaseModel):
 
 
 class LatentDetail(BaseModel):
+    """Everything a latent's page shows: statistics, histogram, logit effects, neighbours, explanations, examples.
+
+    Example:
+        >>> detail = LatentDetail(db="features", latent=12, stats={}, hist=[], hist_edges=[], logits_positive=[],
+        ...                       logits_negative=[], decoder_cosine=[], cooccurrence=[], explanations=[], examples={})
+        >>> detail.latent
+        12
+    """
     db: str
     latent: int
     stats: dict[str, Any]
@@ -121,6 +178,13 @@ class LatentDetail(BaseModel):
 
 
 class Heatmap(BaseModel):
+    """A patching result as the patching view reads it (`views.heatmap_view`).
+
+    Example:
+        >>> Heatmap(id="patch", site="resid_pre", method="activation", mode="denoise", by=["layer"], labels=[[0, 1]],
+        ...         scores=[0.1, 0.9], clean=2.0, corrupt=-1.0).by
+        ['layer']
+    """
     id: str
     site: str
     method: str
@@ -133,6 +197,12 @@ class Heatmap(BaseModel):
 
 
 class HeadsTable(BaseModel):
+    """Head detector scores as the heads grid reads them (`views.heads_view`).
+
+    Example:
+        >>> HeadsTable(**heads_view("heads", [{"layer": 1, "head": 2, "induction": 0.8}])).n_layers
+        2
+    """
     id: str
     n_layers: int
     n_heads: int
@@ -142,7 +212,12 @@ class HeadsTable(BaseModel):
 class Graph(BaseModel):
     """Nodes carry `node_id`, `feature_type`, `influence`, `layer` and their place: `row` (layer) and `col`;
     feature nodes also their `latent` and the `db` holding its examples (None: no database linked).
-    `dictionaries`: per layer, the transcoder's sha256 the graph records and the served database matching it."""
+    `dictionaries`: per layer, the transcoder's sha256 the graph records and the served database matching it.
+
+    Example:
+        >>> Graph(**graph_view("c", {"circuit": {"edges": [{"edge": "a0.h1->m0", "score": 0.5}]}})).kind
+        'circuit'
+    """
 
     id: str
     kind: Literal["attribution", "circuit"]
@@ -156,7 +231,11 @@ class Graph(BaseModel):
 
 # -- sources -------------------------------------------------------------------------------------
 class FeatureSource:
-    """One feature database, read-only, with its sort orders built once (numpy argsort, latent breaks ties)."""
+    """One feature database, read-only, with its sort orders built once (numpy argsort, latent breaks ties).
+
+    Example:
+        >>> source = FeatureSource(Path("out/features.db"))                 # doctest: +SKIP
+    """
 
     def __init__(self, path: Path) -> None:
         self.db = open_read_only(path)
@@ -243,7 +322,12 @@ def _kind_of(data: Any) -> str | None:
 
 
 class Sources:
-    """Everything the server shows, found once under `paths` (files or folders, searched to depth 3)."""
+    """Everything the server shows, found once under `paths` (files or folders, searched to depth 3).
+
+    Example:
+        >>> Sources.scan(["."]).infos          # an empty folder holds nothing to show
+        []
+    """
 
     def __init__(self) -> None:
         self.features: dict[str, FeatureSource] = {}

@@ -27,12 +27,25 @@ MAX_NEW_TOKENS = 64
 
 
 class PromptRequest(BaseModel):
+    """The body of `POST /api/live/prompt`: a prompt, and the feature database whose latents to show.
+
+    Example:
+        >>> PromptRequest(prompt="The Eiffel Tower is in").k
+        5
+    """
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     db: str | None = Field(default=None, pattern=ID_PATTERN)
     k: int = Field(default=5, ge=1, le=20)
 
 
 class PromptView(BaseModel):
+    """The prompt view: tokens, the logit (and tuned) lens's top token per layer and position, top latents.
+
+    Example:
+        >>> PromptView(tokens=["Hi"], token_ids=[1], n_layers=1, n_heads=1, lens_layers=["L0"],
+        ...            lens_top=[[["!", 0.5]]], tuned_top=None, latents=None).lens_top[0][0]
+        ['!', 0.5]
+    """
     tokens: list[str]
     token_ids: list[int]
     n_layers: int
@@ -44,12 +57,24 @@ class PromptView(BaseModel):
 
 
 class AttentionRequest(BaseModel):
+    """The body of `POST /api/live/attention`: a prompt and the head whose pattern to show.
+
+    Example:
+        >>> AttentionRequest(prompt="The cat sat", layer=3, head=1).head
+        1
+    """
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     layer: int = Field(ge=0, le=1024)
     head: int = Field(ge=0, le=1024)
 
 
 class AttentionView(BaseModel):
+    """One head's attention pattern on a prompt, `pattern[query][key]`.
+
+    Example:
+        >>> AttentionView(tokens=["a", "b"], layer=0, head=1, pattern=[[1.0, 0.0], [0.5, 0.5]]).pattern[1]
+        [0.5, 0.5]
+    """
     tokens: list[str]
     layer: int
     head: int
@@ -57,6 +82,12 @@ class AttentionView(BaseModel):
 
 
 class SteerRequest(BaseModel):
+    """The body of `POST /api/live/steer`: a prompt, a latent of a served dictionary and the coefficient to add.
+
+    Example:
+        >>> SteerRequest(prompt="I went to the", db="features", latent=12, coefficient=8.0).max_new_tokens
+        20
+    """
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     db: str = Field(pattern=ID_PATTERN)
     latent: int = Field(ge=0, le=2**31)
@@ -66,6 +97,14 @@ class SteerRequest(BaseModel):
 
 
 class SteerView(BaseModel):
+    """A steered generation next to the unsteered one, with the hook the latent's direction was added at.
+
+    Example:
+        >>> view = SteerView(prompt="I went to the", latent=12, coefficient=8.0, hook_name="blocks.15.hook_resid_post",
+        ...                  unsteered={"text": " store", "token_ids": [2665]}, steered={"text": " park", "token_ids": [3164]})
+        >>> view.steered["text"]
+        ' park'
+    """
     prompt: str
     latent: int
     coefficient: float
@@ -75,7 +114,14 @@ class SteerView(BaseModel):
 
 
 class Live:
-    """The live views over `model` (a HookedModel), with dictionaries found through `sources`."""
+    """The live views over `model` (a HookedModel), with dictionaries found through `sources`.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> model = load_model()                                            # doctest: +SKIP
+        >>> live = Live(model, Sources.scan(["out/"]))                    # doctest: +SKIP
+        >>> live.attention(AttentionRequest(prompt="The cat sat", layer=3, head=1)).tokens   # doctest: +SKIP
+    """
 
     def __init__(self, model: Any, sources: Sources, tuned_lens: Any = None) -> None:
         self.model = model

@@ -58,7 +58,12 @@ def create_app(sources: Sources, model_name: str | None = None, model: Any = Non
     """The app serving `sources`; with a loaded `model`, also the live prompt, attention and steering views
     (and the tuned lens table with a `TunedLens`).
 
-    Every route is read-only: the POST routes compute, they write nothing."""
+    Every route is read-only: the POST routes compute, they write nothing.
+
+    Example:
+        >>> create_app(Sources.scan(["."])).title
+        'mechscope dashboard'
+    """
     app = FastAPI(title="mechscope dashboard", version="1", docs_url=None, redoc_url=None)
 
     @app.middleware("http")
@@ -140,7 +145,12 @@ def _add_live_routes(app: FastAPI, live: Live) -> None:
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0, on_start: Any = None) -> None:
-    """Run `app` with uvicorn until interrupted; `on_start(url)` is called once the socket is bound."""
+    """Run `app` with uvicorn until interrupted; `on_start(url)` is called once the socket is bound.
+
+    Example:
+        >>> serve(create_app(Sources.scan(["out/"])), port=8000, on_start=print)   # doctest: +SKIP
+        http://127.0.0.1:8000
+    """
     import socket
 
     import uvicorn

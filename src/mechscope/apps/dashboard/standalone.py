@@ -34,7 +34,12 @@ TABLE_CHUNK = 500  # latents read per query while building a table
 
 
 def bundle() -> str:
-    """The modules as one module script: `import` lines dropped, `export` keywords removed."""
+    """The modules as one module script: `import` lines dropped, `export` keywords removed.
+
+    Example:
+        >>> bundle().startswith("// --- util.js")
+        True
+    """
     parts = []
     for name in MODULES:
         text = (STATIC / name).read_text(encoding="utf-8")
@@ -49,18 +54,33 @@ def _dump(value: Any) -> str:
 
 
 def views_css() -> str:
-    """The views' style sheet (without the app's page layout)."""
+    """The views' style sheet (without the app's page layout).
+
+    Example:
+        >>> "{" in views_css()
+        True
+    """
     return (STATIC / "style.css").read_text(encoding="utf-8")
 
 
 def embedded_scripts(data: dict[str, Any]) -> str:
-    """The data block and the inlined modules: appended to a page, they render its views from `data`."""
+    """The data block and the inlined modules: appended to a page, they render its views from `data`.
+
+    Example:
+        >>> embedded_scripts({"/api/sources": {"sources": []}}).startswith('<script type="application/json"')
+        True
+    """
     return (f'<script type="application/json" id="mechscope-data">{_dump(data)}</script>\n'
             f'<script type="module">\n{bundle()}\n</script>\n')
 
 
 def standalone_html(data: dict[str, Any], title: str = "mechscope", start: str = "#/") -> str:
-    """An HTML document rendering `data` ({API path: response JSON}) with the dashboard's views."""
+    """An HTML document rendering `data` ({API path: response JSON}) with the dashboard's views.
+
+    Example:
+        >>> "<title>demo</title>" in standalone_html({}, title="demo")
+        True
+    """
     css = (STATIC / "base.css").read_text(encoding="utf-8") + views_css()
     return (f'<!doctype html>\n{MARKER}\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_escape(title)}</title>\n'
             f'<link rel="icon" href="data:,">\n<style>\n{css}</style>\n</head>\n<body>\n'
@@ -77,7 +97,12 @@ def _escape(text: str) -> str:
 def latent_table(fs: FeatureSource) -> dict[str, Any]:
     """Every latent of a feature database as compact rows, what the export pages and searches in the browser:
     `[latent, n_fired, density, max_act, score, explanation, indexed explanations or None, top tokens]`
-    (the list page's columns, then the text the database's full-text index holds)."""
+    (the list page's columns, then the text the database's full-text index holds).
+
+    Example:
+        >>> from mechscope.apps.dashboard.api import Sources
+        >>> table = latent_table(Sources.scan(["out/features.db"]).features["features"])   # doctest: +SKIP
+    """
     rows: list[list[Any]] = []
     total = len(fs.ids)
     for offset in range(0, total, TABLE_CHUNK):
@@ -103,7 +128,13 @@ def export_data(sources: Sources, max_mb: float | None = DEFAULT_MAX_MB) -> dict
     Every latent of every database is listed (paged, sorted and searched in the browser); the pages of
     latents that graph nodes link to come next, then every latent's page in id order while the budget
     lasts (None: no cap). Where the cap stops them, the database's table records `pages` (how many,
-    latents 0..pages-1) and `max_mb`, and the pages say so. A budget too small for the lists is refused."""
+    latents 0..pages-1) and `max_mb`, and the pages say so. A budget too small for the lists is refused.
+
+    Example:
+        >>> from mechscope.apps.dashboard.api import Sources
+        >>> export_data(Sources.scan(["."]))["/api/sources"]["sources"]
+        []
+    """
     budget = None if max_mb is None else int(max_mb * 1e6)
     data: dict[str, Any] = {"/api/sources": {"sources": [i.model_dump() for i in sources.infos], "model": None}}
     for doc_id, (kind, _) in sources.documents.items():
@@ -144,12 +175,23 @@ def _add_detail(data: dict[str, Any], sources: Sources, db_id: str, latent: int)
 
 
 def table_key(db_id: str) -> str:
-    """Where an export keeps the latent table of database `db_id` (not an API path: the server has no such route)."""
+    """Where an export keeps the latent table of database `db_id` (not an API path: the server has no such route).
+
+    Example:
+        >>> table_key("features")
+        '/export/features/features'
+    """
     return f"/export/features/{db_id}"
 
 
 def export_html(sources: Sources, path: str | Path, force: bool = False,
                 max_mb: float | None = DEFAULT_MAX_MB) -> Path:
     """Write the self-contained dashboard of `sources` to `path` (never over a foreign file unless `force`),
-    its embedded JSON capped at `max_mb` megabytes (`export_data`)."""
+    its embedded JSON capped at `max_mb` megabytes (`export_data`).
+
+    Example:
+        >>> from mechscope.apps.dashboard.api import Sources
+        >>> export_html(Sources.scan(["."]), "dashboard.html").name
+        'dashboard.html'
+    """
     return write_text(path, standalone_html(export_data(sources, max_mb)), force)

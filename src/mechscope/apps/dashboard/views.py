@@ -25,26 +25,47 @@ NOT_FEATURES = ("embedding", "logit", "mlp reconstruction error")
 
 
 def heatmap_view(doc_id: str, result: dict[str, Any]) -> dict[str, Any]:
-    """A patching result (`PatchResult.to_dict()` or `mechscope patch --json`) as the patching view reads it."""
+    """A patching result (`PatchResult.to_dict()` or `mechscope patch --json`) as the patching view reads it.
+
+    Example:
+        >>> heatmap_view("patch", {"site": "resid_pre", "by": ["layer"], "scores": [0.1, 0.9]})["site"]
+        'resid_pre'
+    """
     return {"id": doc_id, **{k: result.get(k) for k in HEATMAP_KEYS}}
 
 
 def heads_view(doc_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Head detector rows (`HeadScores.to_json()`) as the heads grid reads them."""
+    """Head detector rows (`HeadScores.to_json()`) as the heads grid reads them.
+
+    Example:
+        >>> heads_view("heads", [{"layer": 1, "head": 2, "induction": 0.8}])["n_layers"]
+        2
+    """
     return {"id": doc_id, "n_layers": 1 + max(r["layer"] for r in rows), "n_heads": 1 + max(r["head"] for r in rows),
             "heads": rows}
 
 
 # -- feature databases ---------------------------------------------------------------------------
 def open_read_only(path: str | Path) -> FeatureDatabase:
-    """A feature database opened with SQLite's `mode=ro` (usable from the server's threads)."""
+    """A feature database opened with SQLite's `mode=ro` (usable from the server's threads).
+
+    Example:
+        >>> db = open_read_only("out/features.db")                            # doctest: +SKIP
+        >>> db.d_sae                                                         # doctest: +SKIP
+        9216
+    """
     path = Path(path)
     con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     return FeatureDatabase(con, path)
 
 
 def latent_detail_view(db_id: str, db: FeatureDatabase, latent: int, hist_edges: list[float]) -> dict[str, Any]:
-    """Everything the feature page shows of `latent`: `FeatureDatabase.latent` and `.examples`, as the API answers."""
+    """Everything the feature page shows of `latent`: `FeatureDatabase.latent` and `.examples`, as the API answers.
+
+    Example:
+        >>> db = open_read_only("out/features.db")                            # doctest: +SKIP
+        >>> latent_detail_view("features", db, 12, db.meta()["hist_edges"])["stats"]["n_fired"]   # doctest: +SKIP
+    """
     info = db.latent(latent)
     examples = {kind: [{k: e[k] for k in EXAMPLE_KEYS} for e in db.examples(latent, kind)]
                 for kind in ("top", "interval", "random")}
@@ -61,7 +82,13 @@ def graph_view(doc_id: str, doc: dict[str, Any], databases: dict[str, str] | Non
 
     `databases` maps a dictionary's sha256 to the id of a feature database collected over it: a
     graph's layer is linked to the database whose `dictionary_sha256` equals the one the graph
-    records for that layer (`mechscope.dictionaries`, written by `circuits.export.graph_json`)."""
+    records for that layer (`mechscope.dictionaries`, written by `circuits.export.graph_json`).
+
+    Example:
+        >>> record = {"circuit": {"edges": [{"edge": "a0.h1->m0", "score": 0.5}, {"edge": "m0->logits", "score": -0.2}]}}
+        >>> graph_view("c", record)["kind"]
+        'circuit'
+    """
     if "nodes" in doc:
         return attribution_view(doc_id, doc, databases or {})
     return circuit_view(doc_id, doc)
@@ -74,7 +101,17 @@ def _layer_row(layer: str, n_layers: int) -> int:
 
 def attribution_view(doc_id: str, d: dict[str, Any], databases: dict[str, str]) -> dict[str, Any]:
     """A circuit-tracer graph placed by token position (column) and layer (row); each feature node
-    gets its `latent` and the `db` holding that latent's examples (None where none is linked)."""
+    gets its `latent` and the `db` holding that latent's examples (None where none is linked).
+
+    Example:
+        >>> doc = {"metadata": {"prompt_tokens": ["Hi"]}, "links": [], "nodes": [
+        ...     {"node_id": "E_26_0", "feature_type": "embedding", "layer": "E", "ctx_idx": 0},
+        ...     {"node_id": "0_12_0", "feature_type": "cross layer transcoder", "layer": "0", "ctx_idx": 0},
+        ...     {"node_id": "1_99_0", "feature_type": "logit", "layer": "1", "ctx_idx": 0}]}
+        >>> view = attribution_view("g", doc, {})
+        >>> view["row_labels"], view["nodes"][1]["latent"]
+        (['emb', 'L0', 'logit'], 12)
+    """
     numeric = [int(n["layer"]) for n in d["nodes"] if n["feature_type"] not in ("embedding", "logit")]
     n_layers = 1 + max(numeric, default=0)
     links = [{"layer": int(x["layer"]), "dictionary_sha256": x.get("dictionary_sha256"),
@@ -111,7 +148,13 @@ def _component(name: str, n_layers: int) -> tuple[int, int, str]:
 
 
 def circuit_view(doc_id: str, d: dict[str, Any]) -> dict[str, Any]:
-    """A `mechscope circuit --json` record: components by layer (rows: attention, then MLP) and head (column)."""
+    """A `mechscope circuit --json` record: components by layer (rows: attention, then MLP) and head (column).
+
+    Example:
+        >>> record = {"circuit": {"edges": [{"edge": "a0.h1->m0", "score": 0.5}, {"edge": "m0->logits", "score": -0.2}]}}
+        >>> circuit_view("c", record)["row_labels"]
+        ['input', 'attn 0', 'mlp 0', 'logits']
+    """
     info = d.get("graph", {})
     n_layers = int(info.get("n_layers", 0))
     links, influence = [], {}

@@ -17,7 +17,14 @@ from mechscope.core.hooked import HookedModel  # noqa: E402
 
 
 def top_predictions(model: HookedModel, logits: torch.Tensor, k: int) -> list[dict[str, Any]]:
-    """Top-k next tokens at the last position: token, id, probability, logit."""
+    """Top-k next tokens at the last position: token, id, probability, logit.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> model = load_model()                                            # doctest: +SKIP
+        >>> top_predictions(model, model("The Eiffel Tower is in the city of"), k=1)[0]["token"]   # doctest: +SKIP
+        ' Paris'
+    """
     probs = logits[0, -1].float().softmax(-1)
     values, ids = probs.topk(k)
     return [
@@ -27,6 +34,14 @@ def top_predictions(model: HookedModel, logits: torch.Tensor, k: int) -> list[di
 
 
 def tokens_section(model: HookedModel, context: dict[str, Any]) -> Section:
+    """The report's tokens section: the prompt's tokens and their ids.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> model = load_model()                                            # doctest: +SKIP
+        >>> tokens_section(model, {"prompt": "The Eiffel Tower"}).data["tokens"]   # doctest: +SKIP
+        ['The', ' E', 'iff', 'el', ' Tower']
+    """
     ids = model.to_tokens(context["prompt"])[0]
     pieces = model.to_str_tokens(ids)
     cells = " ".join(f"<span class='tok' title='id {int(i)}'>{html.escape(p)}</span>" for p, i in zip(pieces, ids, strict=True))
@@ -35,6 +50,13 @@ def tokens_section(model: HookedModel, context: dict[str, Any]) -> Section:
 
 
 def predictions_section(model: HookedModel, context: dict[str, Any]) -> Section:
+    """The report's predictions section: the top `context['top_k']` next tokens with probability and logit.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> model = load_model()                                            # doctest: +SKIP
+        >>> predictions_section(model, {"prompt": "The Eiffel Tower is in the city of", "top_k": 3}).title   # doctest: +SKIP
+    """
     with torch.no_grad():
         logits = model(context["prompt"])
     top = top_predictions(model, logits, context.get("top_k", 10))
@@ -47,7 +69,13 @@ def predictions_section(model: HookedModel, context: dict[str, Any]) -> Section:
 
 
 def resid_norms_section(model: HookedModel, context: dict[str, Any]) -> Section:
-    """L2 norm of the residual stream after each block, at every position, with a line plot."""
+    """L2 norm of the residual stream after each block, at every position, with a line plot.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> model = load_model()                                            # doctest: +SKIP
+        >>> section = resid_norms_section(model, {"prompt": "The Eiffel Tower is in"})   # doctest: +SKIP
+    """
     _, cache = model.run_with_cache(context["prompt"], names=lambda n: n.endswith("hook_resid_post"))
     norms = cache.stack("hook_resid_post")[:, 0].norm(dim=-1)  # [n_layers, pos]
     pieces = model.to_str_tokens(context["prompt"])

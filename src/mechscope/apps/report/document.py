@@ -19,7 +19,12 @@ img{max-width:100%} .prov{font-size:.8em;color:#666}
 
 @dataclass
 class Section:
-    """One part of the report: a title, an HTML fragment and the JSON that holds its numbers."""
+    """One part of the report: a title, an HTML fragment and the JSON that holds its numbers.
+
+    Example:
+        >>> Section("tokens", "Tokens", "<p>2 tokens</p>", {"tokens": ["Hi", "!"]}).data["tokens"]
+        ['Hi', '!']
+    """
 
     key: str
     title: str
@@ -29,7 +34,12 @@ class Section:
 
 
 def view_box(kind: str, view_id: str) -> str:
-    """A place in a section's HTML where the dashboard's `kind` view (`patch`, `heads`, `graph`) renders."""
+    """A place in a section's HTML where the dashboard's `kind` view (`patch`, `heads`, `graph`) renders.
+
+    Example:
+        >>> view_box("patch", "report-patching")
+        '<div data-mechscope-view="patch" data-id="report-patching"></div>'
+    """
     return f'<div data-mechscope-view="{html.escape(kind)}" data-id="{html.escape(view_id)}"></div>'
 
 
@@ -38,6 +48,11 @@ def render_html(title: str, sections: list[Section], provenance: dict[str, Any])
 
     Sections with `views` also get the dashboard's own modules and their JSON inlined: the same
     renderer as `mechscope dashboard`, reading the page instead of the server.
+
+    Example:
+        >>> page = render_html("demo", [Section("tokens", "Tokens", "<p>2 tokens</p>")], {"model": "smollm2-135m"})
+        >>> page.count("<section")
+        1
     """
     body = "\n".join(
         f'<section id="{html.escape(s.key)}"><h2>{html.escape(s.title)}</h2>\n{s.html}\n</section>' for s in sections
@@ -57,5 +72,10 @@ def render_html(title: str, sections: list[Section], provenance: dict[str, Any])
 
 
 def render_json(sections: list[Section], provenance: dict[str, Any], **top: Any) -> dict[str, Any]:
-    """`{**top, "sections": {key: data}, "provenance": ...}`."""
+    """`{**top, "sections": {key: data}, "provenance": ...}`.
+
+    Example:
+        >>> render_json([Section("tokens", "Tokens", "", {"n": 2})], {"model": "smollm2-135m"}, prompt="Hi")["sections"]
+        {'tokens': {'n': 2}}
+    """
     return {**top, "sections": {s.key: s.data for s in sections}, "provenance": provenance}

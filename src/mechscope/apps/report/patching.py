@@ -18,6 +18,13 @@ def patching_section(model: Any, clean: str, corrupt: str, answer: str, wrong: s
     """{"title", "html", "json"}: denoising activation patching of resid_pre by layer and position.
 
     Without `wrong` the metric is the log-probability of `answer`.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> part = patching_section(load_model(), "The Eiffel Tower is in the city of",             # doctest: +SKIP
+        ...                         "The Colosseum is in the city of", " Paris", " Rome")
+        >>> sorted(part)                                                                           # doctest: +SKIP
+        ['html', 'json', 'title']
     """
     from mechscope.methods.patching import patch_sweep
 

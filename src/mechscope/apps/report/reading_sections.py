@@ -24,7 +24,14 @@ from mechscope.methods.reading_plots import heads_figure, lens_grid_figure
 
 
 def lens_section(model: HookedModel, context: dict[str, Any]) -> Section:
-    """Layer x position grid of the logit lens's top token (colour: its probability)."""
+    """Layer x position grid of the logit lens's top token (colour: its probability).
+
+    Example:
+        >>> from mechscope import load_model
+        >>> model = load_model()                                            # doctest: +SKIP
+        >>> lens_section(model, {"prompt": "The Eiffel Tower is in the city of", "answer": " Paris"}).key   # doctest: +SKIP
+        'logit_lens'
+    """
     targets = [context["answer"]] if context.get("answer") else []
     result = logit_lens(model, context["prompt"], k=3, targets=targets)
     image = png_data_uri(figure_png(lens_grid_figure(result)))
@@ -37,7 +44,14 @@ def lens_section(model: HookedModel, context: dict[str, Any]) -> Section:
 
 
 def heads_section(model: HookedModel, context: dict[str, Any]) -> Section:
-    """Detector heatmaps and the table of labelled heads, on repeated random tokens."""
+    """Detector heatmaps and the table of labelled heads, on repeated random tokens.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> model = load_model()                                            # doctest: +SKIP
+        >>> heads_section(model, {"prompt": "Hi", "heads_seq_len": 20}).key   # doctest: +SKIP
+        'heads'
+    """
     seq_len = min(int(context.get("heads_seq_len", 50)), max_seq_len(model))  # fits a short context
     ids = repeated_random_tokens(model, seq_len, int(context.get("heads_batch", 8)), seed=0)
     table = detect_heads(model, ids=ids)

@@ -15,7 +15,12 @@ SectionFn = Callable[[Any, dict[str, Any]], "Section | None"]
 
 
 def patching_report_section(model: Any, context: dict[str, Any]) -> Section | None:
-    """The resid_pre patching heatmap, when the user gave a corrupted prompt and an answer."""
+    """The resid_pre patching heatmap, when the user gave a corrupted prompt and an answer.
+
+    Example:
+        >>> patching_report_section(None, {"prompt": "The Eiffel Tower is in"}) is None   # no corrupted prompt: no section
+        True
+    """
     if not (context.get("corrupt") and context.get("answer")):
         return None
     part = patching_section(model, context["prompt"], context["corrupt"], context["answer"], context.get("wrong"))
@@ -24,5 +29,10 @@ def patching_report_section(model: Any, context: dict[str, Any]) -> Section | No
 
 
 def report_sections() -> list[SectionFn]:
-    """Section builders in report order."""
+    """Section builders in report order.
+
+    Example:
+        >>> report_sections()[-1].__name__
+        'patching_report_section'
+    """
     return [*CORE_SECTIONS, *READING_SECTIONS, patching_report_section]
