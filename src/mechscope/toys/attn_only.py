@@ -37,7 +37,13 @@ MODEL_TYPE = "mechscope_attn_only"
 
 
 class AttnOnlyConfig(PretrainedConfig):
-    """Shape of the attention-only transformer (`intermediate_size=0`: no MLP)."""
+    """Shape of the attention-only transformer (`intermediate_size=0`: no MLP).
+
+    Example:
+        >>> config = AttnOnlyConfig(hidden_size=32, num_attention_heads=4)
+        >>> config.head_dim, config.intermediate_size
+        (8, 0)
+    """
 
     model_type = MODEL_TYPE
 
@@ -87,7 +93,14 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor]:
-    """softmax(q kᵀ · scaling + mask) v. Inputs [batch, heads, pos, d_head]; returns ([batch, pos, heads, d_head], pattern)."""
+    """softmax(q kᵀ · scaling + mask) v. Inputs [batch, heads, pos, d_head]; returns ([batch, pos, heads, d_head], pattern).
+
+    Example:
+        >>> q = k = v = torch.zeros(1, 2, 3, 4)                        # [batch, heads, pos, d_head]
+        >>> out, pattern = eager_attention_forward(nn.Identity(), q, k, v, None, scaling=0.5)
+        >>> out.shape, pattern[0, 0, 0]                               # no mask: uniform attention
+        (torch.Size([1, 3, 2, 4]), tensor([0.3333, 0.3333, 0.3333]))
+    """
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask[..., : key.shape[-2]]
@@ -97,7 +110,13 @@ def eager_attention_forward(
 
 
 def rotate(x: Tensor, theta: float) -> Tensor:
-    """Rotary position embedding of x [batch, heads, pos, d_head]: pairs (x_i, x_{i+d/2}) turn by pos * theta^(-2i/d)."""
+    """Rotary position embedding of x [batch, heads, pos, d_head]: pairs (x_i, x_{i+d/2}) turn by pos * theta^(-2i/d).
+
+    Example:
+        >>> x = torch.ones(1, 1, 3, 4)
+        >>> rotate(x, 10000.0)[0, 0, 0]                               # position 0 is not turned
+        tensor([1., 1., 1., 1.])
+    """
     half = x.shape[-1] // 2
     freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
     angles = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * freqs
@@ -107,7 +126,13 @@ def rotate(x: Tensor, theta: float) -> Tensor:
 
 
 class AttnOnlyAttention(nn.Module):
-    """Multi-head causal self-attention with separate q/k/v/o projections."""
+    """Multi-head causal self-attention with separate q/k/v/o projections.
+
+    Example:
+        >>> attn = AttnOnlyAttention(AttnOnlyConfig(hidden_size=32, num_attention_heads=4), layer_idx=0)
+        >>> attn.q_proj.weight.shape
+        torch.Size([32, 32])
+    """
 
     def __init__(self, config: AttnOnlyConfig, layer_idx: int) -> None:
         super().__init__()
@@ -140,7 +165,13 @@ class AttnOnlyAttention(nn.Module):
 
 
 class AttnOnlyMLP(nn.Module):
-    """GELU MLP with `intermediate_size` hidden units; zero units give an exactly zero output."""
+    """GELU MLP with `intermediate_size` hidden units; zero units give an exactly zero output.
+
+    Example:
+        >>> mlp = AttnOnlyMLP(AttnOnlyConfig(hidden_size=8, num_attention_heads=2))   # intermediate_size=0
+        >>> float(mlp(torch.ones(1, 2, 8)).abs().sum())
+        0.0
+    """
 
     def __init__(self, config: AttnOnlyConfig) -> None:
         super().__init__()
@@ -156,7 +187,13 @@ class AttnOnlyMLP(nn.Module):
 
 
 class AttnOnlyBlock(nn.Module):
-    """Pre-norm residual block: attention, then the (possibly empty) MLP."""
+    """Pre-norm residual block: attention, then the (possibly empty) MLP.
+
+    Example:
+        >>> block = AttnOnlyBlock(AttnOnlyConfig(hidden_size=8, num_attention_heads=2), layer_idx=0)
+        >>> type(block.post_attention_layernorm).__name__             # no MLP: LN2 is the identity
+        'Identity'
+    """
 
     def __init__(self, config: AttnOnlyConfig, layer_idx: int) -> None:
         super().__init__()
@@ -175,6 +212,12 @@ class AttnOnlyBlock(nn.Module):
 
 
 class AttnOnlyPreTrainedModel(PreTrainedModel):
+    """The Hugging Face base class of the toy: its config class and weight initialization.
+
+    Example:
+        >>> issubclass(AttnOnlyForCausalLM, AttnOnlyPreTrainedModel), AttnOnlyPreTrainedModel.config_class.model_type
+        (True, 'mechscope_attn_only')
+    """
     config_class = AttnOnlyConfig
     config: AttnOnlyConfig
     base_model_prefix = "model"
@@ -195,7 +238,13 @@ class AttnOnlyPreTrainedModel(PreTrainedModel):
 
 
 class AttnOnlyModel(AttnOnlyPreTrainedModel):
-    """Embeddings, blocks and final norm; returns the final residual stream (normalized)."""
+    """Embeddings, blocks and final norm; returns the final residual stream (normalized).
+
+    Example:
+        >>> model = AttnOnlyModel(AttnOnlyConfig(vocab_size=20, hidden_size=32, num_attention_heads=2))
+        >>> model(torch.tensor([[0, 5, 6]])).shape
+        torch.Size([1, 3, 32])
+    """
 
     def __init__(self, config: AttnOnlyConfig) -> None:
         super().__init__(config)
@@ -228,7 +277,15 @@ class AttnOnlyModel(AttnOnlyPreTrainedModel):
 
 
 class AttnOnlyForCausalLM(AttnOnlyPreTrainedModel):
-    """`AttnOnlyModel` plus an untied unembedding (`lm_head`, with bias)."""
+    """`AttnOnlyModel` plus an untied unembedding (`lm_head`, with bias).
+
+    Example:
+        >>> model = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=20, hidden_size=32, num_attention_heads=2))
+        >>> ids = torch.tensor([[0, 5, 6, 5]])
+        >>> out = model(ids, labels=ids)
+        >>> out.logits.shape, out.loss.ndim
+        (torch.Size([1, 4, 20]), 0)
+    """
 
     def __init__(self, config: AttnOnlyConfig) -> None:
         super().__init__(config)

@@ -48,7 +48,13 @@ HISTORY_FILE = "training_history.json"
 
 @dataclass
 class InductionToyConfig:
-    """Model shape and training schedule of the induction toy."""
+    """Model shape and training schedule of the induction toy.
+
+    Example:
+        >>> cfg = InductionToyConfig(n_heads=4)
+        >>> cfg.model_config().num_attention_heads, cfg.model_config().vocab_size   # ids 1..64 and <bos>
+        (4, 65)
+    """
 
     n_tokens: int = 64  # random-token ids 1..n_tokens; id 0 is <bos>
     d_model: int = 64
@@ -95,7 +101,15 @@ class InductionToyConfig:
 
 @dataclass
 class InductionToyResult:
-    """The trained model, the loss curves and where the phase change happened."""
+    """The trained model, the loss curves and where the phase change happened.
+
+    Example:
+        >>> cfg = InductionToyConfig(n_tokens=8, d_model=16, seq_len=16, span_min=2, span_max=4, gap_max=2, prefix_max=2,
+        ...                          steps=2, batch_size=4, eval_every=1, eval_span=4, eval_batch=4)
+        >>> result = train_induction_toy(cfg)
+        >>> len(result.history), round(result.chance_loss, 3)                      # chance: ln(n_tokens)
+        (2, 2.079)
+    """
 
     model: HookedModel
     history: list[dict[str, float]] = field(default_factory=list)
@@ -109,6 +123,11 @@ def training_batch(cfg: InductionToyConfig, generator: torch.Generator) -> Tenso
 
     Every sequence draws its own prefix length, and every segment its own span length L and
     filler length; tokens outside the second copies are uniform random ids 1..n_tokens.
+
+    Example:
+        >>> ids = training_batch(InductionToyConfig(batch_size=2), torch.Generator().manual_seed(0))
+        >>> ids.shape, ids[:, 0].tolist()
+        (torch.Size([2, 64]), [0, 0])
     """
     ids = torch.randint(1, cfg.n_tokens + 1, (cfg.batch_size, cfg.seq_len), generator=generator)
     ids[:, 0] = BOS_ID
@@ -119,7 +138,13 @@ def training_batch(cfg: InductionToyConfig, generator: torch.Generator) -> Tenso
 
 
 def copy_segments(cfg: InductionToyConfig, generator: torch.Generator) -> list[tuple[int, int, int]]:
-    """`(start, source, length)` of every second copy in one sequence: ids[start + i] = ids[source + i]."""
+    """`(start, source, length)` of every second copy in one sequence: ids[start + i] = ids[source + i].
+
+    Example:
+        >>> segments = copy_segments(InductionToyConfig(), torch.Generator().manual_seed(0))
+        >>> all(source + length <= start for start, source, length in segments)   # each copy follows its source
+        True
+    """
 
     def draw(low: int, high: int) -> int:
         return int(torch.randint(low, high + 1, (1,), generator=generator))
@@ -137,14 +162,27 @@ def copy_segments(cfg: InductionToyConfig, generator: torch.Generator) -> list[t
 
 
 def repeated_sequences(n_tokens: int, span: int, batch: int, seed: int) -> Tensor:
-    """Ids [batch, 1 + 2 * span]: `<bos>`, `span` distinct random tokens, the same tokens again."""
+    """Ids [batch, 1 + 2 * span]: `<bos>`, `span` distinct random tokens, the same tokens again.
+
+    Example:
+        >>> ids = repeated_sequences(n_tokens=64, span=3, batch=1, seed=0)
+        >>> ids.shape, bool((ids[0, 1:4] == ids[0, 4:7]).all())
+        (torch.Size([1, 7]), True)
+    """
     generator = torch.Generator().manual_seed(seed)
     half = torch.stack([torch.randperm(n_tokens, generator=generator)[:span] + 1 for _ in range(batch)])
     return torch.cat([torch.full((batch, 1), BOS_ID), half, half], dim=1)
 
 
 def copy_losses(model: torch.nn.Module, ids: Tensor) -> tuple[float, float]:
-    """Mean next-token loss on the first copy (predicting r_2..r_L) and on the second copy."""
+    """Mean next-token loss on the first copy (predicting r_2..r_L) and on the second copy.
+
+    Example:
+        >>> model = AttnOnlyForCausalLM(InductionToyConfig().model_config())
+        >>> first, second = copy_losses(model, repeated_sequences(64, span=10, batch=4, seed=0))
+        >>> abs(second - math.log(65)) < 0.5                                       # untrained: about chance
+        True
+    """
     span = (ids.shape[1] - 1) // 2
     with torch.no_grad():
         logits = model(ids).logits
@@ -153,7 +191,13 @@ def copy_losses(model: torch.nn.Module, ids: Tensor) -> tuple[float, float]:
 
 
 def toy_tokenizer(n_tokens: int) -> Any:
-    """A word-level tokenizer: '<bos>' is id 0, 't1'..'tN' are ids 1..N; text is space-separated tokens."""
+    """A word-level tokenizer: '<bos>' is id 0, 't1'..'tN' are ids 1..N; text is space-separated tokens.
+
+    Example:
+        >>> tok = toy_tokenizer(8)
+        >>> tok("t3 t1 t3")["input_ids"]
+        [0, 3, 1, 3]
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -177,6 +221,13 @@ def train_induction_toy(
     `out_dir` receives `config.json`, `model.safetensors`, the tokenizer and
     `training_history.json` (the config, loss curves and phase-change step). It is claimed
     before training starts: a non-empty folder that mechscope did not write is refused unless `force`.
+
+    Example:
+        >>> cfg = InductionToyConfig(n_tokens=8, d_model=16, seq_len=16, span_min=2, span_max=4, gap_max=2, prefix_max=2,
+        ...                          steps=2, batch_size=4, eval_every=1, eval_span=4, eval_batch=4)
+        >>> result = train_induction_toy(cfg, out_dir="tiny-toy")                  # 2 steps: far from trained
+        >>> result.model.cfg.n_layers, (Path("tiny-toy") / "model.safetensors").exists()
+        (2, True)
     """
     cfg = cfg or InductionToyConfig()
     if out_dir is not None:
@@ -242,6 +293,12 @@ def save_toy(result: InductionToyResult, cfg: InductionToyConfig, out_dir: str |
     """Write the model (safetensors + config.json), tokenizer and training history to `out_dir`.
 
     The folder must be new, empty or mechscope's (`claim_output_dir`) unless `force`.
+
+    Example:
+        >>> cfg = InductionToyConfig(n_tokens=8, d_model=16, seq_len=16, span_min=2, span_max=4, gap_max=2, prefix_max=2,
+        ...                          steps=2, batch_size=4, eval_every=1, eval_span=4, eval_batch=4)
+        >>> save_toy(train_induction_toy(cfg), cfg, "toy").name
+        'toy'
     """
     folder = claim_output_dir(out_dir, force)
     result.model.hf_model.save_pretrained(folder)

@@ -52,6 +52,10 @@ class SuperpositionConfig:
         seed: seed of initialisation and data.
         num_threads: torch CPU threads while training (restored afterwards); the models
             are tiny, so one thread is fastest. ``None`` keeps the current setting.
+
+    Example:
+        >>> SuperpositionConfig(n_features=3, importance_decay=0.5).importance()
+        tensor([1.0000, 0.5000, 0.2500])
     """
 
     n_features: int = 20
@@ -107,6 +111,12 @@ class SparsityResult:
             feature (1 for ``m`` orthogonal unit features, 1/2 for antipodal pairs).
         feature_dimensionality: per feature ``D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2``
             (the sum includes ``j = i``): the fraction of a dimension feature ``i`` owns.
+
+    Example:
+        >>> W = torch.tensor([[1.0, -1.0, 0.0]])
+        >>> r = SparsityResult(sparsity=0.9, loss=0.1, W=W, b=torch.zeros(3), **superposition_stats(W))
+        >>> r.n_represented, r.to_dict()["W"]
+        (2, [[1.0, -1.0, 0.0]])
     """
 
     sparsity: float
@@ -129,7 +139,14 @@ class SparsityResult:
 
 @dataclass
 class SuperpositionResult:
-    """A superposition sweep: its config and one :class:`SparsityResult` per sparsity."""
+    """A superposition sweep: its config and one :class:`SparsityResult` per sparsity.
+
+    Example:
+        >>> result = train_superposition(SuperpositionConfig(n_features=5, d_hidden=2, sparsities=(0.0, 0.9),
+        ...     instances_per_sparsity=1, steps=10, batch_size=64, eval_samples=64))
+        >>> [r.sparsity for r in result.results], result.to_dict()["kind"]
+        ([0.0, 0.9], 'toy_superposition')
+    """
 
     config: SuperpositionConfig
     results: list[SparsityResult]
@@ -188,13 +205,25 @@ def sample_features(
 
 
 def reconstruct(W: Tensor, b: Tensor, x: Tensor) -> Tensor:
-    """``ReLU(W^T W x + b)`` for a batch of models: W ``[k, m, n]``, b ``[k, n]``, x ``[k, batch, n]``."""
+    """``ReLU(W^T W x + b)`` for a batch of models: W ``[k, m, n]``, b ``[k, n]``, x ``[k, batch, n]``.
+
+    Example:
+        >>> W = torch.tensor([[[1.0, 0.0]]])                                       # k=1 model, m=1, n=2
+        >>> reconstruct(W, torch.zeros(1, 2), torch.tensor([[[0.5, 0.7]]]))        # feature 1 is not represented
+        tensor([[[0.5000, 0.0000]]])
+    """
     hidden = torch.einsum("kmn,kbn->kbm", W, x)
     return torch.relu(torch.einsum("kmn,kbm->kbn", W, hidden) + b[:, None, :])
 
 
 def weighted_loss(W: Tensor, b: Tensor, x: Tensor, importance: Tensor) -> Tensor:
-    """Per model ``mean_batch sum_i I_i (x_i - x'_i)^2``, shape ``[k]``."""
+    """Per model ``mean_batch sum_i I_i (x_i - x'_i)^2``, shape ``[k]``.
+
+    Example:
+        >>> W = torch.tensor([[[1.0, 0.0]]])
+        >>> weighted_loss(W, torch.zeros(1, 2), torch.tensor([[[0.5, 0.7]]]), torch.tensor([1.0, 0.5]))   # 0.5 * 0.7**2
+        tensor([0.2450])
+    """
     err = (x - reconstruct(W, b, x)) ** 2
     return (err * importance).sum(-1).mean(-1)
 

@@ -28,6 +28,14 @@ def plot_feature_directions(
     Arrows are coloured by importance (dark = most important). Needs ``d_hidden == 2``.
     Saves to ``path`` (``.svg`` by suffix, else PNG) when given; a file that mechscope did not
     write is kept unless ``force``.
+
+    Example:
+        >>> from mechscope.toys.superposition import SuperpositionConfig, train_superposition
+        >>> result = train_superposition(SuperpositionConfig(n_features=5, d_hidden=2, sparsities=(0.0, 0.9),
+        ...     instances_per_sparsity=1, steps=10, batch_size=64, eval_samples=64))
+        >>> fig = plot_feature_directions(result, "directions.png")
+        >>> os.path.exists("directions.png")
+        True
     """
     if result.config.d_hidden != 2:
         raise ValueError(
@@ -64,6 +72,14 @@ def plot_norms_and_superposition(
 
     Colour runs from black (no interference, the feature owns its direction) to yellow
     (interference >= 1). The dashed line is the represented threshold ``||W_i|| = 0.5``.
+
+    Example:
+        >>> from mechscope.toys.superposition import SuperpositionConfig, train_superposition
+        >>> result = train_superposition(SuperpositionConfig(n_features=5, d_hidden=2, sparsities=(0.0, 0.9),
+        ...     instances_per_sparsity=1, steps=10, batch_size=64, eval_samples=64))
+        >>> fig = plot_norms_and_superposition(result)
+        >>> type(fig).__name__
+        'Figure'
     """
     n_panels = len(result.results)
     n = result.config.n_features
