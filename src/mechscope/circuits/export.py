@@ -87,7 +87,19 @@ def graph_json(graph: AttributionGraph, *, slug: str, scan: str, d_vocab: int, n
                edge_threshold: float = 0.98, provenance: dict[str, Any] | None = None,
                dictionaries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The pruned `graph` as a circuit-tracer graph document (see the module docstring);
-    `dictionaries` is `dictionary_links(transcoders)` of the set the graph was attributed over."""
+    `dictionaries` is `dictionary_links(transcoders)` of the set the graph was attributed over.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> from mechscope.circuits.attribution import attribute
+        >>> from mechscope.dictionaries.transcoder_set import load_transcoder_set
+        >>> model, transcoders = load_model(), load_transcoder_set("out/plt")                            # doctest: +SKIP
+        >>> graph = attribute(model, transcoders, "The capital of the state containing Dallas is")      # doctest: +SKIP
+        >>> doc = graph_json(graph, slug="dallas", scan="smollm2-plt", d_vocab=model.cfg.d_vocab,      # doctest: +SKIP
+        ...                  dictionaries=dictionary_links(transcoders))
+        >>> doc["metadata"]["slug"]                                                                     # doctest: +SKIP
+        'dallas'
+    """
     pruned = prune(graph, node_threshold, edge_threshold)
     keep = pruned.node_mask.nonzero().squeeze(1).tolist()
     nodes = _nodes(graph, keep, pruned.cumulative_scores.tolist(), d_vocab)

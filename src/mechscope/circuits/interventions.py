@@ -39,7 +39,14 @@ Mode = Literal["constrained", "free"]
 @dataclass(frozen=True)
 class FeatureEdit:
     """Set feature `feature` of `layer` at position `pos` (None: every position) to `value`, or
-    multiply it by `scale` (exactly one of the two; `value=0` zeroes it)."""
+    multiply it by `scale` (exactly one of the two; `value=0` zeroes it).
+
+    Example:
+        >>> FeatureEdit(layer=3, pos=None, feature=301, scale=2.0).new(torch.tensor([1.5]))
+        tensor([3.])
+        >>> FeatureEdit(layer=3, pos=4, feature=301, value=0.0).new(torch.tensor([1.5]))
+        tensor([0.])
+    """
 
     layer: int
     pos: int | None
@@ -69,7 +76,14 @@ def _add(deltas: dict[int, Tensor], layer: int, pos: Any, vec: Tensor, shape: tu
 
 
 def mlp_deltas(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit]) -> dict[int, Tensor]:
-    """What `edits` add to each layer's MLP output `[pos, d_model]` on the recorded prompt."""
+    """What `edits` add to each layer's MLP output `[pos, d_model]` on the recorded prompt.
+
+    Example:
+        >>> state = rm.prepare("The capital of France is")                               # doctest: +SKIP
+        >>> deltas = mlp_deltas(rm, state, [FeatureEdit(3, None, 301, value=0.0)])         # doctest: +SKIP
+        >>> sorted(deltas)                                          # the layers written to    # doctest: +SKIP
+        [3]
+    """
     _check(rm, edits)
     deltas: dict[int, Tensor] = {}
     for e in edits:
@@ -85,7 +99,13 @@ def mlp_deltas(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit
 
 @dataclass
 class ConstrainedRun:
-    """Logits `[batch, pos, d_vocab]`, each layer's MLP input and the unembedding's input `[batch, pos, d_model]`."""
+    """Logits `[batch, pos, d_vocab]`, each layer's MLP input and the unembedding's input `[batch, pos, d_model]`.
+
+    Example:
+        >>> run = constrained_run(rm, rm.prepare("The capital of France is"))            # doctest: +SKIP
+        >>> run.logits.shape[0], len(run.mlp_in) == rm.n_layers                            # doctest: +SKIP
+        (1, True)
+    """
 
     logits: Tensor
     mlp_in: list[Tensor]
@@ -97,7 +117,12 @@ def constrained_run(rm: ReplacementModel, state: PromptState, deltas: dict[int, 
                     embed_delta: Tensor | None = None, batch: int = 1) -> ConstrainedRun:
     """`batch` copies of the prompt through the local replacement model, with `deltas[layer]` added to
     MLP outputs and `embed_delta` to the token embeddings (each `[pos, d_model]`, or `[batch, pos, d_model]`
-    for one intervention per copy)."""
+    for one intervention per copy).
+
+    Example:
+        >>> state = rm.prepare("The capital of France is")                               # doctest: +SKIP
+        >>> run = constrained_run(rm, state, mlp_deltas(rm, state, [FeatureEdit(3, None, 301, scale=2.0)]))   # doctest: +SKIP
+    """
     deltas = deltas or {}
     reads: dict[str, Tensor] = {}
 
@@ -125,7 +150,13 @@ def target_values(rm: ReplacementModel, graph: AttributionGraph, run: Constraine
                   logit_vectors: Tensor) -> Tensor:
     """`[batch, n_nodes]`: the value of every target row of `graph` in each copy of `run`: a feature's
     pre-activation (up to its constant bias), zero for error and token rows, and `logit_vectors[k] . final[-1]`
-    for the logits."""
+    for the logits.
+
+    Example:
+        >>> from mechscope.circuits.attribution import unembedding
+        >>> vectors = unembedding(model)[graph.logit_tokens]                                # doctest: +SKIP
+        >>> values = target_values(rm, graph, constrained_run(rm, state), vectors)          # doctest: +SKIP
+    """
     values = torch.zeros(run.final.shape[0], graph.adjacency.shape[0])
     for row, index in enumerate(graph.selected_features.tolist()):
         layer, pos, feat = graph.active_features[index].tolist()
@@ -136,7 +167,15 @@ def target_values(rm: ReplacementModel, graph: AttributionGraph, run: Constraine
 
 
 def intervene(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit], mode: Mode = "constrained") -> Tensor:
-    """Logits `[pos, d_vocab]` of the prompt with `edits` applied (see the module docstring for the modes)."""
+    """Logits `[pos, d_vocab]` of the prompt with `edits` applied (see the module docstring for the modes).
+
+    Example:
+        >>> rm = ReplacementModel(model, transcoders)                                     # doctest: +SKIP
+        >>> state = rm.prepare("The capital of France is")                                # doctest: +SKIP
+        >>> logits = intervene(rm, state, [FeatureEdit(12, 5, 301, value=0.0)], mode="free")  # doctest: +SKIP
+        >>> logits.shape == (state.n_pos, model.cfg.d_vocab)                              # doctest: +SKIP
+        True
+    """
     if mode == "constrained":
         return constrained_run(rm, state, mlp_deltas(rm, state, edits)).logits[0]
     if mode == "free":
@@ -146,7 +185,12 @@ def intervene(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit]
 
 @torch.no_grad()
 def free_logits(rm: ReplacementModel, ids: Tensor, edits: list[FeatureEdit]) -> Tensor:
-    """Logits `[batch, pos, d_vocab]` of the real model with `edits` applied to the live features."""
+    """Logits `[batch, pos, d_vocab]` of the real model with `edits` applied to the live features.
+
+    Example:
+        >>> ids = model.to_tokens("The capital of France is")                             # doctest: +SKIP
+        >>> logits = free_logits(rm, ids, [FeatureEdit(12, None, 301, scale=0.0)])          # doctest: +SKIP
+    """
     _check(rm, edits)
     tc, model = rm.transcoders, rm.model
     pending: dict[int, Tensor] = {}
@@ -179,7 +223,12 @@ def free_logits(rm: ReplacementModel, ids: Tensor, edits: list[FeatureEdit]) -> 
 
 @torch.no_grad()
 def generate(rm: ReplacementModel, prompt: Any, edits: list[FeatureEdit], max_new_tokens: int = 10) -> Tensor:
-    """Greedy continuation `[pos + max_new_tokens]` ids with free-mode `edits` (pos None edits every token)."""
+    """Greedy continuation `[pos + max_new_tokens]` ids with free-mode `edits` (pos None edits every token).
+
+    Example:
+        >>> ids = generate(rm, "The capital of France is", [FeatureEdit(12, None, 301, value=8.0)], max_new_tokens=5)   # doctest: +SKIP
+        >>> model.to_string(ids)                                                          # doctest: +SKIP
+    """
     ids, _ = rm.model.prepare_inputs(prompt, None)
     for _ in range(max_new_tokens):
         nxt = free_logits(rm, ids, edits)[:, -1].argmax(-1, keepdim=True)

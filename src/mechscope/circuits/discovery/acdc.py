@@ -42,7 +42,19 @@ OBJECTIVES = ("kl", "metric")
 
 @dataclass
 class ACDCResult:
-    """Circuits of a threshold sweep (`masks[i]` at `thresholds[i]`) and per-edge scores."""
+    """Circuits of a threshold sweep (`masks[i]` at `thresholds[i]`) and per-edge scores.
+
+    Example:
+        >>> from mechscope.circuits.discovery.graph_run import GraphModel
+        >>> from mechscope import HookedModel
+        >>> from mechscope.circuits.discovery.induction import induction_pairs
+        >>> from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+        >>> toy = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=21, hidden_size=16, num_attention_heads=2))
+        >>> gm, pairs = GraphModel(HookedModel(toy, name="toy")), induction_pairs(n=4, span=6, n_tokens=20)
+        >>> result = acdc(gm, pairs, thresholds=[0.0, 1e9])
+        >>> result.thresholds, result.counts[1]                        # an unreachable threshold keeps no edge
+        ([0.0, 1000000000.0], 0)
+    """
 
     thresholds: list[float]
     masks: list[Tensor]
@@ -80,7 +92,19 @@ def _dest_layer(gm: GraphModel, d: int) -> int:
 def acdc(gm: GraphModel, pairs: Pairs, thresholds: Sequence[float], objective: str = "kl",
          corruption: str = "paired", start_mask: Tensor | None = None, check: bool = False,
          progress: bool = False, seed: int = 0) -> ACDCResult:
-    """Run ACDC over `thresholds` (see the module docstring); all pairs form one batch."""
+    """Run ACDC over `thresholds` (see the module docstring); all pairs form one batch.
+
+    Example:
+        >>> from mechscope.circuits.discovery.graph_run import GraphModel
+        >>> from mechscope import HookedModel
+        >>> from mechscope.circuits.discovery.induction import induction_pairs
+        >>> from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+        >>> toy = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=21, hidden_size=16, num_attention_heads=2))
+        >>> gm, pairs = GraphModel(HookedModel(toy, name="toy")), induction_pairs(n=4, span=6, n_tokens=20)
+        >>> result = acdc(gm, pairs, thresholds=[0.01], objective="kl")
+        >>> result.masks[0].shape == (gm.graph.n_dests, gm.graph.n_sources)
+        True
+    """
     if not thresholds or any(t < 0 for t in thresholds):
         raise MechscopeError("ACDC needs one or more non-negative thresholds.")
     g = gm.graph

@@ -37,7 +37,13 @@ QKV = ("q", "k", "v")
 
 @dataclass(frozen=True)
 class ComponentGraph:
-    """Index arithmetic of the component graph (see the module docstring)."""
+    """Index arithmetic of the component graph (see the module docstring).
+
+    Example:
+        >>> g = ComponentGraph(n_layers=2, n_heads=1)
+        >>> g.source_names, g.n_edges
+        (['input', 'a0.h0', 'm0', 'a1.h0', 'm1'], 23)
+    """
 
     n_layers: int
     n_heads: int

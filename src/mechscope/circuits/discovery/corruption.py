@@ -26,7 +26,18 @@ MODES = ("paired", "zero", "mean", "resample")
 
 
 class Corruption:
-    """Corrupted source values for `pairs` under one `mode` (see the module docstring)."""
+    """Corrupted source values for `pairs` under one `mode` (see the module docstring).
+
+    Example:
+        >>> from mechscope.circuits.discovery.graph_run import GraphModel
+        >>> from mechscope import HookedModel
+        >>> from mechscope.circuits.discovery.induction import induction_pairs
+        >>> from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+        >>> toy = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=21, hidden_size=16, num_attention_heads=2))
+        >>> gm, pairs = GraphModel(HookedModel(toy, name="toy")), induction_pairs(n=4, span=6, n_tokens=20)
+        >>> Corruption(gm, pairs, "zero").values(slice(0, 2)).abs().sum()
+        tensor(0.)
+    """
 
     def __init__(self, gm: GraphModel, pairs: Pairs, mode: str = "paired", seed: int = 0,
                  batch_size: int = 16) -> None:

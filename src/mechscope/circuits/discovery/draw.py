@@ -21,7 +21,12 @@ STYLES = {"q": "--", "k": "-.", "v": ":"}
 
 
 def node_positions(g: ComponentGraph) -> dict[str, tuple[float, float]]:
-    """(x, y) of every node: columns by layer (heads, then MLP), rows by head."""
+    """(x, y) of every node: columns by layer (heads, then MLP), rows by head.
+
+    Example:
+        >>> node_positions(ComponentGraph(n_layers=1, n_heads=2))
+        {'input': (0.0, 0.5), 'a0.h0': (1.0, 1.0), 'a0.h1': (1.0, 0.0), 'm0': (2.0, 0.5), 'logits': (3.0, 0.5)}
+    """
     mid = (g.n_heads - 1) / 2
     pos = {"input": (0.0, mid)}
     for layer in range(g.n_layers):
@@ -35,7 +40,16 @@ def node_positions(g: ComponentGraph) -> dict[str, tuple[float, float]]:
 
 
 def circuit_figure(scores: EdgeScores, mask: Tensor, title: str = "") -> Any:
-    """A matplotlib figure of the edges in `mask`, weighted by `scores`."""
+    """A matplotlib figure of the edges in `mask`, weighted by `scores`.
+
+    Example:
+        >>> from mechscope.circuits.discovery.scores import EdgeScores
+        >>> g = ComponentGraph(n_layers=1, n_heads=2)
+        >>> scores = EdgeScores(g, g.valid.double(), "example")
+        >>> fig = circuit_figure(scores, g.valid, title="every edge")
+        >>> type(fig).__name__
+        'Figure'
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -49,7 +49,13 @@ def batches(n: int, size: int) -> Iterator[slice]:
 
 def mask_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor, weight: float = 1.0,
                   fixed_delta: Tensor | None = None, input_value: Tensor | None = None) -> Tensor:
-    """d (sum of the metric over `part`) / d edge weights, at every edge weighted `weight` [n_dests, n_sources]."""
+    """d (sum of the metric over `part`) / d edge weights, at every edge weighted `weight` [n_dests, n_sources].
+
+    Example:
+        >>> grad = mask_gradient(gm, pairs, Corruption(gm, pairs).values(slice(0, len(pairs))))   # doctest: +SKIP
+        >>> grad.shape == (gm.graph.n_dests, gm.graph.n_sources)                                    # doctest: +SKIP
+        True
+    """
     g = gm.graph
     mask = torch.full((g.n_dests, g.n_sources), float(weight), device=gm.model.device, dtype=gm.model.dtype)
     mask.requires_grad_(True)
@@ -61,7 +67,11 @@ def mask_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor, weight: float = 
 
 
 def exact_scores(gm: GraphModel, part: Pairs, corrupt: Tensor, progress: bool = False) -> Tensor:
-    """Sum over `part` of metric(all edges) - metric(edge alone removed), per edge [n_dests, n_sources]."""
+    """Sum over `part` of metric(all edges) - metric(edge alone removed), per edge [n_dests, n_sources].
+
+    Example:
+        >>> exact = exact_scores(gm, pairs, Corruption(gm, pairs).values(slice(0, len(pairs))))   # doctest: +SKIP
+    """
     g = gm.graph
     out = torch.zeros(g.n_dests, g.n_sources, dtype=torch.float64)
     with torch.no_grad():
@@ -93,7 +103,19 @@ def _chunk_scores(gm: GraphModel, part: Pairs, corrupt: Tensor, method: str, ste
 
 def attribute(gm: GraphModel, pairs: Pairs, method: str = "eap-ig", steps: int = 5, corruption: str = "paired",
               batch_size: int = 16, seed: int = 0, progress: bool = False) -> EdgeScores:
-    """Score every edge of `gm.graph` on `pairs` (mean over pairs; see the module docstring)."""
+    """Score every edge of `gm.graph` on `pairs` (mean over pairs; see the module docstring).
+
+    Example:
+        >>> from mechscope.circuits.discovery.graph_run import GraphModel
+        >>> from mechscope import HookedModel
+        >>> from mechscope.circuits.discovery.induction import induction_pairs
+        >>> from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+        >>> toy = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=21, hidden_size=16, num_attention_heads=2))
+        >>> gm, pairs = GraphModel(HookedModel(toy, name="toy")), induction_pairs(n=4, span=6, n_tokens=20)
+        >>> scores = attribute(gm, pairs, method="eap-ig", steps=2)
+        >>> scores.method, scores.scores.shape
+        ('eap-ig', torch.Size([13, 5]))
+    """
     if method not in METHODS:
         raise MechscopeError(unknown_name_message("method", method, list(METHODS)))
     if steps < 1:

@@ -47,7 +47,18 @@ from mechscope.core.tokens import TokenBatch
 @dataclass
 class Trace:
     """A graph run's logits, every source value [batch, pos, n_sources, d_model], and the
-    residual stream entering each layer plus the final norm's input (`resid[n_layers]`)."""
+    residual stream entering each layer plus the final norm's input (`resid[n_layers]`).
+
+    Example:
+        >>> from mechscope import HookedModel
+        >>> from mechscope.circuits.discovery.induction import induction_pairs
+        >>> from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+        >>> toy = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=21, hidden_size=16, num_attention_heads=2))
+        >>> gm, pairs = GraphModel(HookedModel(toy, name="toy")), induction_pairs(n=4, span=6, n_tokens=20)
+        >>> trace = gm.trace(pairs.clean, None, None, None)
+        >>> trace.sources.shape, len(trace.resid)                       # [batch, pos, n_sources, d_model]; 2 layers + final
+        (torch.Size([4, 12, 5, 16]), 3)
+    """
 
     logits: Tensor
     sources: Tensor
@@ -104,7 +115,19 @@ class _Run:
 
 
 class GraphModel:
-    """A `HookedModel` run edge by edge (see the module docstring)."""
+    """A `HookedModel` run edge by edge (see the module docstring).
+
+    Example:
+        >>> from mechscope import HookedModel
+        >>> from mechscope.circuits.discovery.induction import induction_pairs
+        >>> from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+        >>> toy = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=21, hidden_size=16, num_attention_heads=2))
+        >>> gm, pairs = GraphModel(HookedModel(toy, name="toy")), induction_pairs(n=4, span=6, n_tokens=20)
+        >>> with torch.no_grad():
+        ...     same = torch.allclose(gm.run(pairs.clean, None, None, None), toy(pairs.clean).logits, atol=1e-5)
+        >>> gm.graph.n_edges, same                                      # no mask: the model's own logits
+        (29, True)
+    """
 
     def __init__(self, model: HookedModel) -> None:
         self.model = ungrouped(model)

@@ -34,7 +34,13 @@ from mechscope.core.errors import MechscopeError
 
 
 def induction_pairs(n: int = 24, span: int = 12, n_tokens: int = 64, bos_id: int = 0, seed: int = 0) -> Pairs:
-    """`n` induction pairs over token ids `1..n_tokens` (see the module docstring)."""
+    """`n` induction pairs over token ids `1..n_tokens` (see the module docstring).
+
+    Example:
+        >>> pairs = induction_pairs(n=2, span=4, n_tokens=10)
+        >>> bool((pairs.clean[:, 5:] == pairs.corrupt[:, 5:]).all())   # only the first copy's order differs
+        True
+    """
     if not 3 <= span <= n_tokens:
         raise MechscopeError(f"span must be between 3 and n_tokens={n_tokens}, got {span}.")
     gen = torch.Generator().manual_seed(seed)
@@ -53,7 +59,12 @@ def induction_pairs(n: int = 24, span: int = 12, n_tokens: int = 64, bos_id: int
 
 
 def induction_reference(n_heads: int, layers: tuple[int, int] = (0, 1)) -> list[str]:
-    """Edge names of the induction circuit between two layers of `n_heads` heads each."""
+    """Edge names of the induction circuit between two layers of `n_heads` heads each.
+
+    Example:
+        >>> len(induction_reference(n_heads=2)), induction_reference(n_heads=2)[-1]
+        (14, 'a1.h1->logits')
+    """
     prev, ind = layers
     if not 0 <= prev < ind:
         raise MechscopeError(f"The previous-token layer must come before the induction layer, got {layers}.")

@@ -27,7 +27,15 @@ from mechscope.core.files import check_writable, write_bytes, write_json
 
 @dataclass
 class EdgeScores:
-    """Scores [n_dests, n_sources] (zero where no edge) of `graph`, from `method`."""
+    """Scores [n_dests, n_sources] (zero where no edge) of `graph`, from `method`.
+
+    Example:
+        >>> g = ComponentGraph(n_layers=2, n_heads=1)
+        >>> scores = EdgeScores(g, masked(g, torch.ones(g.n_dests, g.n_sources)), "example")
+        >>> scores.scores[g.edge_index("a1.h0->logits")] = 5.0
+        >>> scores.top(1)
+        [('a1.h0->logits', 5.0)]
+    """
 
     graph: ComponentGraph
     scores: Tensor
@@ -82,5 +90,11 @@ class EdgeScores:
 
 
 def masked(graph: ComponentGraph, scores: Tensor) -> Tensor:
-    """`scores` with zeros where there is no edge."""
+    """`scores` with zeros where there is no edge.
+
+    Example:
+        >>> g = ComponentGraph(n_layers=1, n_heads=1)
+        >>> int(masked(g, torch.ones(g.n_dests, g.n_sources)).sum()) == g.n_edges
+        True
+    """
     return torch.where(graph.valid.to(scores.device), scores, torch.zeros((), dtype=scores.dtype))

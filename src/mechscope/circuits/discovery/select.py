@@ -28,7 +28,16 @@ def _ranked(scores: EdgeScores, absolute: bool) -> Tensor:
 
 
 def top_n(scores: EdgeScores, n: int, absolute: bool = True) -> Tensor:
-    """The `n` highest-scoring edges (by |score|, or by signed score)."""
+    """The `n` highest-scoring edges (by |score|, or by signed score).
+
+    Example:
+        >>> from mechscope.circuits.discovery.scores import EdgeScores, masked
+        >>> g = ComponentGraph(n_layers=2, n_heads=1)
+        >>> scores = EdgeScores(g, masked(g, torch.ones(g.n_dests, g.n_sources)), "example")
+        >>> scores.scores[g.edge_index("a1.h0->logits")] = 5.0
+        >>> circuit_nodes(scores.graph, top_n(scores, 1))
+        ['a1.h0', 'logits']
+    """
     g = scores.graph
     if not 0 <= n <= g.n_edges:
         raise MechscopeError(f"top-n must be between 0 and {g.n_edges} (the graph's edges), got {n}.")
@@ -39,7 +48,16 @@ def top_n(scores: EdgeScores, n: int, absolute: bool = True) -> Tensor:
 
 
 def threshold(scores: EdgeScores, tau: float, absolute: bool = True) -> Tensor:
-    """Edges whose score (or |score|) is at least `tau`."""
+    """Edges whose score (or |score|) is at least `tau`.
+
+    Example:
+        >>> from mechscope.circuits.discovery.scores import EdgeScores, masked
+        >>> g = ComponentGraph(n_layers=2, n_heads=1)
+        >>> scores = EdgeScores(g, masked(g, torch.ones(g.n_dests, g.n_sources)), "example")
+        >>> scores.scores[g.edge_index("a1.h0->logits")] = 5.0
+        >>> int(threshold(scores, 2.0).sum())
+        1
+    """
     return (_ranked(scores, absolute) >= tau) & scores.graph.valid
 
 
@@ -54,7 +72,17 @@ def _node_dests(g: ComponentGraph, source: int) -> list[int]:
 
 
 def greedy(scores: EdgeScores, n: int, absolute: bool = True) -> Tensor:
-    """Grow from the logits: repeatedly add the best edge into a node already in the circuit."""
+    """Grow from the logits: repeatedly add the best edge into a node already in the circuit.
+
+    Example:
+        >>> from mechscope.circuits.discovery.scores import EdgeScores, masked
+        >>> g = ComponentGraph(n_layers=2, n_heads=1)
+        >>> scores = EdgeScores(g, masked(g, torch.ones(g.n_dests, g.n_sources)), "example")
+        >>> scores.scores[g.edge_index("a1.h0->logits")] = 5.0
+        >>> mask = greedy(scores, 2)                                      # the best edge into the logits, then into a1.h0
+        >>> circuit_nodes(g, mask)[-2:], int(mask.sum())
+        (['a1.h0', 'logits'], 2)
+    """
     g = scores.graph
     ranked = _ranked(scores, absolute)
     mask = torch.zeros(g.n_dests, g.n_sources, dtype=torch.bool)
@@ -79,7 +107,16 @@ def greedy(scores: EdgeScores, n: int, absolute: bool = True) -> Tensor:
 
 
 def prune(g: ComponentGraph, mask: Tensor) -> Tensor:
-    """`mask` without edges of nodes that are not reachable from the input or do not reach the logits."""
+    """`mask` without edges of nodes that are not reachable from the input or do not reach the logits.
+
+    Example:
+        >>> g = ComponentGraph(n_layers=2, n_heads=1)
+        >>> mask = torch.zeros(g.n_dests, g.n_sources, dtype=torch.bool)
+        >>> for name in ["input->a0.h0.v", "a0.h0->m1", "a1.h0->logits"]:   # a1.h0 reads nothing: a dead end
+        ...     mask[g.edge_index(name)] = True
+        >>> int(prune(g, mask).sum())
+        0
+    """
     mask = mask & g.valid
     dest_node = torch.tensor([node_of_dest(g, d) for d in range(g.n_dests)])  # the source index of each dest's node
     # forward: a node is reachable when any circuit edge from a reachable source enters it
@@ -100,7 +137,13 @@ def prune(g: ComponentGraph, mask: Tensor) -> Tensor:
 
 
 def node_of_dest(g: ComponentGraph, d: int) -> int:
-    """The node of destination `d` as a source index (`n_sources` for the logits)."""
+    """The node of destination `d` as a source index (`n_sources` for the logits).
+
+    Example:
+        >>> g = ComponentGraph(n_layers=2, n_heads=1)
+        >>> g.source_names[node_of_dest(g, g.mlp_dest(1))], node_of_dest(g, g.logits_dest) == g.n_sources
+        ('m1', True)
+    """
     if d == g.logits_dest:
         return g.n_sources
     layer, within = divmod(d, g.dests_per_layer)
@@ -110,7 +153,15 @@ def node_of_dest(g: ComponentGraph, d: int) -> int:
 
 
 def circuit_nodes(g: ComponentGraph, mask: Tensor) -> list[str]:
-    """Names of the nodes an edge mask touches, in forward order."""
+    """Names of the nodes an edge mask touches, in forward order.
+
+    Example:
+        >>> g = ComponentGraph(n_layers=2, n_heads=1)
+        >>> mask = torch.zeros(g.n_dests, g.n_sources, dtype=torch.bool)
+        >>> mask[g.edge_index("a0.h0->m1")] = True
+        >>> circuit_nodes(g, mask)
+        ['a0.h0', 'm1']
+    """
     used = torch.zeros(g.n_sources + 1, dtype=torch.bool)
     used[: g.n_sources] |= mask.any(0)
     for d in mask.any(1).nonzero().flatten().tolist():

@@ -38,6 +38,14 @@ class Pairs:
 
     `good`/`bad` are [n, k] token ids (-1 pads a row); `kind` is "logit_diff" (first good
     minus first bad logit) or "prob_diff" (sum of good minus sum of bad probabilities).
+
+    Example:
+        >>> pairs = Pairs(torch.tensor([[1, 2, 3]]), torch.tensor([[1, 4, 3]]), None, torch.tensor([2]),
+        ...               good=torch.tensor([[5]]), bad=torch.tensor([[6]]))
+        >>> logits = torch.zeros(1, 3, 8)
+        >>> logits[0, 2, 5] = 2.0
+        >>> pairs.metric(logits)                                        # logit[5] - logit[6] at position 2
+        tensor([2.])
     """
 
     clean: Tensor
@@ -83,7 +91,13 @@ def _ids(model: Any, rows: list[list[str]]) -> Tensor:
 
 
 def make_pairs(model: Any, records: list[dict[str, Any]]) -> Pairs:
-    """Tokenize records with `clean`, `corrupt` and `answer`/`wrong` (or `answers`/`wrongs`)."""
+    """Tokenize records with `clean`, `corrupt` and `answer`/`wrong` (or `answers`/`wrongs`).
+
+    Example:
+        >>> from mechscope import load_model
+        >>> pairs = make_pairs(load_model(), [{"clean": "The Eiffel Tower is in", "corrupt": "The Colosseum is in",   # doctest: +SKIP
+        ...                                    "answer": " Paris", "wrong": " Rome"}])
+    """
     if not records:
         raise MechscopeError("No prompt pairs given.")
     sets = "answers" in records[0]
@@ -110,7 +124,13 @@ def make_pairs(model: Any, records: list[dict[str, Any]]) -> Pairs:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a prompt-pair JSONL file (format in the module docstring)."""
+    """Records of a prompt-pair JSONL file (format in the module docstring).
+
+    Example:
+        >>> _ = Path("pairs.jsonl").write_text('{"clean": "A", "corrupt": "B", "answer": " x", "wrong": " y"}\\n')
+        >>> read_jsonl("pairs.jsonl")[0]["answer"]
+        ' x'
+    """
     path = Path(path)
     if not path.is_file():
         raise MechscopeError(f"No such prompt-pair file: {path}")
@@ -138,7 +158,12 @@ TEMPLATES = [
 
 
 def ioi_records(model: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """IOI pairs: clean names the indirect object A; corrupt replaces the repeated subject B by a third name C."""
+    """IOI pairs: clean names the indirect object A; corrupt replaces the repeated subject B by a third name C.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> ioi_records(load_model(), n=1, seed=0)[0]["clean"]                  # doctest: +SKIP
+    """
     rng = random.Random(seed)
     names = [x for x in NAMES if len(model.to_str_tokens(" " + x)) == len(model.to_str_tokens(" Mary"))]
     names = [x for x in names if _single(model, " " + x)]
@@ -171,6 +196,10 @@ def greater_than_records(model: Any, n: int, seed: int = 0) -> list[dict[str, An
     Years are written so the model's tokenizer splits them the same way in every prompt;
     the corrupt prompt starts the range at 17 01 (no year is below it). The answer sets
     are the tokens that continue the year: above YY (good) or at most YY (bad).
+
+    Example:
+        >>> from mechscope import load_model
+        >>> greater_than_records(load_model(), n=1, seed=0)[0]["clean"]         # doctest: +SKIP
     """
     rng = random.Random(seed)
     digits_single = _single(model, "5") and not _single(model, "32")
@@ -194,7 +223,14 @@ def greater_than_records(model: Any, n: int, seed: int = 0) -> list[dict[str, An
 
 
 def task_pairs(model: Any, task: str, n: int = 40, seed: int = 0) -> Pairs:
-    """Pairs of a built-in task (`ioi`, `greater-than`) or of a JSONL file."""
+    """Pairs of a built-in task (`ioi`, `greater-than`) or of a JSONL file.
+
+    Example:
+        >>> from mechscope import load_model
+        >>> pairs = task_pairs(load_model(), "ioi", n=8)                       # doctest: +SKIP
+        >>> len(pairs)                                                         # doctest: +SKIP
+        8
+    """
     if task == "ioi":
         return make_pairs(model, ioi_records(model, n, seed))
     if task == "greater-than":

@@ -36,7 +36,15 @@ def _repeated(linear: nn.Linear, groups: int, d_head: int) -> nn.Linear:
 
 
 def ungrouped(model: HookedModel) -> HookedModel:
-    """`model` itself when it has one key/value head per query head; else an ungrouped copy."""
+    """`model` itself when it has one key/value head per query head; else an ungrouped copy.
+
+    Example:
+        >>> from mechscope import HookedModel
+        >>> from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+        >>> model = HookedModel(AttnOnlyForCausalLM(AttnOnlyConfig()), name="toy")
+        >>> ungrouped(model) is model                                  # already one key/value head per query head
+        True
+    """
     cfg = model.cfg
     if cfg.n_kv_heads == cfg.n_heads:
         return model
