@@ -2,7 +2,7 @@
 
 Batch 8 x 64 tokens, float32, CPU. Every time is a ratio to the plain Hugging Face forward
 pass. TransformerLens is built from the same weights (its HookedTransformer, no weight
-processing); nnsight wraps the same HF model. Run: `python benchmarks/forward_overhead.py`.
+processing); nnsight wraps a copy of the same HF model. Run: `python benchmarks/forward_overhead.py`.
 """
 
 from __future__ import annotations
@@ -12,26 +12,17 @@ import argparse
 import torch
 
 import mechscope
-from anchors import hooked_transformer
+from anchors import hooked_transformer, nnsight_model
 from common import add_arguments, cell, goal, print_table, setup, time_interleaved, write_result
 from mechscope.core.attention import using_implementation
 
 
-def transformer_lens_model(model: mechscope.HookedModel):
-    """TransformerLens's HookedTransformer with the default model's weights (`anchors.hooked_transformer`),
-    or None with a reason."""
+def optional_anchor(build, model: mechscope.HookedModel):
+    """`build(model)` (an anchor from anchors.py), or None with a reason when its library is not installed."""
     try:
-        return hooked_transformer(model), ""
+        return build(model), ""
     except ImportError as err:
         return None, f"not installed ({err})"
-
-
-def nnsight_model(model: mechscope.HookedModel):
-    try:
-        from nnsight import LanguageModel
-    except ImportError as err:
-        return None, f"not installed ({err})"
-    return LanguageModel(model.hf_model, tokenizer=model.tokenizer), ""
 
 
 def main() -> None:
@@ -60,12 +51,12 @@ def main() -> None:
         "mechscope run_with_cache, every hook but patterns": lambda: model.run_with_cache(ids, names=no_pattern),
         "mechscope run_with_cache, every hook point": lambda: model.run_with_cache(ids),
     }
-    tl, why_not_tl = transformer_lens_model(model)
+    tl, why_not_tl = optional_anchor(hooked_transformer, model)
     if tl is not None:
         candidates["TransformerLens run_with_cache, residual only"] = lambda: tl.run_with_cache(
             ids, names_filter=lambda n: n.endswith("hook_resid_post"))
         candidates["TransformerLens run_with_cache, every hook"] = lambda: tl.run_with_cache(ids)
-    nn_model, why_not_nn = nnsight_model(model)
+    nn_model, why_not_nn = optional_anchor(nnsight_model, model)
     if nn_model is not None:
         layers = nn_model.model.layers
 
