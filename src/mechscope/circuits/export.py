@@ -11,7 +11,7 @@ the schema ignores. `mechscope.dictionaries` links each layer's feature nodes to
 database's `dictionary_sha256`), so a viewer can find the database of a node's latent.
 
 Example:
-    >>> doc = graph_json(graph, slug="dallas", scan="smollm2-plt")       # doctest: +SKIP
+    >>> doc = graph_json(graph, slug="dallas", scan="smollm2-plt", d_vocab=model.cfg.d_vocab)  # doctest: +SKIP
     >>> sorted(doc)                                                       # doctest: +SKIP
     ['links', 'mechscope', 'metadata', 'nodes', 'provenance', 'qParams']
 """
