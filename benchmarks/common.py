@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 Timing = dict[str, Any]
 
 
-def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, Timing]:
+def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                     warm: Collection[str] = ()) -> dict[str, Timing]:
     """Seconds per call of each candidate: median, min, max, spread ((max - min) / median) and the samples.
 
-    Candidates run in turn within each repeat (after `warmup` untimed rounds); each decides
-    itself whether it needs autograd.
+    Candidates run in turn within each repeat (after `warmup` untimed rounds, which skip the
+    candidates named in `warm`: those the caller has already run once, e.g. for their results);
+    each decides itself whether it needs autograd.
     """
     for _ in range(warmup):
-        for fn in candidates.values():
-            fn()
+        for name, fn in candidates.items():
+            if name not in warm:
+                fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
