@@ -221,7 +221,7 @@ class ReplacementModel:
             layer = _layer(hook)
             recorded = state.mlp_out[layer].to(dtype).expand_as(act)
             out = recorded if mlp_out is None else mlp_out(layer, recorded).to(act.dtype)
-            if skip:  # linear: the change of the skip term since the recorded input
+            if skip:  # linear: the change of the skip term since the frozen run on the prompt
                 x = live_in.pop(layer)
                 dx = (x - base_in[layer].to(x.dtype)).reshape(-1, x.shape[-1])
                 out = out + self.transcoders.skip(layer, dx).reshape(x.shape).to(out.dtype)
