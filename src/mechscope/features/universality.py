@@ -147,5 +147,5 @@ def plot_match(result: dict[str, Any], title: str) -> Any:
         ax.set_title(f"{label}\nmean max A->B {part['mean_max_a_to_b']:.3f}, Hungarian {part['hungarian_mean']:.3f}, "
                      f"above {part['threshold']}: {part['fraction_above_threshold']:.1%}", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.06)
     return fig
