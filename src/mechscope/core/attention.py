@@ -48,7 +48,14 @@ Edit = Callable[[Tensor], Tensor]
 @dataclass(frozen=True)
 class AttentionHooks:
     """Callables for one attention module: each takes the activation (in hook shape) and
-    returns it, or a replacement. `None` where that hook point is not asked for."""
+    returns it, or a replacement. `None` where that hook point is not asked for.
+
+    Example:
+        >>> import torch
+        >>> hooks = AttentionHooks(pattern=lambda p: torch.zeros_like(p))      # knock out every head's attention
+        >>> hooks.pattern is not None, hooks.scores is None
+        (True, True)
+    """
 
     rot_q: Edit | None = None
     rot_k: Edit | None = None
@@ -105,7 +112,16 @@ def _edit_heads(fn: Edit, x: Tensor) -> Tensor:
 
 def keep_mask(attention_mask: Any, q_len: int, k_len: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
     """Which keys each query may attend to (`True` = attend) and any additive bias, from the
-    mask the model hands its attention function: `None` (causal), boolean, or additive float."""
+    mask the model hands its attention function: `None` (causal), boolean, or additive float.
+
+    Example:
+        >>> import torch
+        >>> keep, bias = keep_mask(None, q_len=3, k_len=3, device=torch.device("cpu"))   # None means causal
+        >>> keep.int(), bias
+        (tensor([[1, 0, 0],
+                [1, 1, 0],
+                [1, 1, 1]], dtype=torch.int32), None)
+    """
     if attention_mask is None:
         keep = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
         return keep, None
@@ -128,6 +144,15 @@ def attention_scores(module: nn.Module, query: Tensor, key: Tensor, attention_ma
 
     `query [batch, n_heads, q_pos, d_head]`, `key [batch, n_kv_heads, k_pos, d_head]` (repeated
     per query head, as `repeat_kv` does).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> q, k = torch.ones(1, 2, 3, 4), torch.ones(1, 1, 3, 4)       # 2 query heads share 1 key head
+        >>> attention_scores(nn.Module(), q, k, None, scaling=0.5)[0, 0]
+        tensor([[2., -inf, -inf],
+                [2., 2., -inf],
+                [2., 2., 2.]])
     """
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
@@ -145,7 +170,14 @@ def attention_scores(module: nn.Module, query: Tensor, key: Tensor, attention_ma
 
 def pattern_from_scores(scores: Tensor, empty_rows: bool = True) -> Tensor:
     """Softmax over keys in float32, back in the scores' dtype. Rows with no key allowed give zeros;
-    `empty_rows=False` says the mask has none (which saves a pass over the scores)."""
+    `empty_rows=False` says the mask has none (which saves a pass over the scores).
+
+    Example:
+        >>> import torch
+        >>> pattern_from_scores(torch.tensor([[0.0, float("-inf")], [0.0, 0.0]]))
+        tensor([[1.0000, 0.0000],
+                [0.5000, 0.5000]])
+    """
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32)
     if empty_rows:
         pattern = pattern.nan_to_num(0.0)
@@ -190,7 +222,21 @@ def _hooked_attention(base: Callable[..., Any], hooks: tuple[AttentionHooks, ...
 
 @contextmanager
 def attention_hooks(hooks: dict[nn.Module, AttentionHooks]) -> Iterator[None]:
-    """Within the block (and this thread/context only), call `hooks[module]` inside each module's attention."""
+    """Within the block (and this thread/context only), call `hooks[module]` inside each module's attention.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> hf = LlamaForCausalLM(cfg).eval()
+        >>> seen = []
+        >>> hooks = {hf.model.layers[0].self_attn: AttentionHooks(pattern=lambda p: seen.append(p.shape) or p)}
+        >>> with attention_hooks(hooks):
+        ...     _ = hf(input_ids=torch.tensor([[1, 2, 3]]))
+        >>> seen                                               # [batch, n_heads, q_pos, k_pos]
+        [torch.Size([1, 2, 3, 3])]
+    """
     if not hooks:
         yield
         return
@@ -206,14 +252,29 @@ def attention_hooks(hooks: dict[nn.Module, AttentionHooks]) -> Iterator[None]:
 
 
 def attn_implementation(model: nn.Module) -> str:
-    """The attention implementation the model runs with (e.g. 'sdpa', 'eager')."""
+    """The attention implementation the model runs with (e.g. 'sdpa', 'eager').
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        ...                   num_attention_heads=2, num_key_value_heads=1, attn_implementation="eager")
+        >>> attn_implementation(LlamaForCausalLM(cfg))
+        'eager'
+    """
     config = model.config
     text = getattr(config, "text_config", None) or config
     return str(text._attn_implementation)
 
 
 def check_hookable(model: nn.Module) -> None:
-    """A clear error when attention hook points cannot be read from this model's attention implementation."""
+    """A clear error when attention hook points cannot be read from this model's attention implementation.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        ...                   num_attention_heads=2, num_key_value_heads=1, attn_implementation="sdpa")
+        >>> check_hookable(LlamaForCausalLM(cfg))              # sdpa and eager are fine: no error
+    """
     impl = attn_implementation(model)
     if impl not in HOOKABLE:
         raise MechscopeError(
@@ -240,6 +301,16 @@ def using_implementation(model: nn.Module, implementation: str) -> Iterator[None
 
     For reference runs in checks and benchmarks only: it switches the model's configuration,
     which other threads using the same model would see. Hook points never need it.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        ...                   num_attention_heads=2, num_key_value_heads=1, attn_implementation="sdpa")
+        >>> hf = LlamaForCausalLM(cfg)
+        >>> with using_implementation(hf, "eager"):
+        ...     inside = attn_implementation(hf)
+        >>> inside, attn_implementation(hf)
+        ('eager', 'sdpa')
     """
     configs = _configs(model)
     previous = [c._attn_implementation for c in configs]

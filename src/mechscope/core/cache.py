@@ -48,7 +48,18 @@ def _pos(t: Tensor, pos_slice: PosSlice, dim: int = -2) -> Tensor:
 
 
 class ActivationCache(Mapping[str, Tensor]):
-    """A read-only mapping from hook name to activation, with helpful misses."""
+    """A read-only mapping from hook name to activation, with helpful misses.
+
+    Example:
+        >>> import torch
+        >>> cache = ActivationCache({"blocks.0.hook_resid_post": torch.zeros(1, 3, 8)})
+        >>> list(cache), cache["blocks.0.hook_resid_post"].shape
+        (['blocks.0.hook_resid_post'], torch.Size([1, 3, 8]))
+        >>> cache["blocks.0.hook_resid_pos"]                  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.HookNameError: ...Did you mean: 'blocks.0.hook_resid_post'?...
+    """
 
     def __init__(self, activations: dict[str, Tensor], model: Any = None,
                  lazy: dict[str, Callable[[], Tensor]] | None = None) -> None:

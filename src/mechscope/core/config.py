@@ -47,7 +47,14 @@ def _first(config: Any, *keys: str, default: Any = None) -> Any:
 
 
 def config_from_hf(hf_config: Any, family: str, name: str, parallel_attn_mlp: bool = False) -> ModelConfig:
-    """Read layer count, widths and vocabulary size from any HF decoder config."""
+    """Read layer count, widths and vocabulary size from any HF decoder config.
+
+    Example:
+        >>> from transformers import GPT2Config
+        >>> cfg = config_from_hf(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, bos_token_id=0, eos_token_id=0), "gpt2", "tiny-gpt2")
+        >>> cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab
+        (2, 64, 4, 16, 256, 100)
+    """
     text = getattr(hf_config, "text_config", None) or hf_config
     d_model = _first(text, "hidden_size", "n_embd", "d_model")
     n_heads = _first(text, "num_attention_heads", "n_head")

@@ -45,7 +45,20 @@ def _stacked(name: str) -> property:
 
 
 class HookedModel(nn.Module):
-    """Wrap `hf_model` (any supported causal LM) without changing what it computes."""
+    """Wrap `hf_model` (any supported causal LM) without changing what it computes.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> logits, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]), names=lambda n: "resid_post" in n)
+        >>> logits.shape, cache["blocks.1.hook_resid_post"].shape
+        (torch.Size([1, 3, 50]), torch.Size([1, 3, 16]))
+    """
 
     def __init__(self, hf_model: nn.Module, tokenizer: Any = None, name: str | None = None,
                  family: Family | None = None) -> None:

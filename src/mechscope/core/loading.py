@@ -50,7 +50,15 @@ _INSTALL_HINT = {
 
 
 def cache_dir() -> Path:
-    """Where dequantized models are cached: `$MECHSCOPE_CACHE` or `~/.cache/mechscope`."""
+    """Where dequantized models are cached: `$MECHSCOPE_CACHE` or `~/.cache/mechscope`.
+
+    Example:
+        >>> import os
+        >>> os.environ["MECHSCOPE_CACHE"] = "/tmp/models"
+        >>> cache_dir()
+        PosixPath('/tmp/models')
+        >>> del os.environ["MECHSCOPE_CACHE"]
+    """
     root = os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope"
     return Path(root)
 
@@ -63,7 +71,12 @@ def _package_dir(package: str) -> Path | None:
 
 
 def shipped_gguf(name: str) -> Path:
-    """The `.gguf` file of a model shipped as a PyPI package (assembled from pieces if needed)."""
+    """The `.gguf` file of a model shipped as a PyPI package (assembled from pieces if needed).
+
+    Example:
+        >>> shipped_gguf("smollm2-135m").suffix        # doctest: +SKIP
+        '.gguf'
+    """
     package, stem = _SHIPPED[name]
     folder = _package_dir(package)
     if folder is None:
@@ -229,6 +242,16 @@ def load_model(name: str | os.PathLike[str] | None = None, device: str | torch.d
     (`smollm2-135m`, `gemma3-270m`), a path to a `.gguf` file, a folder written by
     `save_pretrained`, or a Hugging Face hub id. `dtype` defaults to float32; `device` to
     CUDA when available, else CPU.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> LlamaForCausalLM(cfg).save_pretrained("tiny-llama")
+        >>> model = load_model("tiny-llama", device="cpu")
+        >>> model.cfg.n_layers, model.cfg.d_model, model.dtype
+        (2, 16, torch.float32)
+        >>> default = load_model()                     # doctest: +SKIP
     """
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))

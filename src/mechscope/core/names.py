@@ -81,7 +81,12 @@ _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 def block(layer: int, suffix: str) -> str:
-    """`blocks.{layer}.{suffix}`."""
+    """`blocks.{layer}.{suffix}`.
+
+    Example:
+        >>> block(3, "attn.hook_z")
+        'blocks.3.attn.hook_z'
+    """
     return f"blocks.{layer}.{suffix}"
 
 
@@ -276,13 +281,23 @@ def result(layer: int) -> str:
 
 
 def parse_layer(name: str) -> int | None:
-    """The block index in a hook name, or None for names outside the blocks."""
+    """The block index in a hook name, or None for names outside the blocks.
+
+    Example:
+        >>> parse_layer("blocks.12.attn.hook_z"), parse_layer("hook_embed")
+        (12, None)
+    """
     match = _LAYER_RE.match(name)
     return int(match.group(1)) if match else None
 
 
 def suffix_of(name: str) -> str:
-    """The part of a block hook name after `blocks.{l}.` (the name itself otherwise)."""
+    """The part of a block hook name after `blocks.{l}.` (the name itself otherwise).
+
+    Example:
+        >>> suffix_of("blocks.12.attn.hook_z"), suffix_of("ln_final.hook_normalized")
+        ('attn.hook_z', 'ln_final.hook_normalized')
+    """
     match = _LAYER_RE.match(name)
     return name[match.end():] if match else name
 

@@ -29,7 +29,13 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class NormSpec:
-    """What a norm module computes: `kind`, `eps`, and `weight_offset` (1 for Gemma's `1 + w`)."""
+    """What a norm module computes: `kind`, `eps`, and `weight_offset` (1 for Gemma's `1 + w`).
+
+    Example:
+        >>> spec = NormSpec("rms", eps=1e-6, weight_offset=1.0)      # Gemma's RMSNorm multiplies by 1 + w
+        >>> spec.kind, spec.weight_offset
+        ('rms', 1.0)
+    """
 
     kind: Literal["layer", "rms"]
     eps: float
@@ -37,7 +43,13 @@ class NormSpec:
 
 
 def norm_spec(module: nn.Module, weight_offset: float = 0.0) -> NormSpec | None:
-    """The spec of a LayerNorm or RMSNorm module; None for anything else (e.g. `nn.Identity`)."""
+    """The spec of a LayerNorm or RMSNorm module; None for anything else (e.g. `nn.Identity`).
+
+    Example:
+        >>> from torch import nn
+        >>> norm_spec(nn.LayerNorm(4)), norm_spec(nn.Identity())
+        (NormSpec(kind='layer', eps=1e-05, weight_offset=0.0), None)
+    """
     if isinstance(module, nn.LayerNorm):
         return NormSpec("layer", float(module.eps))
     eps = getattr(module, "variance_epsilon", None)
@@ -55,18 +67,41 @@ def _centered(spec: NormSpec, x: Tensor) -> Tensor:
 
 
 def scale_of(spec: NormSpec, x: Tensor) -> Tensor:
-    """`[..., 1]`: the divisor of the norm for input `x`."""
+    """`[..., 1]`: the divisor of the norm for input `x`.
+
+    Example:
+        >>> import torch
+        >>> scale_of(NormSpec("rms", eps=0.0), torch.tensor([[3.0, 4.0]]))      # sqrt((9 + 16) / 2)
+        tensor([[3.5355]])
+    """
     centered = _centered(spec, x)
     return (centered.pow(2).mean(-1, keepdim=True) + spec.eps).sqrt().to(x.dtype)
 
 
 def normalized_of(spec: NormSpec, x: Tensor, scale: Tensor) -> Tensor:
-    """`x` normalized by `scale` (centered first for LayerNorm), before the weight."""
+    """`x` normalized by `scale` (centered first for LayerNorm), before the weight.
+
+    Example:
+        >>> import torch
+        >>> spec, x = NormSpec("layer", eps=0.0), torch.tensor([[1.0, 3.0]])
+        >>> normalized_of(spec, x, scale_of(spec, x))                          # centered, then divided
+        tensor([[-1.,  1.]])
+    """
     return (_centered(spec, x) / scale.to(torch.float32 if spec.kind == "rms" else scale.dtype)).to(x.dtype)
 
 
 def weighted(spec: NormSpec, module: nn.Module, normalized: Tensor) -> Tensor:
-    """The module's output for a given normalized value: weight (and bias) applied."""
+    """The module's output for a given normalized value: weight (and bias) applied.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> module = nn.LayerNorm(2)
+        >>> spec, x = norm_spec(module), torch.tensor([[1.0, 3.0]])
+        >>> out = weighted(spec, module, normalized_of(spec, x, scale_of(spec, x)))
+        >>> torch.allclose(out, module(x))
+        True
+    """
     weight = module.weight
     if spec.kind == "layer":
         out = normalized * weight

@@ -22,7 +22,17 @@ import torch
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """`(tensors, meta)`: per-parameter state as tensors `state.{i}.{name}`, and `{"param_groups": ...}`."""
+    """`(tensors, meta)`: per-parameter state as tensors `state.{i}.{name}`, and `{"param_groups": ...}`.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> opt = torch.optim.Adam([w], lr=0.1)
+        >>> w.sum().backward(); opt.step()
+        >>> tensors, meta = optimizer_to_tensors(opt)
+        >>> sorted(tensors), meta["param_groups"][0]["lr"]
+        (['state.0.exp_avg', 'state.0.exp_avg_sq', 'state.0.step'], 0.1)
+    """
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for idx, per_param in sd["state"].items():
@@ -33,7 +43,18 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
 
 
 def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of `optimizer_to_tensors`: a state dict for `optimizer.load_state_dict`."""
+    """Inverse of `optimizer_to_tensors`: a state dict for `optimizer.load_state_dict`.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> opt = torch.optim.Adam([w], lr=0.1)
+        >>> w.sum().backward(); opt.step()
+        >>> fresh = torch.optim.Adam([w], lr=0.1)
+        >>> fresh.load_state_dict(optimizer_from_tensors(*optimizer_to_tensors(opt)))
+        >>> torch.equal(fresh.state[w]["exp_avg"], opt.state[w]["exp_avg"])
+        True
+    """
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         _, idx, name = key.split(".", 2)

@@ -59,7 +59,20 @@ _INPUTS = ("q_input", "k_input", "v_input")
 
 
 class StopForward(Exception):
-    """Raised inside the forward pass to stop it early (`stop_at_layer`)."""
+    """Raised inside the forward pass to stop it early (`stop_at_layer`).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> _, cache = model.run_with_cache(torch.tensor([[1, 2]]), stop_at_layer=1)   # raised and caught inside
+        >>> sorted(n for n in cache if n.endswith("resid_pre"))
+        ['blocks.0.hook_resid_pre']
+    """
 
 
 def _output_tensor(output: Any) -> Tensor:
@@ -71,7 +84,23 @@ def _with_output(output: Any, tensor: Tensor) -> Any:
 
 
 class HookRun:
-    """Context manager: hooks `fwd[name]` / `bwd[name]` into the forward pass of `hf_model`."""
+    """Context manager: hooks `fwd[name]` / `bwd[name]` into the forward pass of `hf_model`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> ids, seen = torch.tensor([[1, 2, 3]]), []
+        >>> fwd = {"blocks.0.hook_resid_post": [lambda act, hook: seen.append(hook.name)]}
+        >>> with HookRun(model.hf_model, model.sites, fwd):
+        ...     _ = model.hf_model(input_ids=ids)
+        >>> seen
+        ['blocks.0.hook_resid_post']
+    """
 
     def __init__(
         self,

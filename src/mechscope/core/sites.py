@@ -41,7 +41,20 @@ Writer = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class Site:
-    """One hook point: `read(raw) -> activation`, `write(raw, activation) -> raw`."""
+    """One hook point: `read(raw) -> activation`, `write(raw, activation) -> raw`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> site = model.sites["blocks.1.attn.hook_z"]
+        >>> site.layer, site.event, site.read(torch.zeros(1, 3, 16)).shape      # [batch, pos, n_heads, d_head]
+        (1, 'pre', torch.Size([1, 3, 2, 8]))
+    """
 
     name: str
     layer: int | None
@@ -106,7 +119,20 @@ def _per_head(n: int) -> Reader:
 
 
 def o_proj_heads_weight(o_proj: nn.Module, cfg: ModelConfig, transposed: bool) -> Tensor:
-    """The output projection as [n_heads, d_head, d_model] (each head's W_O)."""
+    """The output projection as [n_heads, d_head, d_model] (each head's W_O).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> o_proj = model.layers[0].self_attn.o_proj
+        >>> o_proj_heads_weight(o_proj, model.cfg, transposed=False).shape
+        torch.Size([2, 8, 16])
+    """
     weight = o_proj.weight if transposed else o_proj.weight.T
     return weight.reshape(cfg.n_heads, cfg.d_head, -1)
 
@@ -130,7 +156,20 @@ def _result_reader(o_proj: nn.Module, cfg: ModelConfig, transposed: bool,
 
 
 def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[str, Site]:
-    """Every hook site of a model, keyed by hook name, in forward order."""
+    """Every hook site of a model, keyed by hook name, in forward order.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> sites = build_sites(model.hf_model, model.family, model.cfg)
+        >>> list(sites)[:3]
+        ['hook_embed', 'blocks.0.hook_resid_pre', 'blocks.0.hook_q_input']
+    """
     sites: dict[str, Site] = {}
 
     def add(name: str, layer: int | None, module: nn.Module, event: Event, order: int,

@@ -11,7 +11,14 @@ from mechscope.core.errors import MechscopeError, TokenizationError
 
 
 class TokenBatch(NamedTuple):
-    """Token ids [batch, pos], attention mask [batch, pos] (1 = real token) and lengths [batch]."""
+    """Token ids [batch, pos], attention mask [batch, pos] (1 = real token) and lengths [batch].
+
+    Example:
+        >>> import torch
+        >>> batch = TokenBatch(torch.tensor([[5, 6, 7], [5, 6, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
+        >>> batch.lengths, batch.last_positions
+        (tensor([3, 2]), tensor([2, 1]))
+    """
 
     ids: Tensor
     attention_mask: Tensor
@@ -44,6 +51,20 @@ def tokenize(tokenizer: Any, texts: str | list[str], prepend_bos: bool | None = 
     """Tokenize one prompt or several, padded on the right.
 
     `prepend_bos=None` keeps the tokenizer's own choice (what HF's model sees); True/False forces it.
+
+    Example:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> words = Tokenizer(models.WordLevel({"<s>": 0, "the": 1, "cat": 2, "sat": 3}, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> batch = tokenize(tokenizer, ["the cat sat", "the cat"])
+        >>> batch.ids, batch.attention_mask
+        (tensor([[1, 2, 3],
+                [1, 2, 0]]), tensor([[1, 1, 1],
+                [1, 1, 0]]))
+        >>> tokenize(tokenizer, "the cat", prepend_bos=True).ids
+        tensor([[0, 1, 2]])
     """
     tokenizer = require_tokenizer(tokenizer)
     batch = [texts] if isinstance(texts, str) else list(texts)
@@ -95,14 +116,38 @@ def check_ids(ids: Tensor, d_vocab: int, n_ctx: int | None) -> None:
 
 
 def str_tokens(tokenizer: Any, ids: Tensor | list[int]) -> list[str]:
-    """Each token id decoded on its own, e.g. [' The', ' Eiff', 'el']."""
+    """Each token id decoded on its own, e.g. [' The', ' Eiff', 'el'].
+
+    Example:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> words = Tokenizer(models.WordLevel({"<s>": 0, "the": 1, "cat": 2, "sat": 3}, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> str_tokens(tokenizer, [1, 2, 3])
+        ['the', 'cat', 'sat']
+    """
     tokenizer = require_tokenizer(tokenizer)
     flat = ids.tolist() if isinstance(ids, Tensor) else list(ids)
     return [tokenizer.decode([i]) for i in flat]
 
 
 def single_token(tokenizer: Any, text: str) -> int:
-    """The id of `text` when it is exactly one token; a clear error showing its tokens otherwise."""
+    """The id of `text` when it is exactly one token; a clear error showing its tokens otherwise.
+
+    Example:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> words = Tokenizer(models.WordLevel({"<s>": 0, "the": 1, "cat": 2, "sat": 3}, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> single_token(tokenizer, "cat")
+        2
+        >>> single_token(tokenizer, "the cat")
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.TokenizationError: 'the cat' is 2 tokens, not one: ['the', 'cat']. Use a string that is a single token, such as 'the'.
+    """
     tokenizer = require_tokenizer(tokenizer)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if len(ids) != 1:

@@ -21,7 +21,13 @@ from mechscope.core.hooked import HookedModel
 
 @dataclass(frozen=True)
 class Check:
-    """One parity claim and the largest absolute difference measured for it."""
+    """One parity claim and the largest absolute difference measured for it.
+
+    Example:
+        >>> check = Check("logits (bit-exact)", max_abs_diff=0.0, tolerance=0.0)
+        >>> check.passed, check.to_dict()["name"]
+        (True, 'logits (bit-exact)')
+    """
 
     name: str
     max_abs_diff: float
@@ -57,6 +63,18 @@ def run_checks(model: HookedModel, ids: Tensor, padded_texts: list[str] | None =
 
     Exact claims have tolerance 0. Claims that sum in another order (per-head results,
     padded batches) allow `atol * max(1, max|reference|)`, i.e. a relative error of `atol`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> checks = run_checks(model, torch.randint(0, 50, (1, 5)))
+        >>> all(c.passed for c in checks), checks[0].name
+        (True, 'logits, no hooks (bit-exact)')
     """
     hf = model.hf_model
     ids = ids.to(model.device)

@@ -38,7 +38,20 @@ from mechscope.core.families import get_module
 
 
 class LayerWeights(NamedTuple):
-    """One layer's weights (views where possible); K/V have `n_kv_heads` heads."""
+    """One layer's weights (views where possible); K/V have `n_kv_heads` heads.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> w = layer_weights(model, 0)
+        >>> w.W_Q.shape, w.W_K.shape, w.W_O.shape, w.W_in.shape    # K/V keep n_kv_heads = 1
+        (torch.Size([2, 16, 8]), torch.Size([1, 16, 8]), torch.Size([2, 8, 16]), torch.Size([16, 32]))
+    """
 
     W_Q: Tensor
     W_K: Tensor
@@ -92,7 +105,20 @@ def _qkv(model: Any, layer: nn.Module) -> tuple[Tensor, ...]:
 
 
 def layer_weights(model: Any, index: int) -> LayerWeights:
-    """The weights of block `index` in TransformerLens shapes (see the module docstring)."""
+    """The weights of block `index` in TransformerLens shapes (see the module docstring).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> w = layer_weights(model, 1)
+        >>> w.W_gate.shape, w.W_out.shape, w.b_Q.shape
+        (torch.Size([16, 32]), torch.Size([32, 16]), torch.Size([2, 8]))
+    """
     fam, cfg = model.family, model.cfg
     layer = model.layers[index]
     w_q, w_k, w_v, b_q, b_k, b_v = _qkv(model, layer)
@@ -110,7 +136,19 @@ def layer_weights(model: Any, index: int) -> LayerWeights:
 
 
 def stacked(model: Any, name: str) -> Tensor:
-    """`name` (e.g. 'W_K') for every layer, stacked: [n_layers, ...]; K/V repeated per query head."""
+    """`name` (e.g. 'W_K') for every layer, stacked: [n_layers, ...]; K/V repeated per query head.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> stacked(model, "W_K").shape                       # repeated per query head: [n_layers, n_heads, d_model, d_head]
+        torch.Size([2, 2, 16, 8])
+    """
     if name not in LayerWeights._fields:
         raise AttributeError(name)
     parts = []
@@ -125,18 +163,57 @@ def stacked(model: Any, name: str) -> Tensor:
 
 
 def embedding(model: Any) -> Tensor:
-    """W_E [d_vocab, d_model] (a view)."""
+    """W_E [d_vocab, d_model] (a view).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> embedding(model).shape
+        torch.Size([50, 16])
+    """
     return get_module(model.hf_model, model.family.embed).weight
 
 
 def unembedding(model: Any) -> tuple[Tensor, Tensor]:
-    """(W_U [d_model, d_vocab] (a view), b_U [d_vocab])."""
+    """(W_U [d_model, d_vocab] (a view), b_U [d_vocab]).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> W_U, b_U = unembedding(model)
+        >>> W_U.shape, b_U.abs().sum()
+        (torch.Size([16, 50]), tensor(0.))
+    """
     head = model.lm_head
     return head.weight.T, _bias(head, head.weight.shape[0], head.weight)
 
 
 def positions(model: Any) -> Tensor:
-    """W_pos [n_ctx, d_model] for models with learned positions."""
+    """W_pos [n_ctx, d_model] for models with learned positions.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> positions(model)
+        Traceback (most recent call last):
+        ...
+        AttributeError: llama models have no learned position embedding (W_pos)
+    """
     if not model.family.pos_embed:
         raise AttributeError(f"{model.cfg.family} models have no learned position embedding (W_pos)")
     return get_module(model.hf_model, model.family.pos_embed).weight

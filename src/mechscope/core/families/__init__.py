@@ -21,13 +21,31 @@ _BY_TYPE: dict[str, Family] = {t: f for f in FAMILIES for t in f.model_types}
 
 
 def register_family(family: Family) -> None:
-    """Add a family (a new architecture) to the registry."""
+    """Add a family (a new architecture) to the registry.
+
+    Example:
+        >>> from dataclasses import replace
+        >>> llama = family_for_model_type("llama")
+        >>> register_family(replace(llama, name="my_llama", model_types=("my_llama",)))
+        >>> family_for_model_type("my_llama").layers
+        'model.layers'
+        >>> del _BY_TYPE["my_llama"]                         # leave the registry as it was
+    """
     for model_type in family.model_types:
         _BY_TYPE[model_type] = family
 
 
 def family_for_model_type(model_type: str) -> Family:
-    """The family table for an HF `config.model_type`, or a clear error naming the supported ones."""
+    """The family table for an HF `config.model_type`, or a clear error naming the supported ones.
+
+    Example:
+        >>> family_for_model_type("qwen2").name
+        'qwen2'
+        >>> family_for_model_type("lama")                    # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.ModelLoadError: ...Did you mean 'llama'?...
+    """
     if model_type in _BY_TYPE:
         return _BY_TYPE[model_type]
     close = nearest(model_type, _BY_TYPE)

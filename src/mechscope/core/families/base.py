@@ -23,7 +23,14 @@ QKVLayout = Literal["separate", "gpt2", "neox"]
 
 @dataclass(frozen=True)
 class Family:
-    """Module paths of one architecture family (see the module docstring)."""
+    """Module paths of one architecture family (see the module docstring).
+
+    Example:
+        >>> from mechscope.core.families import family_for_model_type
+        >>> fam = family_for_model_type("llama")
+        >>> fam.name, fam.layers, fam.qkv, fam.has_mlp
+        ('llama', 'model.layers', 'separate', True)
+    """
 
     name: str
     model_types: tuple[str, ...]
@@ -59,7 +66,18 @@ class Family:
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
-    """`root.get_submodule(path)` with a clear error naming the missing piece."""
+    """`root.get_submodule(path)` with a clear error naming the missing piece.
+
+    Example:
+        >>> from torch import nn
+        >>> root = nn.Sequential(nn.Linear(2, 3))
+        >>> get_module(root, "0")
+        Linear(in_features=2, out_features=3, bias=True)
+        >>> get_module(root, "1")
+        Traceback (most recent call last):
+        ...
+        LookupError: Sequential has no submodule '1'; its family table does not match it.
+    """
     try:
         return root.get_submodule(path)
     except AttributeError as err:
