@@ -20,6 +20,15 @@ from mechscope.apps.commands.common import add_model_option, load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `mechscope transcoders train` (a whole-model transcoder set, trained and evaluated) to the CLI.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="mechscope")
+        >>> register(parser.add_subparsers())
+        >>> args = parser.parse_args(['transcoders', 'train', '--out', 'out/clt', '--kind', 'cross_layer', '--d-sae', '256'])
+        >>> args.action, args.kind, args.d_sae, args.architecture
+        ('train', 'cross_layer', 256, 'jumprelu')
+    """
     parser = subparsers.add_parser("transcoders", help="train and evaluate a whole-model transcoder set")
     sub = parser.add_subparsers(dest="action", required=True)
     train = sub.add_parser("train", help="train per-layer transcoders or a cross-layer transcoder on every MLP")
@@ -48,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Run `mechscope transcoders train`: collect MLP inputs and outputs, train the set, save and evaluate it; returns 0.
+
+    Example:
+        $ mechscope transcoders train --out out/plt --d-sae 2048 --tokens 20000 --json out/plt/eval.json
+    """
     from mechscope.circuits.replacement import replacement_agreement
     from mechscope.core.errors import BadInputError
     from mechscope.core.files import claim_output_dir, write_json
