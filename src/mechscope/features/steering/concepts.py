@@ -25,7 +25,13 @@ from mechscope.dictionaries.splice import sae_features
 
 
 class ConceptLatent(NamedTuple):
-    """A latent, its contrastive score, and its mean per-text peak activation on concept and baseline texts."""
+    """A latent, its contrastive score, and its mean per-text peak activation on concept and baseline texts.
+
+    Example:
+        >>> c = ConceptLatent(latent=7, score=1.5, concept_peak=2.0, baseline_peak=0.5)
+        >>> c.latent, c.concept_peak - c.baseline_peak == c.score
+        (7, True)
+    """
 
     latent: int
     score: float
@@ -35,7 +41,26 @@ class ConceptLatent(NamedTuple):
 
 @torch.no_grad()
 def peak_activations(model: Any, sae: Dictionary, texts: Sequence[str]) -> Tensor:
-    """Per text, each latent's largest activation over the tokens after the first: `[n_texts, d_sae]`."""
+    """Per text, each latent's largest activation over the tokens after the first: `[n_texts, d_sae]`.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> peak_activations(model, sae, ["the cat sat", "a dog ran on the mat"]).shape      # [n_texts, d_sae]
+        torch.Size([2, 32])
+    """
     if not texts:
         raise MechscopeError("No texts given.")
     batch = model.tokenize(list(texts))
@@ -47,7 +72,27 @@ def peak_activations(model: Any, sae: Dictionary, texts: Sequence[str]) -> Tenso
 
 def concept_latents(model: Any, sae: Dictionary, concept: Sequence[str], baseline: Sequence[str],
                     n: int = 10) -> list[ConceptLatent]:
-    """The `n` latents that fire most on `concept` texts beyond what they do on `baseline` texts."""
+    """The `n` latents that fire most on `concept` texts beyond what they do on `baseline` texts.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> top = concept_latents(model, sae, ["the cat sat", "the cat ran"], ["a dog sat", "a dog ran"], n=3)
+        >>> len(top), top[0].score >= top[1].score >= top[2].score
+        (3, True)
+    """
     on, off = peak_activations(model, sae, concept).mean(0), peak_activations(model, sae, baseline).mean(0)
     score = on - off
     top = score.topk(min(n, score.numel()))
@@ -56,7 +101,13 @@ def concept_latents(model: Any, sae: Dictionary, concept: Sequence[str], baselin
 
 def database_latents(path: str, query: str, sae: Dictionary | None = None, n: int = 5) -> list[dict[str, Any]]:
     """Latents whose explanations or top tokens in a feature database (`mechscope features collect`) match
-    `query`, best first; with `sae`, the database must describe a dictionary of the same width."""
+    `query`, best first; with `sae`, the database must describe a dictionary of the same width.
+
+    Example:
+        >>> hits = database_latents("features.db", "bridge", n=3)      # doctest: +SKIP
+        >>> [hit["latent"] for hit in hits]                            # doctest: +SKIP
+        [1234, 877, 15]
+    """
     from mechscope.features.database import FeatureDatabase
 
     with FeatureDatabase.open(path) as db:

@@ -47,7 +47,14 @@ FORMAT = "mechscope-steering-directions"
 
 @dataclass
 class Direction:
-    """A vector `[d]` at hook `hook_name`; `source` says how it was made (kind plus details)."""
+    """A vector `[d]` at hook `hook_name`; `source` says how it was made (kind plus details).
+
+    Example:
+        >>> import torch
+        >>> d = Direction(torch.tensor([3.0, 4.0]), "blocks.0.hook_resid_post", {"kind": "vector"})
+        >>> d.norm, d.unit
+        (5.0, tensor([0.6000, 0.8000]))
+    """
 
     vector: Tensor
     hook_name: str
@@ -64,7 +71,27 @@ class Direction:
 
 
 def check_width(model: Any, hook_name: str, vector: Tensor) -> None:
-    """A clear error when `hook_name` is not a site of `model` or `vector` does not fit its width."""
+    """A clear error when `hook_name` is not a site of `model` or `vector` does not fit its width.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> check_width(model, "blocks.0.hook_resid_post", torch.zeros(16))      # fits: no error
+        >>> check_width(model, "blocks.0.hook_resid_post", torch.zeros(32))
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.MechscopeError: The vector has shape (32,), but site 'blocks.0.hook_resid_post' of tiny has width 16.
+    """
     model.check_name(hook_name)
     width = site_width(model, hook_name)
     if vector.ndim != 1 or vector.shape[0] != width:
@@ -73,7 +100,24 @@ def check_width(model: Any, hook_name: str, vector: Tensor) -> None:
 
 
 def site_width(model: Any, hook_name: str) -> int:
-    """The width of a site's last axis (d_model for residual sites, d_mlp for `mlp.hook_post`, ...)."""
+    """The width of a site's last axis (d_model for residual sites, d_mlp for `mlp.hook_post`, ...).
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> site_width(model, "blocks.0.hook_resid_post"), site_width(model, "blocks.0.mlp.hook_post")
+        (16, 32)
+    """
     layer = parse_layer(hook_name)
     stop = layer + 1 if layer is not None and layer + 1 < model.cfg.n_layers else None
     _, cache = model.run_with_cache(torch.zeros(1, 1, dtype=torch.long), names=[hook_name], stop_at_layer=stop)
@@ -82,7 +126,25 @@ def site_width(model: Any, hook_name: str) -> int:
 
 
 def from_vector(model: Any, vector: Tensor | Sequence[float], hook_name: str, label: str = "user") -> Direction:
-    """A user's vector at `hook_name` (checked against the site's width)."""
+    """A user's vector at `hook_name` (checked against the site's width).
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> d = from_vector(model, [1.0] * 16, "blocks.1.hook_resid_pre", label="ones")
+        >>> d.hook_name, d.source, round(d.norm, 3)
+        ('blocks.1.hook_resid_pre', {'kind': 'vector', 'label': 'ones'}, 4.0)
+    """
     vector = torch.as_tensor(vector, dtype=torch.float32).detach().clone()
     check_width(model, hook_name, vector)
     return Direction(vector, hook_name, {"kind": "vector", "label": label})
@@ -121,7 +183,25 @@ def _positions(model: Any, texts: Sequence[str], tokens: Sequence[str | None] | 
 
 def read_activations(model: Any, texts: Sequence[str], hook_name: str,
                      tokens: Sequence[str | None] | None = None, batch_size: int = 16) -> Tensor:
-    """Activations `[n, d]` (float32) at `hook_name`, read at each text's last token (or its `tokens[i]`)."""
+    """Activations `[n, d]` (float32) at `hook_name`, read at each text's last token (or its `tokens[i]`).
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> acts = read_activations(model, ["the cat sat", "a dog"], "blocks.0.hook_resid_post")
+        >>> acts.shape, acts.dtype
+        (torch.Size([2, 16]), torch.float32)
+    """
     model.check_name(hook_name)
     positions = _positions(model, texts, tokens)
     layer = parse_layer(hook_name)
@@ -132,7 +212,27 @@ def read_activations(model: Any, texts: Sequence[str], hook_name: str,
 def mean_difference(model: Any, positive: Sequence[str], negative: Sequence[str], hook_name: str, *,
                     positive_tokens: Sequence[str | None] | None = None,
                     negative_tokens: Sequence[str | None] | None = None) -> Direction:
-    """CAA: `mean(act | positive) - mean(act | negative)` at `hook_name`, read at the last token or the given tokens."""
+    """CAA: `mean(act | positive) - mean(act | negative)` at `hook_name`, read at the last token or the given tokens.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> d = mean_difference(model, ["the cat sat", "the cat ran"], ["a dog sat", "a dog ran"], "blocks.0.hook_resid_post")
+        >>> pos = read_activations(model, ["the cat sat", "the cat ran"], "blocks.0.hook_resid_post")
+        >>> neg = read_activations(model, ["a dog sat", "a dog ran"], "blocks.0.hook_resid_post")
+        >>> torch.allclose(d.vector, pos.mean(0) - neg.mean(0)), d.source["kind"]
+        (True, 'mean_difference')
+    """
     pos = read_activations(model, positive, hook_name, positive_tokens)
     neg = read_activations(model, negative, hook_name, negative_tokens)
     return Direction(pos.mean(0) - neg.mean(0), hook_name,
@@ -164,7 +264,25 @@ def reading_vector(model: Any, positive: Sequence[str], negative: Sequence[str],
                    positive_tokens: Sequence[str | None] | None = None,
                    negative_tokens: Sequence[str | None] | None = None) -> Direction:
     """RepE reading vector: first PC of paired differences `act(positive_i) - act(negative_i)` (unit norm),
-    each difference's sign flipped at random before the PCA (see `first_principal_component`)."""
+    each difference's sign flipped at random before the PCA (see `first_principal_component`).
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> d = reading_vector(model, ["the cat sat", "the cat ran"], ["a dog sat", "a dog ran"], "blocks.0.hook_resid_post")
+        >>> round(d.norm, 4), d.source["kind"]
+        (1.0, 'reading_vector')
+    """
     if len(positive) != len(negative):
         raise MechscopeError(f"Reading vectors need pairs: {len(positive)} positive and {len(negative)} negative texts.")
     pos = read_activations(model, positive, hook_name, positive_tokens)
@@ -207,6 +325,26 @@ def from_probe(model: Any, probe: LogisticProbe, hook_name: str, class_index: in
     """The direction along which probe class `class_index` gains logit, in model units: `weight[c] / std`.
 
     For two classes the difference `weight[c] - weight[other]` is used (what separates them).
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.methods.probe_models import fit_logistic
+        >>> X, y = torch.randn(40, 16), torch.arange(40) % 2
+        >>> X[y == 1, 0] += 3.0                                  # class 1 sits further along dimension 0
+        >>> d = from_probe(model, fit_logistic(X, y), "blocks.0.hook_resid_post")
+        >>> int(d.vector.abs().argmax()), d.source["kind"]
+        (0, 'probe')
     """
     weight = probe.weight
     if not 0 <= class_index < weight.shape[0]:
@@ -219,14 +357,29 @@ def from_probe(model: Any, probe: LogisticProbe, hook_name: str, class_index: in
 
 
 def projection_accuracy(direction: Direction | Tensor, positive: Tensor, negative: Tensor) -> float:
-    """Pairwise accuracy of a reading vector: the fraction of pairs `i` with `pos_i . v > neg_i . v`."""
+    """Pairwise accuracy of a reading vector: the fraction of pairs `i` with `pos_i . v > neg_i . v`.
+
+    Example:
+        >>> import torch
+        >>> positive, negative = torch.tensor([[2.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 0.0], [2.0, 1.0]])
+        >>> projection_accuracy(torch.tensor([1.0, 0.0]), positive, negative)      # pair 1 projects the wrong way
+        0.5
+    """
     v = direction.vector if isinstance(direction, Direction) else direction
     return float(((positive.float() @ v.float()) > (negative.float() @ v.float())).double().mean())
 
 
 def save_directions(stem: str | Path, directions: Sequence[Direction], provenance: dict[str, Any],
                     force: bool = False) -> tuple[Path, Path]:
-    """Write `<stem>.safetensors` (`direction_0`, ...) and `<stem>.json` (hooks, sources, provenance)."""
+    """Write `<stem>.safetensors` (`direction_0`, ...) and `<stem>.json` (hooks, sources, provenance).
+
+    Example:
+        >>> import torch
+        >>> d = Direction(torch.ones(4), "blocks.0.hook_resid_post", {"kind": "vector"})
+        >>> tensors, meta = save_directions("dirs", [d], provenance={"model": "tiny"})
+        >>> tensors.name, meta.name
+        ('dirs.safetensors', 'dirs.json')
+    """
     stem = Path(stem)
     tensors_path, json_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     check_writable(json_path, force)
@@ -243,7 +396,14 @@ def save_directions(stem: str | Path, directions: Sequence[Direction], provenanc
 
 
 def load_directions(stem: str | Path) -> list[Direction]:
-    """Read what `save_directions` wrote (give the stem, the `.json` or the `.safetensors` path)."""
+    """Read what `save_directions` wrote (give the stem, the `.json` or the `.safetensors` path).
+
+    Example:
+        >>> import torch
+        >>> _ = save_directions("dirs", [Direction(torch.ones(4), "blocks.0.hook_resid_post", {"kind": "vector"})], {})
+        >>> [(d.hook_name, d.vector.tolist()) for d in load_directions("dirs.json")]
+        [('blocks.0.hook_resid_post', [1.0, 1.0, 1.0, 1.0])]
+    """
     stem = Path(stem)
     json_path = stem.with_suffix(".json")
     try:
@@ -258,7 +418,13 @@ def load_directions(stem: str | Path) -> list[Direction]:
 
 @dataclass
 class Pairs:
-    """Contrastive pairs: `positive[i]` against `negative[i]`, each read at its last token or its `*_tokens[i]`."""
+    """Contrastive pairs: `positive[i]` against `negative[i]`, each read at its last token or its `*_tokens[i]`.
+
+    Example:
+        >>> pairs = Pairs(["I love it"], ["I hate it"], None, None)
+        >>> list(zip(pairs.positive, pairs.negative))
+        [('I love it', 'I hate it')]
+    """
 
     positive: list[str]
     negative: list[str]
@@ -268,7 +434,15 @@ class Pairs:
 
 def load_pairs(path: str | Path) -> Pairs:
     """Read JSONL pairs: `{"positive": ..., "negative": ...}` with optional `positive_token` / `negative_token`
-    (the substring whose last token is read, e.g. the answer letter of an A/B question)."""
+    (the substring whose last token is read, e.g. the answer letter of an A/B question).
+
+    Example:
+        >>> from pathlib import Path
+        >>> _ = Path("pairs.jsonl").write_text('{"positive": "Q? A", "negative": "Q? B", "positive_token": "A", "negative_token": "B"}\\n')
+        >>> pairs = load_pairs("pairs.jsonl")
+        >>> pairs.positive, pairs.negative_tokens
+        (['Q? A'], ['B'])
+    """
     from mechscope.core.files import iter_jsonl
 
     pos, neg, pos_tok, neg_tok = [], [], [], []

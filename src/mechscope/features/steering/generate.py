@@ -28,7 +28,25 @@ from mechscope.features.steering.interventions import Intervention, PositionStat
 @dataclass
 class Generation:
     """`tokens [batch, new]` generated ids (padding after a row's end-of-text), `lengths [batch]` tokens
-    generated per row (an end-of-text token included), `texts` the decoded continuations, `prompts` the inputs."""
+    generated per row (an end-of-text token included), `texts` the decoded continuations, `prompts` the inputs.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> out = generate(model, ["the cat", "a dog ran on"], max_new_tokens=3, stop_at_eos=False)
+        >>> out.prompts, out.tokens.shape, out.lengths.tolist(), len(out.texts)
+        (['the cat', 'a dog ran on'], torch.Size([2, 3]), [3, 3], 2)
+    """
 
     prompts: list[str]
     tokens: Tensor
@@ -37,7 +55,25 @@ class Generation:
 
 
 def left_pad(model: Any, prompts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
-    """Token ids and mask `[batch, pos]`, left-padded, and each row's prompt length `[batch]`."""
+    """Token ids and mask `[batch, pos]`, left-padded, and each row's prompt length `[batch]`.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> ids, mask, lengths = left_pad(model, ["the cat sat", "a dog"])
+        >>> ids.tolist(), mask.tolist(), lengths.tolist()
+        ([[1, 2, 3], [0, 5, 7]], [[1, 1, 1], [0, 1, 1]], [3, 2])
+    """
     batch = model.tokenize(list(prompts))
     lengths = batch.lengths
     width = int(lengths.max())
@@ -130,6 +166,28 @@ def generate(model: Any, prompts: str | Sequence[str], interventions: Sequence[I
     """Continue each prompt with the interventions applied; greedy when `temperature == 0`.
 
     Sampling is seeded: batch `b` (of `batch_size` prompts) draws from a generator seeded `seed + b`.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.features.steering.interventions import Add
+        >>> push = Add(torch.randn(16), 8.0, hook_name="blocks.0.hook_resid_post")
+        >>> plain = generate(model, "the cat", max_new_tokens=4, stop_at_eos=False)
+        >>> steered = generate(model, "the cat", [push], max_new_tokens=4, stop_at_eos=False)
+        >>> plain.tokens.shape == steered.tokens.shape == (1, 4)
+        True
+        >>> torch.equal(plain.tokens, generate(model, "the cat", max_new_tokens=4, stop_at_eos=False).tokens)   # greedy
+        True
     """
     _check(temperature, top_p, max_new_tokens)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)

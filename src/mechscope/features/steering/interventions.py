@@ -46,6 +46,13 @@ class PositionState:
     `offset`: index (in the padded sequence) of the first position of this forward pass;
     `start [batch]`: index of each row's first real token (left padding); `prompt_len [batch]`:
     each row's prompt length (None outside generation: every position is a prompt position).
+
+    Example:
+        >>> import torch
+        >>> state = PositionState(offset=0, start=torch.tensor([0, 1]), prompt_len=torch.tensor([2, 1]))
+        >>> state.mask("generated", batch=2, n_pos=3, device=torch.device("cpu"))     # row 1 is left-padded by one
+        tensor([[False, False,  True],
+                [False, False,  True]])
     """
 
     offset: int = 0
@@ -88,7 +95,14 @@ def _check_where(where: Where) -> None:
 
 
 class Intervention:
-    """Base class: `hooks(model, state)` returns `(hook name, fn)` pairs for `model.hooks`."""
+    """Base class: `hooks(model, state)` returns `(hook name, fn)` pairs for `model.hooks`.
+
+    Example:
+        >>> import torch
+        >>> add = Add(torch.ones(16), 2.0, hook_name="blocks.0.hook_resid_post")
+        >>> isinstance(add, Intervention), add.describe()["kind"]
+        (True, 'add')
+    """
 
     where: Where
 
@@ -127,7 +141,28 @@ class _AlongDirection(Intervention):
 
 @dataclass
 class Add(_AlongDirection):
-    """Add `coef * direction.vector`, or `coef * site_norm * direction.unit` when `site_norm` is given."""
+    """Add `coef * direction.vector`, or `coef * site_norm * direction.unit` when `site_norm` is given.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> plain = model(ids)
+        >>> with steering(model, [Add(torch.ones(16), 4.0, hook_name="blocks.0.hook_resid_post")]):
+        ...     steered = model(ids)
+        >>> bool((steered - plain).abs().max() > 0), torch.equal(model(ids), plain)   # hooks removed after the block
+        (True, True)
+    """
 
     direction: Direction | Tensor
     coef: float
@@ -161,7 +196,30 @@ class Add(_AlongDirection):
 
 @dataclass
 class Ablate(_AlongDirection):
-    """Project the direction out (`x - (x.u) u`), or with `cap` remove only the part above it."""
+    """Project the direction out (`x - (x.u) u`), or with `cap` remove only the part above it.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.features.steering.directions import Direction
+        >>> direction = Direction(torch.randn(16), "blocks.0.hook_resid_post")
+        >>> seen = {}
+        >>> read = [("blocks.0.hook_resid_post", lambda act, hook: seen.update(act=act))]
+        >>> with torch.no_grad(), steering(model, [Ablate(direction)]), model.hooks(read):
+        ...     _ = model(torch.tensor([[1, 2, 3]]))
+        >>> float((seen["act"] @ direction.unit).abs().max()) < 1e-5             # nothing left along it
+        True
+    """
 
     direction: Direction | Tensor
     cap: float | None = None
@@ -249,7 +307,32 @@ class _LatentEdit(Intervention):
 
 @dataclass
 class Clamp(_LatentEdit):
-    """Set latents `latents` of `sae` to `value` (one value, or one per latent)."""
+    """Set latents `latents` of `sae` to `value` (one value, or one per latent).
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> with steering(model, [Clamp(sae, [3], 0.0, where=[-1])]):     # last token only
+        ...     steered = model(ids)
+        >>> changed = (steered - model(ids)).abs().amax(-1)[0] > 0
+        >>> changed[:2].tolist()                                           # earlier positions untouched
+        [False, False]
+        >>> Clamp(sae, [3], 5.0).describe()
+        {'kind': 'clamp', 'hook_name': 'blocks.0.hook_resid_post', 'latents': [3], 'value': 5.0, 'where': 'all'}
+    """
 
     latents: int | Sequence[int] = ()
     value: float | Sequence[float] = 0.0
@@ -273,7 +356,31 @@ class Clamp(_LatentEdit):
 
 @dataclass
 class Swap(_LatentEdit):
-    """Turn latents `down` to 0 and `up` to `value` (default: the summed activation `down` had there)."""
+    """Turn latents `down` to 0 and `up` to `value` (default: the summed activation `down` had there).
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> swap = Swap(sae, down=[1, 2], up=[7])
+        >>> swap.targets(torch.tensor([[0.5, 1.5, 0.0]]))         # down latents to 0, up gets their sum
+        tensor([[0., 0., 2.]])
+        >>> with steering(model, [swap]):
+        ...     logits = model(torch.tensor([[1, 2, 3]]))
+        >>> logits.shape
+        torch.Size([1, 3, 9])
+    """
 
     down: Sequence[int] = ()
     up: Sequence[int] = ()
@@ -297,6 +404,23 @@ def typical_norm(model: Any, hook_name: str, texts: Sequence[str]) -> float:
     """Mean L2 norm of the activation at `hook_name` over the tokens of `texts`, leaving out position 0.
 
     Position 0 (often BOS) is left out: its norm is many times that of other tokens in most models.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> norm = typical_norm(model, "blocks.1.hook_resid_post", ["the cat sat", "a dog ran on the mat"])
+        >>> norm > 0
+        True
     """
     model.check_name(hook_name)
     batch = model.tokenize(list(texts))

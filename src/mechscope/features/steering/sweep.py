@@ -46,7 +46,18 @@ NEUTRAL_TEXTS = (
 
 @dataclass
 class Concept:
-    """What counts as the concept showing: any of `keywords` in the text, and/or `latent` of `sae` firing."""
+    """What counts as the concept showing: any of `keywords` in the text, and/or `latent` of `sae` firing.
+
+    Example:
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> Concept(keywords=["bridge"], sae=sae, latent=3).keywords
+        ['bridge']
+        >>> Concept(keywords=["bridge"], sae=sae, latent=99)
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.MechscopeError: Latent 99 is out of range: this dictionary has latents 0..31.
+    """
 
     keywords: Sequence[str] = ()
     sae: Dictionary | None = None
@@ -62,7 +73,13 @@ class Concept:
 
 @dataclass
 class SweepPoint:
-    """The measurements at one coefficient value (see the module docstring)."""
+    """The measurements at one coefficient value (see the module docstring).
+
+    Example:
+        >>> p = SweepPoint(coef=4.0, texts=["the bridge"], perplexity=12.5, kl_neutral=0.03, keyword_incidence=1.0)
+        >>> p.coef, p.keyword_incidence, p.latent_incidence
+        (4.0, 1.0, None)
+    """
 
     coef: float | None  # None: the unsteered baseline
     texts: list[str]
@@ -75,7 +92,14 @@ class SweepPoint:
 
 @dataclass
 class SweepResult:
-    """One `SweepPoint` per coefficient, what was steered, and the settings and provenance."""
+    """One `SweepPoint` per coefficient, what was steered, and the settings and provenance.
+
+    Example:
+        >>> point = SweepPoint(coef=None, texts=["a road"], perplexity=10.0, kl_neutral=0.0)
+        >>> result = SweepResult([point], interventions=[], prompts=["I went to the"], settings={"n": 1})
+        >>> result.to_dict()["points"][0]["coef"], result.to_dict()["prompts"]
+        (None, ['I went to the'])
+    """
 
     points: list[SweepPoint]
     interventions: list[dict[str, Any]]
@@ -126,7 +150,28 @@ def _sequences(model: Any, gen: Generation) -> tuple[Tensor, Tensor, list[int]]:
 
 @torch.no_grad()
 def read_generation(model: Any, gen: Generation, concept: Concept | None) -> dict[str, float | None]:
-    """Perplexity of the generated tokens and the concept latent's incidence, from one unsteered pass."""
+    """Perplexity of the generated tokens and the concept latent's incidence, from one unsteered pass.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> from mechscope.features.steering.generate import generate
+        >>> gen = generate(model, ["the cat", "a dog"], max_new_tokens=3, stop_at_eos=False)
+        >>> sorted(read_generation(model, gen, Concept(sae=sae, latent=3)))
+        ['latent_incidence', 'latent_mean', 'perplexity']
+    """
     ids, mask, starts = _sequences(model, gen)
     names = [concept.sae.cfg.hook_name] if concept is not None and concept.sae is not None else []
     logits, cache = model.run_with_cache(ids, names=names, attention_mask=mask)
@@ -158,6 +203,27 @@ def neutral_kl(model: Any, texts: Sequence[str], interventions: Sequence[Interve
     """Mean over real tokens of `KL(p_unsteered || p_steered)` (nats); also returns the unsteered logits.
 
     Pass the returned logits back as `reference` to skip the unsteered run next time.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.features.steering.interventions import Add
+        >>> push = Add(torch.randn(16), 4.0, hook_name="blocks.0.hook_resid_post")
+        >>> kl, reference = neutral_kl(model, ["the cat sat on the mat"], [push])
+        >>> kl > 0, reference.shape
+        (True, torch.Size([1, 6, 9]))
+        >>> neutral_kl(model, ["the cat sat on the mat"], [], reference)[0]        # no intervention: no change
+        0.0
     """
     batch = model.tokenize(list(texts))
     if reference is None:
@@ -188,6 +254,27 @@ def steering_sweep(model: Any, prompts: str | Sequence[str], make: Callable[[flo
     """Generate from `prompts` (each `n` times) under `make(coef)` for each coefficient and measure it.
 
     With `baseline=True` the first point (`coef=None`) is the unsteered model, measured the same way.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.features.steering.interventions import Add
+        >>> direction = torch.randn(16)
+        >>> result = steering_sweep(model, "the cat", lambda c: [Add(direction, c, hook_name="blocks.0.hook_resid_post")],
+        ...                         [0.0, 8.0], concept=Concept(keywords=["dog"]), neutral_texts=["a dog sat"],
+        ...                         max_new_tokens=3, progress=False)
+        >>> [p.coef for p in result.points], result.points[0].kl_neutral
+        ([0.0, 8.0], 0.0)
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not coefs:
@@ -214,7 +301,14 @@ def steering_sweep(model: Any, prompts: str | Sequence[str], make: Callable[[flo
 
 
 def plot_sweep(result: SweepResult, title: str = "") -> Any:
-    """One figure: concept incidence, perplexity and neutral KL against the coefficient."""
+    """One figure: concept incidence, perplexity and neutral KL against the coefficient.
+
+    Example:
+        >>> result = SweepResult([SweepPoint(0.0, ["a"], 10.0, 0.0, 0.0), SweepPoint(4.0, ["b"], 14.0, 0.2, 0.5)],
+        ...                      interventions=[], prompts=["I went to the"], settings={})
+        >>> type(plot_sweep(result, title="bridge")).__name__
+        'Figure'
+    """
     import matplotlib
 
     matplotlib.use("Agg")
