@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     old = json.loads(out.read_text()) if out.exists() else {"results": []}
     same = old.get("steps") == args.steps and old.get("batch_size") == args.batch_size and old.get("seed") == args.seed
-    results = {(r["member"], r["architecture"]): r for r in old["results"]} if same else {}
+    results = {(r["member"], r["architecture"]): r for r in old["results"] if r["member"] in FAMILY} if same else {}
     for member in args.members.split(","):
         for arch in args.archs.split(","):
             start = time.perf_counter()

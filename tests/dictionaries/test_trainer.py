@@ -13,6 +13,7 @@ from mechscope.dictionaries.checkpoint import list_checkpoints
 from mechscope.dictionaries.errors import TrainingDivergedError
 from mechscope.dictionaries.initialisation import geometric_median
 from mechscope.dictionaries.metrics import fixed_norm_scale, mean_l0
+from mechscope.dictionaries.resampling import resample_dead_latents
 from mechscope.dictionaries.schedule import L0Controller
 from mechscope.dictionaries.synthetic import SyntheticData
 from mechscope.dictionaries.trainer import Trainer, TrainerConfig
@@ -103,6 +104,35 @@ def test_resampling_revives_dead_latents():
     trainer.fit(_stream(20))
     assert float(sae.b_enc.detach()[:8].min()) > -1e3  # re-initialised (b_enc = 0, then trained)
     assert int((trainer.tokens_since_fired[:8] < 256).sum()) == 8
+
+
+def test_resampling_resets_jumprelu_thresholds_and_gated_magnitudes():
+    """A resampled JumpReLU latent fires on the token it was drawn from (its old threshold would
+    keep it silent); a resampled Gated latent's magnitude path restarts at r_mag = b_mag = 0; their
+    Adam moments are cleared."""
+    x = next(_stream(1, batch=64))
+    for arch in ("jumprelu", "gated"):
+        sae = _make(arch)
+        sae.cfg.input_scale = sae.cfg.output_scale = float(fixed_norm_scale(x))
+        opt = torch.optim.Adam(sae.parameters())
+        sae(x).loss.backward()
+        opt.step()
+        dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+        dead[:3] = True
+        with torch.no_grad():
+            if arch == "jumprelu":
+                sae.log_threshold[:3] = math.log(1e3)
+            else:
+                sae.r_mag[:3], sae.b_mag[:3] = -4.0, -50.0
+        assert resample_dead_latents(sae, opt, dead, x, None, torch.Generator().manual_seed(0)) == 3
+        extra = sae.log_threshold if arch == "jumprelu" else sae.b_mag
+        assert float(opt.state[extra]["exp_avg"][:3].abs().max()) == 0.0
+        assert float(opt.state[extra]["exp_avg"][3:].abs().max()) > 0.0  # the others keep theirs
+        if arch == "jumprelu":
+            assert float(sae.threshold.detach()[:3].max()) < 1e3
+            assert bool((sae.encode(x)[:, :3] > 0).any(0).all()), "each resampled latent fires on the batch"
+        else:
+            assert float(sae.r_mag.detach()[:3].abs().max()) == 0.0 and float(sae.b_mag.detach()[:3].abs().max()) == 0.0
 
 
 def test_nan_inputs_are_rejected():

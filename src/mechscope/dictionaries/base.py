@@ -343,6 +343,16 @@ class Dictionary(nn.Module):
         if self.cfg.decoder_norm == "unit":
             self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
+    @torch.no_grad()
+    def reset_latents(self, idx: Tensor, pre: Tensor) -> list[tuple[nn.Parameter, tuple[Any, ...]]]:
+        """Re-initialise architecture-specific parameters of the resampled latents `idx [n]`.
+
+        Called after resampling has set their encoder, encoder bias (0) and decoder; `pre [batch, n]`
+        holds the new latents' pre-activations on the batch they were drawn from. Returns the
+        `(parameter, index)` pairs changed, whose optimizer moments the caller resets. The base has none.
+        """
+        return []
+
     # -- helpers for subclasses -------------------------------------------------------------
     @staticmethod
     def _mse(recon_n: Tensor, target_n: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +55,13 @@ class GatedSAE(Dictionary):
     def _init_extra(self, gen: torch.Generator | None) -> None:
         self.b_mag = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.W_enc.dtype))
         self.r_mag = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.W_enc.dtype))
+
+    @torch.no_grad()
+    def reset_latents(self, idx: Tensor, pre: Tensor) -> list[tuple[nn.Parameter, tuple[Any, ...]]]:
+        """A resampled latent's magnitude path restarts as its gate's (`r_mag = b_mag = 0`)."""
+        self.r_mag[idx] = 0.0
+        self.b_mag[idx] = 0.0
+        return [(self.r_mag, (idx,)), (self.b_mag, (idx,))]
 
     def _paths(self, x_n: Tensor) -> tuple[Tensor, Tensor]:
         z = self._preact(x_n, torch.zeros_like(self.b_enc))

@@ -100,6 +100,21 @@ class JumpReLUSAE(Dictionary):
         """Per-latent threshold `exp(log_threshold)`, `[d_sae]`."""
         return self.log_threshold.exp()
 
+    @torch.no_grad()
+    def reset_latents(self, idx: Tensor, pre: Tensor) -> list[tuple[nn.Parameter, tuple[Any, ...]]]:
+        """A resampled latent's threshold becomes half its largest pre-activation on the batch (when
+        that is positive; otherwise the median threshold of the other latents).
+
+        Its old threshold, trained for the old direction, usually lies above anything the new,
+        smaller encoder column produces, so the latent would stay dead.
+        """
+        others = torch.ones_like(self.log_threshold, dtype=torch.bool)
+        others[idx] = False
+        median = self.threshold[others].median() if bool(others.any()) else self.threshold.new_tensor(self.cfg.threshold_init)
+        top = pre.amax(0).to(median.dtype)
+        self.log_threshold[idx] = torch.where(top > 0, 0.5 * top, median).log()
+        return [(self.log_threshold, (idx,))]
+
     def _encode_n(self, x_n: Tensor) -> Tensor:
         pre = self._preact(x_n, self.b_enc)
         return pre * (pre > self.threshold)

@@ -4,7 +4,9 @@ For each dead latent, draw one token of the current batch with probability propo
 squared reconstruction error `||t_b - t_hat_b||^2` (normalised units). The latent's decoder row
 becomes the unit residual direction of that token; its encoder column the same direction
 (for a transcoder: the token's centred input direction) scaled to `0.2 *` the mean encoder
-column norm of live latents; its encoder bias 0; its Adam moments are reset.
+column norm of live latents; its encoder bias 0; architecture-specific parameters (JumpReLU's
+threshold, Gated's magnitude path) are re-initialised by `Dictionary.reset_latents`; its Adam
+moments are reset.
 
 Example:
     >>> import torch
@@ -52,7 +54,9 @@ def resample_dead_latents(
     d.W_dec[idx] = dec_dir.to(d.W_dec.dtype)
     d.W_enc[:, idx] = (enc_dir * 0.2 * enc_norm).t().to(d.W_enc.dtype)
     d.b_enc[idx] = 0.0
-    for p, where in ((d.W_dec, (idx,)), (d.W_enc, (slice(None), idx)), (d.b_enc, (idx,))):
+    pre = d._centered(x_n) @ d.W_enc[:, idx]  # the new latents on the batch, without encoder bias
+    extra = d.reset_latents(idx, pre)
+    for p, where in ((d.W_dec, (idx,)), (d.W_enc, (slice(None), idx)), (d.b_enc, (idx,)), *extra):
         state = optimizer.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:

@@ -18,7 +18,7 @@ Metrics, with `u_i` the true unit features and `w_j` the decoder rows normalised
 The family (`FAMILY`): `builtin` (`d_model=32`, `n_features=64`, log-uniform `p` from 0.08 to
 0.01, about 2.3 active features per token, 8 correlated pairs, `noise_std=0.01`) and members
 that vary the number of features, the frequency law, correlation, offset, noise and the true L0
-(2 to 64). `run_synthetic` trains with the library's defaults and only `k` (TopK, BatchTopK) or
+(2 to 32). `run_synthetic` trains with the library's defaults and only `k` (TopK, BatchTopK) or
 `target_l0` (penalty architectures) set to the member's true L0; `d_sae = 2 * n_features`.
 `scripts/synthetic_family.py` runs every architecture on every member and writes the table of
 docs/dictionaries.md.
@@ -148,7 +148,7 @@ FAMILY: dict[str, dict[str, Any]] = {
     "noisy-l8": {"d_model": 48, "n_features": 128, "true_l0": 8, "noise_std": 0.05, "n_correlated_pairs": 16,
                  "pair_prob": 0.8},
     "dense-l16": {"d_model": 64, "n_features": 192, "true_l0": 16, "frequency_law": "power", "alpha": 0.5},
-    "dense-l64": {"d_model": 192, "n_features": 384, "true_l0": 64, "frequency_law": "power", "alpha": 0.3,
+    "dense-l32": {"d_model": 192, "n_features": 384, "true_l0": 32, "frequency_law": "power", "alpha": 0.3,
                   "mean_offset": 2.0, "n_correlated_pairs": 0},
 }
 
