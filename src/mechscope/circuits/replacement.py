@@ -27,10 +27,13 @@ So with the error terms the local replacement model reproduces the real logits o
 terms and token embeddings (what `attribution.py` measures by backward passes).
 
 Example:
+    >>> # the default model and a set trained by `mechscope transcoders train`
     >>> rm = ReplacementModel(model, transcoders)                        # doctest: +SKIP
     >>> state = rm.prepare("The Eiffel Tower is in the city of")         # doctest: +SKIP
     >>> (rm.local_logits(state) - state.logits).abs().max() < 1e-4       # doctest: +SKIP
     tensor(True)
+
+`ReplacementModel`'s own example runs the same check on a tiny Llama with random transcoders.
 """
 
 from __future__ import annotations
@@ -53,12 +56,40 @@ MlpOut = Callable[[int, Tensor], Tensor]
 
 
 class ReplacementError(MechscopeError):
-    """The replacement model cannot be built for this model or input."""
+    """The replacement model cannot be built for this model or input.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> ReplacementModel(model, transcoders).prepare(torch.tensor([[0, 1], [0, 2]]))
+        Traceback (most recent call last):
+        ...
+        mechscope.circuits.replacement.ReplacementError: attribution takes one prompt at a time, got a batch of 2
+    """
 
 
 @dataclass
 class FrozenNorm:
-    """A norm module linearised at its recorded input `x0`: `y0 + coef * P(x - x0)`."""
+    """A norm module linearised at its recorded input `x0`: `y0 + coef * P(x - x0)`.
+
+    Example:
+        >>> # an RMSNorm (no centering) recorded at x0 = [3, 4]: its scale 1 / rms(x0) stays frozen
+        >>> x0 = torch.tensor([3.0, 4.0])
+        >>> coef = 1 / x0.pow(2).mean().sqrt()
+        >>> norm = FrozenNorm(x0=x0, y0=x0 * coef, coef=coef.expand(2), center=False)
+        >>> norm(x0)                                    # the recorded output
+        tensor([0.8485, 1.1314])
+        >>> norm(2 * x0)                                # linear in x, where the real norm would not move
+        tensor([1.6971, 2.2627])
+    """
 
     x0: Tensor
     y0: Tensor
@@ -102,7 +133,25 @@ def _freeze_norm(module: nn.Module, x0: Tensor, y0: Tensor, name: str) -> Frozen
 
 @dataclass
 class PromptState:
-    """What `ReplacementModel.prepare` records on one prompt (batch 1; per-layer lists hold `[pos, ...]`)."""
+    """What `ReplacementModel.prepare` records on one prompt (batch 1; per-layer lists hold `[pos, ...]`).
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> state = ReplacementModel(model, transcoders).prepare(torch.tensor([[0, 3, 1, 4]]))
+        >>> state.n_pos, state.logits.shape, state.features[1].shape, len(state.errors)
+        (4, torch.Size([4, 9]), torch.Size([4, 32]), 2)
+        >>> bool(state.features[0][0].any())            # the first position's features are zeroed
+        False
+    """
 
     ids: Tensor
     logits: Tensor
@@ -122,7 +171,26 @@ class PromptState:
 
 
 class ReplacementModel:
-    """A `HookedModel` with a whole-model transcoder set; see the module docstring."""
+    """A `HookedModel` with a whole-model transcoder set; see the module docstring.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> rm = ReplacementModel(model, transcoders)
+        >>> state = rm.prepare(torch.tensor([[0, 3, 1, 4, 1]]))
+        >>> bool((rm.local_logits(state) - state.logits).abs().max() < 1e-4)   # error terms included: exact
+        True
+        >>> rm.local_logits(state, use_error=False).shape                       # the transcoders alone
+        torch.Size([5, 9])
+    """
 
     def __init__(self, model: Any, transcoders: TranscoderSet, zero_positions: int = 1) -> None:
         transcoders.check_model(model)
@@ -262,7 +330,18 @@ class ReplacementModel:
 
 
 def unembed_input_hook(model: Any) -> str:
-    """The hook name of what the unembedding reads (the final norm's output, weight applied)."""
+    """The hook name of what the unembedding reads (the final norm's output, weight applied).
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> unembed_input_hook(model)
+        'ln_final.hook_out'
+    """
     return "ln_final.hook_out" if "ln_final.hook_out" in model.sites else names.LN_FINAL
 
 
@@ -283,8 +362,18 @@ def replacement_logits(model: Any, transcoders: TranscoderSet, inputs: Any) -> T
     running as usual.
 
     Example:
-        >>> replacement_logits(model, transcoders, ids).shape     # doctest: +SKIP
-        torch.Size([4, 64, 49152])
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> replacement_logits(model, transcoders, torch.tensor([[0, 3, 1, 4], [0, 2, 2, 5]])).shape
+        torch.Size([2, 4, 9])
     """
     transcoders.check_model(model)
     acts: list[Tensor] = []
@@ -314,8 +403,21 @@ def replacement_agreement(model: Any, transcoders: TranscoderSet, inputs: Any) -
     `next_token_agreement` (same argmax) and `kl` (mean `KL(real || replacement)`, nats).
 
     Example:
-        >>> replacement_agreement(model, transcoders, ids)      # doctest: +SKIP
-        {'next_token_agreement': 0.41, 'kl': 1.9, 'positions': 1016}
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> result = replacement_agreement(model, transcoders, torch.tensor([[0, 3, 1, 4], [0, 2, 2, 5]]))
+        >>> sorted(result), result["positions"]                 # 2 rows of 3 positions after the first
+        (['kl', 'next_token_agreement', 'positions'], 6)
+        >>> 0.0 <= result["next_token_agreement"] <= 1.0 and result["kl"] >= 0.0
+        True
     """
     real = model(inputs)[:, 1:].float()
     replaced = replacement_logits(model, transcoders, inputs)[:, 1:].float()
