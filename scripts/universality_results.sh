@@ -9,6 +9,8 @@
 #   match-smollm2-gemma3.json   the seed-0 SmolLM2 SAE against a Gemma 3 270M layer-9 resid_post TopK SAE
 #                               (k=32, 10,240 latents) trained with the same recipe: activation correlation
 #                               on the same text, Gemma's tokens aligned to SmolLM2's by character spans.
+#   match-smollm2-gemma3-null.json   its chance level: the same statistics with Gemma's aligned tokens
+#                               rolled out of alignment by half the text.
 #
 #   scripts/universality_results.sh      # about an hour on 2 shared CPU cores
 #
@@ -111,3 +113,27 @@ GEMMA="$OUT/universality/sae-gemma3-l9"
 "$MECHSCOPE" features match "$SMOL_A" "$GEMMA" --activations --model-b gemma3-270m --corpus "$MATCH_CORPUS" \
     --tokens "$MATCH_TOKENS" --threshold 0.7 \
     --json "$RESULTS/match-smollm2-gemma3.json" --png "$RESULTS/match-smollm2-gemma3.png" --force
+
+# 4. Chance level of the cross-model match: the same text, Gemma's aligned tokens rolled by half the tokens.
+"$PYTHON" - "$SMOL_A" "$GEMMA" "$MATCH_CORPUS" "$MATCH_TOKENS" "$RESULTS/match-smollm2-gemma3-null.json" <<'EOF'
+import sys
+
+from mechscope.core.corpus import iter_documents
+from mechscope.core.files import write_json
+from mechscope.core.loading import load_model
+from mechscope.core.provenance import provenance, weights_hash
+from mechscope.dictionaries import load_dictionary
+from mechscope.features.universality import aligned_activations, shifted_baseline
+
+path_a, path_b, corpus, tokens, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+sae_a, sae_b = load_dictionary(path_a), load_dictionary(path_b)
+model_a, model_b = load_model(sae_a.cfg.model_name), load_model(sae_b.cfg.model_name)
+acts_a, acts_b = aligned_activations(model_a, sae_a, model_b, sae_b, iter_documents(corpus), tokens)
+result = {"a": path_a, "b": path_b, "shifted": shifted_baseline(acts_a, acts_b, threshold=0.7),
+          "provenance": provenance(model_a, dictionary_a_sha256=weights_hash(sae_a), dictionary_b_sha256=weights_hash(sae_b),
+                                   model_b=model_b.cfg.name, model_b_weights_sha256=weights_hash(model_b), corpus=corpus)}
+write_json(out, result, force=True)
+r = result["shifted"]
+print(f"chance level (B rolled by {r['shift']} of {r['tokens']} tokens): mean max A->B {r['mean_max_a_to_b']:.3f}, "
+      f"B->A {r['mean_max_b_to_a']:.3f}, best of A above 0.7: {r['fraction_best_a_above_threshold']:.1%}")
+EOF

@@ -17,6 +17,7 @@ from mechscope.features.universality import (
     align_by_spans,
     correlation_matrix,
     decoder_match,
+    shifted_baseline,
 )
 
 
@@ -89,6 +90,18 @@ def test_correlation_equals_the_centred_formula_across_blocks() -> None:
     got = correlation_matrix(a, b, block=16)  # blocks of B's latents, the last one partial
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-12)
     assert got[7, 5] == pytest.approx(1.0, abs=1e-12) and not got[3].any()
+
+
+def test_shifted_baseline_breaks_the_alignment_only() -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.relu(torch.randn(400, 30, generator=g) - 1.5)
+    aligned = activation_match(a, a.clone())
+    assert aligned["mean_max_a_to_b"] == pytest.approx(1.0, abs=1e-12)
+    null = shifted_baseline(a, a.clone(), threshold=0.7)
+    assert null["shift"] == 200 and null["tokens"] == 400
+    want = correlation_matrix(a, torch.cat([a[200:], a[:200]]))  # row t of B is row t - 200 of A
+    assert null["mean_max_a_to_b"] == pytest.approx(float(want.max(1).mean()), abs=1e-12)
+    assert null["mean_max_a_to_b"] < 0.5 and null["fraction_best_a_above_threshold"] == 0.0
 
 
 def test_different_widths_need_activations() -> None:

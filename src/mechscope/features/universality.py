@@ -8,7 +8,9 @@
   different tokenizations; they are aligned by character spans: each token of A is paired with
   the maximum activation of B over B's tokens whose character spans overlap it.
 
-Quality distribution: a histogram of the matched values; the fraction above a threshold.
+Quality distribution: a histogram of the matched values; the fraction above a threshold. Chance
+level of activation matching: the same statistics with B's tokens rolled out of alignment
+(`shifted_baseline`).
 
 Example:
     >>> import torch
@@ -19,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -111,6 +114,54 @@ def align_by_spans(spans_a: list[tuple[int, int]], spans_b: list[tuple[int, int]
         if hits:
             out[i] = acts_b[hits].amax(0)
     return out
+
+
+def shifted_baseline(acts_a: Tensor, acts_b: Tensor, threshold: float = 0.7, shift: int | None = None) -> dict[str, Any]:
+    """Chance level of the best-match statistics: B's token rows rolled by `shift` (default half the tokens).
+
+    Each latent keeps its own activations and density but loses its alignment with A's tokens, so
+    the mean max correlation that remains is what the number of candidates and sparsity give alone.
+
+    Example:
+        >>> a = torch.eye(6)[:, :3]
+        >>> shifted_baseline(a, a, shift=3)["mean_max_a_to_b"] < 0
+        True
+    """
+    n = acts_a.shape[0]
+    if acts_b.shape[0] != n:
+        raise MechscopeError(f"activations cover {n} and {acts_b.shape[0]} tokens; align them first")
+    shift = n // 2 if shift is None else shift
+    corr = correlation_matrix(acts_a, torch.roll(acts_b, shift, dims=0))
+    best_a = corr.max(axis=1)
+    return {"shift": shift, "tokens": n, "mean_max_a_to_b": float(best_a.mean()),
+            "mean_max_b_to_a": float(corr.max(axis=0).mean()), "threshold": threshold,
+            "fraction_best_a_above_threshold": float((best_a > threshold).mean())}
+
+
+def aligned_activations(model_a: Any, dictionary_a: Any, model_b: Any, dictionary_b: Any, documents: Iterable[str],
+                        n_tokens: int, piece_chars: int = 600) -> tuple[Tensor, Tensor]:
+    """Activations of A and B on the same text `[tokens_A, n_A]`, `[tokens_A, n_B]`, B aligned to A's tokens.
+
+    The documents are cut into pieces of `piece_chars` characters, each run through both models
+    (BOS prepended, not counted) until `n_tokens` of A's tokens are reached. With one model for
+    both (`model_b is model_a`) the tokens are the same; otherwise B is aligned by `align_by_spans`.
+    """
+    rows_a, rows_b, total = [], [], 0
+    for doc in documents:
+        for start in range(0, len(doc), piece_chars):
+            piece = doc[start:start + piece_chars]
+            if not piece.strip():
+                continue
+            acts_a, spans_a = text_activations(model_a, dictionary_a, piece)
+            acts_b, spans_b = text_activations(model_b, dictionary_b, piece)
+            rows_a.append(acts_a)
+            rows_b.append(acts_b if model_b is model_a else align_by_spans(spans_a, spans_b, acts_b))
+            total += acts_a.shape[0]
+            if total >= n_tokens:
+                return torch.cat(rows_a), torch.cat(rows_b)
+    if not rows_a:
+        raise MechscopeError("the documents gave no text to compare the dictionaries on")
+    return torch.cat(rows_a), torch.cat(rows_b)
 
 
 @torch.no_grad()

@@ -287,7 +287,10 @@ def run_match(args: argparse.Namespace) -> int:
             from mechscope.core.loading import load_model
 
             model_b = load_model(args.model_b or sae_b.cfg.model_name, device=args.device, dtype=args.dtype)
-        acts_a, acts_b = _aligned_activations(model_a, sae_a, model_b, sae_b, args.corpus, args.tokens)
+        from mechscope.core.corpus import iter_documents
+        from mechscope.features.universality import aligned_activations
+
+        acts_a, acts_b = aligned_activations(model_a, sae_a, model_b, sae_b, iter_documents(args.corpus), args.tokens)
         result["activations"] = activation_match(acts_a, acts_b, args.threshold)
         result["activations"]["tokens"] = int(acts_a.shape[0])
         from mechscope.core.provenance import provenance as make_provenance
@@ -307,26 +310,3 @@ def run_match(args: argparse.Namespace) -> int:
     if args.png_path:
         write_bytes(args.png_path, figure_png(plot_match(result, f"{args.a} vs {args.b}")), args.force)
     return 0
-
-
-def _aligned_activations(model_a: Any, sae_a: Any, model_b: Any, sae_b: Any, corpus: str, n_tokens: int) -> Any:
-    """Activations of A and B on the same text, B aligned to A's tokens by character spans."""
-    import torch
-
-    from mechscope.core.corpus import iter_documents
-    from mechscope.features.universality import align_by_spans, text_activations
-
-    rows_a, rows_b, total = [], [], 0
-    for doc in iter_documents(corpus):
-        for start in range(0, len(doc), 600):
-            piece = doc[start:start + 600]
-            if not piece.strip():
-                continue
-            acts_a, spans_a = text_activations(model_a, sae_a, piece)
-            acts_b, spans_b = text_activations(model_b, sae_b, piece)
-            rows_a.append(acts_a)
-            rows_b.append(acts_b if model_b is model_a else align_by_spans(spans_a, spans_b, acts_b))
-            total += acts_a.shape[0]
-            if total >= n_tokens:
-                return torch.cat(rows_a), torch.cat(rows_b)
-    return torch.cat(rows_a), torch.cat(rows_b)
