@@ -25,8 +25,11 @@ n_active + (n_layers + 1) * n_pos]` float32 row buffer (about 4 GB for 10k visit
 against 100k active ones); cap `max_feature_nodes` for long prompts.
 
 Example:
+    >>> # the default model and a set trained by `mechscope transcoders train`
     >>> graph = attribute(model, transcoders, "The capital of France is", max_feature_nodes=512)  # doctest: +SKIP
     >>> graph.adjacency.shape                                                                    # doctest: +SKIP
+
+`attribute`'s own example runs on a tiny Llama with random transcoders.
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ from mechscope.dictionaries.transcoder_set import TranscoderSet, mlp_input_hook
 
 @dataclass
 class Target:
-    """A logit target: `vector [d_model]` read at the final norm's output (last position), its weight."""
+    """A logit target: `vector [d_model]` read at the final norm's output (last position), its weight.
+
+    Example:
+        >>> target = Target(label=" Paris", token_id=6342, weight=0.93, vector=torch.zeros(576))
+        >>> target.label, target.weight
+        (' Paris', 0.93)
+    """
 
     label: str
     token_id: int
@@ -57,13 +66,42 @@ class Target:
 
 
 def unembedding(model: Any) -> Tensor:
-    """The unembedding matrix `[d_vocab, d_model]` (float32)."""
+    """The unembedding matrix `[d_vocab, d_model]` (float32).
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> W_U = unembedding(model)
+        >>> W_U.shape, W_U.dtype, W_U.requires_grad
+        (torch.Size([9, 16]), torch.float32, False)
+    """
     return model.lm_head.weight.detach().float()
 
 
 def salient_logits(model: Any, logits: Tensor, max_n_logits: int = 10, desired_logit_prob: float = 0.95) -> list[Target]:
     """The smallest set of top tokens whose probability reaches `desired_logit_prob` (at most
-    `max_n_logits`), each as its demeaned unembedding direction `W_U[t] - mean_t W_U[t]`."""
+    `max_n_logits`), each as its demeaned unembedding direction `W_U[t] - mean_t W_U[t]`.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.toys.induction import toy_tokenizer
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer=toy_tokenizer(8), name="tiny")
+        >>> logits = torch.tensor([0.0, 0.0, 5.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0])    # p(t2) 0.71, p(t3) 0.26
+        >>> targets = salient_logits(model, logits)
+        >>> [(t.label, t.token_id, round(t.weight, 2)) for t in targets]
+        [('t2', 2, 0.71), ('t3', 3, 0.26)]
+        >>> W_U = unembedding(model)
+        >>> torch.equal(targets[0].vector, W_U[2] - W_U.mean(0))
+        True
+    """
     probs = torch.softmax(logits.float(), -1)
     top_p, top_i = torch.topk(probs, min(max_n_logits, probs.shape[-1]))
     cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), desired_logit_prob)) + 1
@@ -75,14 +113,44 @@ def salient_logits(model: Any, logits: Tensor, max_n_logits: int = 10, desired_l
 
 
 def logit_diff_target(model: Any, correct: str, wrong: str) -> Target:
-    """The logit difference `logit(correct) - logit(wrong)` as one target of weight 1."""
+    """The logit difference `logit(correct) - logit(wrong)` as one target of weight 1.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.toys.induction import toy_tokenizer
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer=toy_tokenizer(8), name="tiny")
+        >>> target = logit_diff_target(model, "t2", "t5")
+        >>> target.label, target.token_id, target.weight                  # token id -1: a custom direction
+        ('t2 - t5', -1, 1.0)
+        >>> torch.equal(target.vector, unembedding(model)[2] - unembedding(model)[5])
+        True
+    """
     a, b = model.to_single_token(correct), model.to_single_token(wrong)
     W_U = unembedding(model)
     return Target(f"{correct} - {wrong}", -1, 1.0, W_U[a] - W_U[b])
 
 
 def token_strings(model: Any, ids: Tensor) -> list[str]:
-    """Each id as its string (the id itself for a model without a tokenizer)."""
+    """Each id as its string (the id itself for a model without a tokenizer).
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.toys.induction import toy_tokenizer
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer=toy_tokenizer(8), name="tiny")
+        >>> token_strings(model, torch.tensor([0, 3, 1]))
+        ['<bos>', 't3', 't1']
+        >>> model.tokenizer = None
+        >>> token_strings(model, torch.tensor([0, 3, 1]))
+        ['0', '3', '1']
+    """
     return model.to_str_tokens(ids) if model.tokenizer is not None else [str(i) for i in ids.tolist()]
 
 
@@ -176,7 +244,14 @@ def _position_spans(positions: Tensor) -> list[tuple[int, int, int]]:
 
 def partial_influence(rows: Tensor, row_nodes: Tensor, weights: Tensor, max_iter: int = 1024) -> Tensor:
     """Influence on the logits of every column node, from the rows computed so far
-    (`rows[i]` belongs to node `row_nodes[i]`; `weights` is `w` over all nodes)."""
+    (`rows[i]` belongs to node `row_nodes[i]`; `weights` is `w` over all nodes).
+
+    Example:
+        >>> # node 2 (the logit) reads node 0 with weight 1 and node 1 with weight 3; node 1 reads node 0
+        >>> rows = torch.tensor([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]])
+        >>> partial_influence(rows, row_nodes=torch.tensor([2, 1]), weights=torch.tensor([0.0, 0.0, 1.0]))
+        tensor([1.0000, 0.7500, 0.0000])
+    """
     normalized = rows.abs()
     normalized = normalized / normalized.sum(1, keepdim=True).clamp(min=1e-10)
     total = torch.zeros(rows.shape[1])
@@ -193,7 +268,35 @@ def attribute(model: Any, transcoders: TranscoderSet, prompt: Any, *, targets: l
               max_n_logits: int = 10, desired_logit_prob: float = 0.95, batch_size: int = 64,
               max_feature_nodes: int | None = None, update_interval: int = 4, progress: bool = False,
               replacement: ReplacementModel | None = None) -> AttributionGraph:
-    """The attribution graph of `prompt` (text or `[1, pos]` ids); see the module docstring."""
+    """The attribution graph of `prompt` (text or `[1, pos]` ids); see the module docstring.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.toys.induction import toy_tokenizer
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer=toy_tokenizer(8), name="tiny")
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> graph = attribute(model, transcoders, "t1 t2 t3", max_n_logits=3)
+        >>> graph.token_strings, graph.n_logits
+        (['<bos>', 't1', 't2', 't3'], 3)
+        >>> # nodes: features, an error per (layer, position), a token per position, the logits
+        >>> graph.adjacency.shape[0] == graph.n_features + 2 * 4 + 4 + graph.n_logits
+        True
+        >>> # backward passes of the default batch_size 64: ceil(n_logits / 64) + ceil(n_features / 64)
+        >>> graph.info["backward_passes"] == math.ceil(3 / 64) + math.ceil(graph.n_features / 64)
+        True
+        >>> diff = logit_diff_target(model, "t2", "t5")
+        >>> graph = attribute(model, transcoders, "t1 t2 t3", targets=[diff], max_feature_nodes=10,
+        ...                   batch_size=4)
+        >>> graph.n_features, graph.logit_labels, graph.info["backward_passes"]   # 1 + ceil(10 / 4) passes
+        (10, ['t2 - t5'], 4)
+    """
     if batch_size <= 0:
         raise MechscopeError(f"batch_size must be positive, got {batch_size}")
     rm = replacement or ReplacementModel(model, transcoders)

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     Example:
         >>> parser = argparse.ArgumentParser(prog="mechscope")
         >>> register(parser.add_subparsers())
-        >>> args = parser.parse_args(['transcoders', 'train', '--out', 'out/clt', '--kind', 'cross_layer', '--d-sae', '256'])
+        >>> args = parser.parse_args(['transcoders', 'train', '--out', 'out/clt', '--kind', 'cross_layer',
+        ...                           '--d-sae', '256'])
         >>> args.action, args.kind, args.d_sae, args.architecture
         ('train', 'cross_layer', 256, 'jumprelu')
     """
