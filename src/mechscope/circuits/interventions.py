@@ -79,10 +79,24 @@ def mlp_deltas(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit
     """What `edits` add to each layer's MLP output `[pos, d_model]` on the recorded prompt.
 
     Example:
-        >>> state = rm.prepare("The capital of France is")                               # doctest: +SKIP
-        >>> deltas = mlp_deltas(rm, state, [FeatureEdit(3, None, 301, value=0.0)])         # doctest: +SKIP
-        >>> sorted(deltas)                                          # the layers written to    # doctest: +SKIP
-        [3]
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> rm = ReplacementModel(model, transcoders)
+        >>> state = rm.prepare(torch.tensor([[0, 3, 1, 4]]))
+        >>> # zero feature 2 of layer 0 at position 1
+        >>> deltas = mlp_deltas(rm, state, [FeatureEdit(0, 1, 2, value=0.0)])
+        >>> sorted(deltas), deltas[0].shape                     # the layers written to (per-layer: its own)
+        ([0], torch.Size([4, 16]))
+        >>> bool(deltas[0][1].any()), bool(deltas[0][[0, 2, 3]].any())
+        (True, False)
     """
     _check(rm, edits)
     deltas: dict[int, Tensor] = {}
@@ -102,9 +116,21 @@ class ConstrainedRun:
     """Logits `[batch, pos, d_vocab]`, each layer's MLP input and the unembedding's input `[batch, pos, d_model]`.
 
     Example:
-        >>> run = constrained_run(rm, rm.prepare("The capital of France is"))            # doctest: +SKIP
-        >>> run.logits.shape[0], len(run.mlp_in) == rm.n_layers                            # doctest: +SKIP
-        (1, True)
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> rm = ReplacementModel(model, transcoders)
+        >>> state = rm.prepare(torch.tensor([[0, 3, 1, 4]]))
+        >>> run = constrained_run(rm, state)
+        >>> run.logits.shape, len(run.mlp_in) == rm.n_layers, run.final.shape
+        (torch.Size([1, 4, 9]), True, torch.Size([1, 4, 16]))
     """
 
     logits: Tensor
@@ -120,8 +146,25 @@ def constrained_run(rm: ReplacementModel, state: PromptState, deltas: dict[int, 
     for one intervention per copy).
 
     Example:
-        >>> state = rm.prepare("The capital of France is")                               # doctest: +SKIP
-        >>> run = constrained_run(rm, state, mlp_deltas(rm, state, [FeatureEdit(3, None, 301, scale=2.0)]))   # doctest: +SKIP
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> rm = ReplacementModel(model, transcoders)
+        >>> state = rm.prepare(torch.tensor([[0, 3, 1, 4]]))
+        >>> run = constrained_run(rm, state)                    # no deltas: the recorded logits
+        >>> bool((run.logits[0] - state.logits).abs().max() < 1e-4)
+        True
+        >>> deltas = mlp_deltas(rm, state, [FeatureEdit(0, 1, 2, scale=2.0)])
+        >>> edited = constrained_run(rm, state, deltas, batch=2)
+        >>> edited.logits.shape, bool((edited.logits[0] - run.logits[0]).abs().max() > 0)
+        (torch.Size([2, 4, 9]), True)
     """
     deltas = deltas or {}
     reads: dict[str, Tensor] = {}
@@ -153,9 +196,24 @@ def target_values(rm: ReplacementModel, graph: AttributionGraph, run: Constraine
     for the logits.
 
     Example:
-        >>> from mechscope.circuits.attribution import unembedding
-        >>> vectors = unembedding(model)[graph.logit_tokens]                                # doctest: +SKIP
-        >>> values = target_values(rm, graph, constrained_run(rm, state), vectors)          # doctest: +SKIP
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> rm = ReplacementModel(model, transcoders)
+        >>> state = rm.prepare(torch.tensor([[0, 3, 1, 4]]))
+        >>> from mechscope.circuits.attribution import attribute, unembedding
+        >>> graph = attribute(model, transcoders, state.ids, max_n_logits=3, replacement=rm)
+        >>> vectors = unembedding(model)[graph.logit_tokens]
+        >>> values = target_values(rm, graph, constrained_run(rm, state), vectors)
+        >>> values.shape == (1, graph.adjacency.shape[0])
+        True
     """
     values = torch.zeros(run.final.shape[0], graph.adjacency.shape[0])
     for row, index in enumerate(graph.selected_features.tolist()):
@@ -170,10 +228,24 @@ def intervene(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit]
     """Logits `[pos, d_vocab]` of the prompt with `edits` applied (see the module docstring for the modes).
 
     Example:
-        >>> rm = ReplacementModel(model, transcoders)                                     # doctest: +SKIP
-        >>> state = rm.prepare("The capital of France is")                                # doctest: +SKIP
-        >>> logits = intervene(rm, state, [FeatureEdit(12, 5, 301, value=0.0)], mode="free")  # doctest: +SKIP
-        >>> logits.shape == (state.n_pos, model.cfg.d_vocab)                              # doctest: +SKIP
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> rm = ReplacementModel(model, transcoders)
+        >>> state = rm.prepare(torch.tensor([[0, 3, 1, 4]]))
+        >>> for mode in ("constrained", "free"):               # no edits: both modes give the real logits
+        ...     print(mode, bool((intervene(rm, state, [], mode=mode) - state.logits).abs().max() < 1e-4))
+        constrained True
+        free True
+        >>> logits = intervene(rm, state, [FeatureEdit(0, 1, 2, value=0.0)], mode="free")
+        >>> logits.shape == (state.n_pos, model.cfg.d_vocab)
         True
     """
     if mode == "constrained":
@@ -188,8 +260,24 @@ def free_logits(rm: ReplacementModel, ids: Tensor, edits: list[FeatureEdit]) -> 
     """Logits `[batch, pos, d_vocab]` of the real model with `edits` applied to the live features.
 
     Example:
-        >>> ids = model.to_tokens("The capital of France is")                             # doctest: +SKIP
-        >>> logits = free_logits(rm, ids, [FeatureEdit(12, None, 301, scale=0.0)])          # doctest: +SKIP
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> rm = ReplacementModel(model, transcoders)
+        >>> state = rm.prepare(torch.tensor([[0, 3, 1, 4]]))
+        >>> logits = free_logits(rm, state.ids, [FeatureEdit(0, None, 2, scale=0.0)])
+        >>> logits.shape
+        torch.Size([1, 4, 9])
+        >>> unedited = free_logits(rm, state.ids, [])         # no edits: the real model's logits
+        >>> bool((unedited[0] - state.logits).abs().max() < 1e-4)
+        True
     """
     _check(rm, edits)
     tc, model = rm.transcoders, rm.model
@@ -226,8 +314,21 @@ def generate(rm: ReplacementModel, prompt: Any, edits: list[FeatureEdit], max_ne
     """Greedy continuation `[pos + max_new_tokens]` ids with free-mode `edits` (pos None edits every token).
 
     Example:
-        >>> ids = generate(rm, "The capital of France is", [FeatureEdit(12, None, 301, value=8.0)], max_new_tokens=5)   # doctest: +SKIP
-        >>> model.to_string(ids)                                                          # doctest: +SKIP
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
+        ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
+        >>> rm = ReplacementModel(model, transcoders)
+        >>> state = rm.prepare(torch.tensor([[0, 3, 1, 4]]))
+        >>> ids = generate(rm, state.ids, [FeatureEdit(0, None, 2, value=8.0)], max_new_tokens=3)
+        >>> ids.shape, ids[:4].tolist()                         # the prompt, then 3 greedy tokens
+        (torch.Size([7]), [0, 3, 1, 4])
     """
     ids, _ = rm.model.prepare_inputs(prompt, None)
     for _ in range(max_new_tokens):
