@@ -36,7 +36,15 @@ def dictionary_links(transcoders: Any, folder: str | Path | None = None) -> list
     per layer (a cross-layer transcoder) give `[]`.
 
     Example:
-        >>> dictionary_links(object())
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
+        >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=8, d_sae=16, d_out=8, seed=i,
+        ...     hook_name=f"blocks.{i}.ln2.hook_normalized", hook_name_out=f"blocks.{i}.hook_mlp_out")
+        ...     for i in range(2)])
+        >>> link = dictionary_links(transcoders, "out/plt")[1]
+        >>> link["layer"], link["hook_name"], link["d_sae"], link["path"], len(link["dictionary_sha256"])
+        (1, 'blocks.1.ln2.hook_normalized', 16, 'out/plt/layer_1', 64)
+        >>> dictionary_links(object())                          # no per-layer dictionaries
         []
     """
     per_layer = getattr(transcoders, "transcoders", None)
@@ -90,6 +98,20 @@ def graph_json(graph: AttributionGraph, *, slug: str, scan: str, d_vocab: int, n
     `dictionaries` is `dictionary_links(transcoders)` of the set the graph was attributed over.
 
     Example:
+        >>> import torch
+        >>> # the hand-built graph of `AttributionGraph`'s example (one feature, two positions, one logit)
+        >>> A = torch.zeros(6, 6); A[0, 4] = 2.0; A[5, 0] = 3.0; A[5, 2] = 1.0; A[5, 4] = 1.0
+        >>> graph = AttributionGraph("a b", torch.tensor([0, 1]), ["a", " b"], 1, torch.tensor([[0, 1, 7]]),
+        ...                          torch.tensor([2.0]), torch.tensor([0]), A, torch.tensor([3]),
+        ...                          torch.tensor([1.0]), [" c"])
+        >>> doc = graph_json(graph, slug="toy", scan="toy", d_vocab=9)
+        >>> [n["node_id"] for n in doc["nodes"]]               # the error node is pruned
+        ['0_7_1', 'E_0_0', 'E_1_1', '2_3_1']
+        >>> [(link["source"], link["target"], link["weight"]) for link in doc["links"]]
+        [('E_1_1', '0_7_1', 2.0), ('0_7_1', '2_3_1', 3.0), ('E_1_1', '2_3_1', 1.0)]
+
+        On the default model and a set trained by `mechscope transcoders train`:
+
         >>> from mechscope import load_model
         >>> from mechscope.circuits.attribution import attribute
         >>> from mechscope.dictionaries.transcoder_set import load_transcoder_set
