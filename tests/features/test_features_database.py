@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from mechscope.dictionaries import make_dictionary
-from mechscope.features import SCHEMA_VERSION, CollectConfig, FeatureDatabase, FeatureDatabaseError, collect_features
+from mechscope.features import (
+    SCHEMA_VERSION,
+    CollectConfig,
+    FeatureDatabase,
+    FeatureDatabaseError,
+    collect_features,
+)
 from tiny_lm import tiny_lm, write_corpus
 
 
