@@ -47,7 +47,14 @@ DETECTORS = ("prev_token", "duplicate_token", "induction", "bos")
 
 @dataclass(frozen=True)
 class HeadScores:
-    """Detector scores of one head (see the module docstring for the formulas)."""
+    """Detector scores of one head (see the module docstring for the formulas).
+
+    Example:
+        >>> s = HeadScores(layer=1, head=4, prev_token=0.1, duplicate_token=0.0, induction=0.8, bos=0.05,
+        ...                entropy=1.2, label="induction")
+        >>> s.label, s.induction
+        ('induction', 0.8)
+    """
 
     layer: int
     head: int
@@ -64,7 +71,13 @@ class HeadScores:
 
 @dataclass(frozen=True)
 class ICLScore:
-    """Mean next-token loss (nats) on each copy of a repeated random sequence, and their difference."""
+    """Mean next-token loss (nats) on each copy of a repeated random sequence, and their difference.
+
+    Example:
+        >>> score = ICLScore(loss_first_half=7.1, loss_second_half=1.2, icl_score=-5.9, chance=7.0)
+        >>> score.loss_second_half < score.loss_first_half                # the second copy is predicted from the first
+        True
+    """
 
     loss_first_half: float
     loss_second_half: float
@@ -73,7 +86,19 @@ class ICLScore:
 
 
 def candidate_token_ids(model: HookedModel) -> Tensor:
-    """Token ids to sample random sequences from: the vocabulary without special tokens."""
+    """Token ids to sample random sequences from: the vocabulary without special tokens.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> candidate_token_ids(model)[:5].tolist(), len(candidate_token_ids(model))   # no tokenizer: every id
+        ([0, 1, 2, 3, 4], 50)
+    """
     n = model.cfg.d_vocab
     tokenizer = model.tokenizer
     if tokenizer is not None:
@@ -85,7 +110,19 @@ def candidate_token_ids(model: HookedModel) -> Tensor:
 
 
 def first_token_id(model: HookedModel) -> int:
-    """The id put at position 0: the tokenizer's BOS, else its EOS, else 0."""
+    """The id put at position 0: the tokenizer's BOS, else its EOS, else 0.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> first_token_id(model)                          # no tokenizer; the config's BOS (1) is in the vocabulary
+        1
+    """
     tokenizer = model.tokenizer
     for attr in ("bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None) if tokenizer is not None else None
@@ -96,7 +133,19 @@ def first_token_id(model: HookedModel) -> int:
 
 
 def max_seq_len(model: HookedModel) -> int:
-    """The longest `seq_len` whose repeated sequence (1 + 2 * seq_len tokens) fits the model's context."""
+    """The longest `seq_len` whose repeated sequence (1 + 2 * seq_len tokens) fits the model's context.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model.cfg.n_ctx, max_seq_len(model)
+        (2048, 1023)
+    """
     return (model.cfg.n_ctx - 1) // 2 if model.cfg.n_ctx else 1 << 30
 
 
@@ -174,6 +223,18 @@ def detect_heads(model: HookedModel, seq_len: int = 50, batch: int = 8, seed: in
 
     `ids` (optional): repeated sequences [batch, 1 + 2 * seq_len]; by default
     `repeated_random_tokens(model, seq_len, batch, seed)`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> table = detect_heads(model, seq_len=6, batch=2)
+        >>> len(table), (table[0].layer, table[0].head), table[-1].label in (*DETECTORS, "other")
+        (4, (0, 0), True)
     """
     tokens = repeated_random_tokens(model, seq_len, batch, seed) if ids is None else ids
     seq_len = (tokens.shape[1] - 1) // 2
@@ -241,6 +302,18 @@ def icl_score(model: HookedModel, ids: Tensor | None = None, seq_len: int = 50, 
     loss(first half)  = mean CE predicting r_2 .. r_L from the first copy;
     loss(second half) = mean CE predicting r_2 .. r_L again from the second copy.
     `n_candidates` (how many token ids the sequences were drawn from) sets `chance = ln n`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> score = icl_score(model, seq_len=6, batch=2)
+        >>> round(score.icl_score, 4) == round(score.loss_second_half - score.loss_first_half, 4)
+        True
     """
     tokens = repeated_random_tokens(model, seq_len, batch, seed) if ids is None else ids
     length = (tokens.shape[1] - 1) // 2

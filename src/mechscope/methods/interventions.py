@@ -52,7 +52,12 @@ KINDS = ("zero", "mean", "resample")
 
 @dataclass(frozen=True)
 class Target:
-    """What to ablate: hook `name`, at position `pos` (None: all) and head `head` (None: all)."""
+    """What to ablate: hook `name`, at position `pos` (None: all) and head `head` (None: all).
+
+    Example:
+        >>> Target("blocks.0.attn.hook_z", head=1)                 # head 1 of layer 0 at every position
+        Target(name='blocks.0.attn.hook_z', pos=None, head=1)
+    """
 
     name: str
     pos: int | None = None
@@ -62,7 +67,24 @@ class Target:
 def replacement_values(model: Any, tokens: TokenBatch, names: Sequence[str], kind: Kind,
                        reference: Prompts | None = None, mean_over: str = "batch",
                        seed: int = 0) -> dict[str, Tensor]:
-    """Per hook name, the values `[batch, pos, ...]` that replace the inputs' activations."""
+    """Per hook name, the values `[batch, pos, ...]` that replace the inputs' activations.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.tokens import TokenBatch
+        >>> ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+        >>> tokens = TokenBatch(ids, torch.ones_like(ids))
+        >>> values = replacement_values(model, tokens, ["blocks.0.hook_mlp_out"], "mean", reference=ids)
+        >>> v = values["blocks.0.hook_mlp_out"]
+        >>> v.shape, torch.allclose(v[0], v[1])                  # the batch mean, the same for every row
+        (torch.Size([2, 3, 16]), True)
+    """
     if kind not in KINDS:
         raise MechscopeError(f"Ablation kind must be one of {KINDS}, not {kind!r}.")
     batch, n_pos = tokens.ids.shape
@@ -103,7 +125,17 @@ def _index(target: Target | Cell, rows: slice = slice(None)) -> tuple[Any, ...]:
 
 
 def ablation_hooks(targets: Sequence[Target], values: dict[str, Tensor]) -> list[tuple[str, Any]]:
-    """Forward hooks that write `values[name]` into each target's slice."""
+    """Forward hooks that write `values[name]` into each target's slice.
+
+    Example:
+        >>> import torch
+        >>> hooks = ablation_hooks([Target("blocks.0.hook_mlp_out", pos=1)], {"blocks.0.hook_mlp_out": torch.zeros(1, 3, 2)})
+        >>> name, fn = hooks[0]
+        >>> class Point:
+        ...     name = "blocks.0.hook_mlp_out"
+        >>> name, fn(torch.ones(1, 3, 2), Point())[0, :, 0].tolist()
+        ('blocks.0.hook_mlp_out', [1.0, 0.0, 1.0])
+    """
     by_name: dict[str, list[Target]] = {}
     for target in targets:
         by_name.setdefault(target.name, []).append(target)
@@ -119,7 +151,21 @@ def ablation_hooks(targets: Sequence[Target], values: dict[str, Tensor]) -> list
 
 def ablate(model: Any, inputs: Prompts, targets: Sequence[Target], kind: Kind = "zero",
            reference: Prompts | None = None, mean_over: str = "batch", seed: int = 0) -> Tensor:
-    """Logits `[batch, pos, d_vocab]` of `inputs` with every target ablated."""
+    """Logits `[batch, pos, d_vocab]` of `inputs` with every target ablated.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> logits = ablate(model, ids, [Target("blocks.1.attn.hook_z", head=0)], kind="zero")
+        >>> logits.shape, bool((logits - model(ids)).abs().max() > 0)
+        (torch.Size([1, 3, 50]), True)
+    """
     tokens = token_batch(model, inputs)
     for target in targets:
         model.check_name(target.name)
@@ -136,6 +182,18 @@ def ablation_sweep(model: Any, inputs: Prompts, metric: Metric | str | None = No
     """`metric(ablated) - metric(original)` for each cell of `site` by `by`, batched like a patching sweep.
 
     The result's `clean` is the original metric; `corrupt` is undefined (NaN).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> result = ablation_sweep(model, torch.tensor([[1, 2, 3, 4]]), answer=6, wrong=7)   # every head, zeroed
+        >>> result.shape, result.method, result.by
+        ((2, 2), 'zero_ablation', ('layer', 'head'))
     """
     by = parse_by(by)
     pair = prepare_pair(model, inputs, inputs)

@@ -74,6 +74,18 @@ def iter_lens_logits(model: HookedModel, inputs: Inputs, sites: SiteSpec = "laye
 
     One forward pass caches the residual sites; each row is then unembedded on its own, so
     only one `[batch, pos, d_vocab]` tensor lives at a time.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> rows = [(name, lens.shape) for name, lens, final in iter_lens_logits(model, torch.tensor([[1, 2, 3]]))]
+        >>> rows[0], rows[-1][0]
+        (('blocks.0.hook_resid_pre', torch.Size([1, 3, 50])), 'blocks.1.hook_resid_post')
     """
     rows = lens_sites(model, sites)
     with torch.no_grad():
@@ -93,6 +105,20 @@ class LensResult:
     `top_ids`/`top_probs`: [rows, pos, k]; per target string, `target_rank` (0 = the top
     token; rank = how many tokens have a strictly larger logit), `target_prob`,
     `target_logit`: [rows, pos]. `kl_to_final`: KL(p_final || p_lens) in nats, [rows, pos].
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> result = logit_lens(model, torch.tensor([[1, 2, 3]]), k=2, targets=[7])
+        >>> result.layers[-1], result.top_ids.shape, result.target_rank["7"].shape
+        ('blocks.1.hook_resid_post', torch.Size([3, 3, 2]), torch.Size([3, 3]))
+        >>> float(result.kl_to_final[-1].abs().max()) < 1e-5               # the last row is the model's own output
+        True
     """
 
     layers: list[str]

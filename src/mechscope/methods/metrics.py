@@ -42,7 +42,15 @@ Positions = int | Sequence[int] | Tensor
 
 
 class Metric(Protocol):
-    """A function of logits `[batch, pos, d_vocab]` giving one value per row `[batch]`."""
+    """A function of logits `[batch, pos, d_vocab]` giving one value per row `[batch]`.
+
+    Example:
+        >>> import torch
+        >>> def last_token_logit(logits: torch.Tensor) -> torch.Tensor:   # any such function is a Metric
+        ...     return logits[:, -1, 0]
+        >>> last_token_logit(torch.tensor([[[0.0, 1.0], [2.0, 3.0]]]))
+        tensor([2.])
+    """
 
     def __call__(self, logits: Tensor) -> Tensor: ...
 
@@ -131,6 +139,15 @@ class PositionMetric:
     """A metric read at one position per pair; sweeps ask the model for logits there only.
 
     Subclasses implement `at(last)` on logits `[batch, d_vocab]` at `positions`.
+
+    Example:
+        >>> import torch
+        >>> class TopLogit(PositionMetric):
+        ...     name = "top_logit"
+        ...     def at(self, last):
+        ...         return last.max(-1).values
+        >>> TopLogit(pos=0)(torch.tensor([[[0.0, 4.0], [1.0, 2.0]]])), TopLogit().describe()
+        (tensor([4.]), {'name': 'top_logit'})
     """
 
     name = "metric"
@@ -170,7 +187,14 @@ class LogitDiff(PositionMetric):
 
 
 class AnswerLogProb(PositionMetric):
-    """Per-row `log p(answer)` at `pos`."""
+    """Per-row `log p(answer)` at `pos`.
+
+    Example:
+        >>> round(AnswerLogProb(answer=0)(torch.zeros(1, 1, 4)).item(), 4)           # log(1/4)
+        -1.3863
+        >>> AnswerLogProb(answer=[0, 1], pos=[0, 1]).describe()                     # one answer and position per pair
+        {'name': 'logprob', 'answer': [0, 1]}
+    """
 
     name = "logprob"
 
@@ -186,7 +210,12 @@ class AnswerLogProb(PositionMetric):
 
 
 class AnswerProb(AnswerLogProb):
-    """Per-row `p(answer)` at `pos`."""
+    """Per-row `p(answer)` at `pos`.
+
+    Example:
+        >>> AnswerProb(answer=2)(torch.tensor([[[0.0, 0.0, 0.0, 0.0]]]))
+        tensor([0.2500])
+    """
 
     name = "prob"
 
@@ -195,7 +224,13 @@ class AnswerProb(AnswerLogProb):
 
 
 class KLToClean(PositionMetric):
-    """Per-row `KL(p_clean || q)` at `pos`; `clean_logits` is `[n_pairs, pos, d_vocab]` or `[n_pairs, d_vocab]`."""
+    """Per-row `KL(p_clean || q)` at `pos`; `clean_logits` is `[n_pairs, pos, d_vocab]` or `[n_pairs, d_vocab]`.
+
+    Example:
+        >>> clean = torch.tensor([[[1.0, 2.0, 3.0]]])
+        >>> KLToClean(clean)(clean), KLToClean(clean)(torch.zeros(1, 1, 3)) > 0
+        (tensor([0.]), tensor([True]))
+    """
 
     name = "kl"
 

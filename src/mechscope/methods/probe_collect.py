@@ -19,7 +19,19 @@ from mechscope.core.errors import MechscopeError, require_finite
 
 
 def site_hook_names(model: Any, site: str, layers: list[int] | None = None) -> dict[int, str]:
-    """Layer -> hook name of `site` ('resid_post', 'hook_resid_post' or a full block name's suffix)."""
+    """Layer -> hook name of `site` ('resid_post', 'hook_resid_post' or a full block name's suffix).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> site_hook_names(model, "resid_post"), site_hook_names(model, "mlp_out", layers=[1])
+        ({0: 'blocks.0.hook_resid_post', 1: 'blocks.1.hook_resid_post'}, {1: 'blocks.1.hook_mlp_out'})
+    """
     suffix = names.short_site(site) if not site.startswith("blocks.") else names.suffix_of(site)
     chosen = range(model.cfg.n_layers) if layers is None else layers
     return {layer: model.check_name(names.block(layer, suffix)) for layer in chosen}
@@ -28,7 +40,25 @@ def site_hook_names(model: Any, site: str, layers: list[int] | None = None) -> d
 @torch.no_grad()
 def collect_activations(model: Any, texts: list[str], positions: list[int], hook_names: dict[int, str],
                         batch_size: int = 16) -> dict[int, Tensor]:
-    """Activations [n, d_model] per layer at each text's read position; the pass stops after the last layer needed."""
+    """Activations [n, d_model] per layer at each text's read position; the pass stops after the last layer needed.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> acts = collect_activations(model, ["the cat sat", "a dog"], [2, 1], site_hook_names(model, "resid_post"))
+        >>> {layer: tuple(a.shape) for layer, a in acts.items()}       # [n_texts, d_model] per layer
+        {0: (2, 16), 1: (2, 16)}
+    """
     chunks: dict[int, list[Tensor]] = {layer: [] for layer in hook_names}
     last_layer = max(hook_names) + 1
     for start in range(0, len(texts), batch_size):

@@ -81,6 +81,15 @@ def read_word_type(tokenizer: Any, text: str, token: str | None = None, *, occur
     """The word type an example is read at: ``token`` when given, else the last token's text.
 
     Used as the word type of the control task.
+
+    Example:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> words = Tokenizer(models.WordLevel({"<s>": 0, "the": 1, "cat": 2, "sat": 3}, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> read_word_type(tokenizer, "the cat sat"), read_word_type(tokenizer, "the cat sat", token="cat")
+        ('sat', 'cat')
     """
     if token is not None:
         return token
@@ -90,7 +99,18 @@ def read_word_type(tokenizer: Any, text: str, token: str | None = None, *, occur
 
 @dataclass
 class ProbeDataset:
-    """Texts, labels and optional read substrings of a probe task."""
+    """Texts, labels and optional read substrings of a probe task.
+
+    Example:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> words = Tokenizer(models.WordLevel({"<s>": 0, "the": 1, "cat": 2, "sat": 3}, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> data = ProbeDataset(texts=["the cat sat", "the sat cat"], labels=["verb", "noun"], tokens=[None, "sat"])
+        >>> len(data), data.read_positions(tokenizer), data.word_types(tokenizer)
+        (2, [2, 1], ['sat', 'sat'])
+    """
 
     texts: list[str]
     labels: list[Any]

@@ -34,6 +34,13 @@ class LogisticProbe:
     """Multinomial logistic regression on standardised features.
 
     ``logits = ((X - mean) / std) @ weight.T + bias`` with ``weight`` ``[C, d]``.
+
+    Example:
+        >>> import torch
+        >>> X, y = torch.tensor([[0.0], [1.0], [3.0], [4.0]]), torch.tensor([0, 0, 1, 1])
+        >>> probe = fit_logistic(X, y)
+        >>> probe.weight.shape, probe.predict(torch.tensor([[-1.0], [5.0]])).tolist(), probe.accuracy(X, y)
+        (torch.Size([2, 1]), [0, 1], 1.0)
     """
 
     weight: Tensor
@@ -99,7 +106,15 @@ def fit_logistic(
 
 @dataclass
 class RidgeProbe:
-    """Ridge regression on standardised features: ``y_hat = ((X - mean) / std) @ weight + bias``."""
+    """Ridge regression on standardised features: ``y_hat = ((X - mean) / std) @ weight + bias``.
+
+    Example:
+        >>> import torch
+        >>> X = torch.arange(10.0).view(10, 1)
+        >>> probe = fit_ridge(X, 3 * X[:, 0] - 1, alpha=0.0)
+        >>> [round(v, 4) for v in probe.predict(torch.tensor([[20.0]])).tolist()]
+        [59.0]
+    """
 
     weight: Tensor
     bias: Tensor
@@ -159,7 +174,15 @@ def fit_ridge(X: Tensor, y: Tensor, *, alpha: float = 1.0) -> RidgeProbe:
 
 @dataclass
 class MeanDifference:
-    """``direction = mean(X[y == a]) - mean(X[y == b])``; ``unit = direction / ||direction||``."""
+    """``direction = mean(X[y == a]) - mean(X[y == b])``; ``unit = direction / ||direction||``.
+
+    Example:
+        >>> import torch
+        >>> X, labels = torch.tensor([[2.0, 0.0], [4.0, 0.0], [0.0, 0.0]]), torch.tensor([1, 1, 0])
+        >>> md = difference_of_means(X, labels, 1, 0)
+        >>> md.unit, md.midpoint, md.accuracy(X, labels == 1)
+        (tensor([1., 0.]), tensor([1.5000, 0.0000]), 1.0)
+    """
 
     direction: Tensor
     unit: Tensor

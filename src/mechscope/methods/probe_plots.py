@@ -22,6 +22,17 @@ def plot_probe_report(
     The gap between the two lines, shaded, is the selectivity; the dotted line is chance
     (majority class) for classification. Saves to ``path`` (PNG, or SVG by suffix) when given,
     never over a file that mechscope did not write unless ``force``.
+
+    Example:
+        >>> import torch
+        >>> from mechscope.methods.probes import fit_probes_by_layer
+        >>> _ = torch.manual_seed(0)
+        >>> labels = [i % 2 for i in range(40)]
+        >>> acts = {layer: torch.randn(40, 4) + layer * torch.tensor(labels)[:, None] for layer in range(3)}
+        >>> report = fit_probes_by_layer(acts, labels, [f"w{i % 8}" for i in range(40)])
+        >>> fig = plot_probe_report(report, "probes.png", title="a toy property")
+        >>> type(fig).__name__
+        'Figure'
     """
     layers = sorted(report.layers)
     scores = [report.layers[lay].score for lay in layers]

@@ -154,6 +154,11 @@ class LayerProbe:
     ``score`` is accuracy (classification) or R^2 (regression); ``control_score`` the same
     on control-task labels; ``selectivity = score - control_score``; ``chance`` the
     majority-class rate on the held-out examples (0 for regression).
+
+    Example:
+        >>> row = LayerProbe(layer=3, score=0.92, train_score=0.97, chance=0.5, control_score=0.61, selectivity=0.31)
+        >>> round(row.score - row.control_score, 2) == row.selectivity
+        True
     """
 
     layer: int
@@ -167,7 +172,18 @@ class LayerProbe:
 
 @dataclass
 class ProbeReport:
-    """Probe results per layer, plus the probes and difference-of-means directions."""
+    """Probe results per layer, plus the probes and difference-of-means directions.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> labels = [i % 2 for i in range(40)]
+        >>> acts = {layer: torch.randn(40, 4) + layer * torch.tensor(labels)[:, None] for layer in range(3)}
+        >>> report = fit_probes_by_layer(acts, labels, [f"w{i % 8}" for i in range(40)])
+        >>> report.task, report.metric, report.layers[0].score < report.layers[2].score   # no signal at layer 0
+        ('classification', 'accuracy', True)
+        >>> sorted(report.to_dict()["layers"][2])[:3]
+        ['accuracy', 'chance', 'control_accuracy']
+    """
 
     task: Literal["classification", "regression"]
     layers: dict[int, LayerProbe]

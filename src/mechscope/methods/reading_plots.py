@@ -29,14 +29,33 @@ def _short(token: str, width: int = 8) -> str:
 
 
 def row_label(site: str) -> str:
-    """'blocks.3.hook_resid_pre' -> '3 resid_pre'."""
+    """'blocks.3.hook_resid_pre' -> '3 resid_pre'.
+
+    Example:
+        >>> row_label("blocks.3.hook_resid_pre"), row_label("ln_final.hook_normalized")
+        ('3 resid_pre', 'ln_final.normalized')
+    """
     layer = parse_layer(site)
     suffix = suffix_of(site).replace("hook_", "")
     return suffix if layer is None else f"{layer} {suffix}"
 
 
 def lens_grid_figure(result: LensResult, max_rows: int = 40) -> Figure:
-    """Layer x position grid: cell colour = probability of the lens's top token, text = that token."""
+    """Layer x position grid: cell colour = probability of the lens's top token, text = that token.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.methods.lens import logit_lens
+        >>> fig = lens_grid_figure(logit_lens(model, torch.tensor([[1, 2, 3]]), k=1))
+        >>> type(fig).__name__
+        'Figure'
+    """
     probs = result.top_probs[..., 0].float()
     rows = list(range(len(result.layers)))
     if len(rows) > max_rows:  # keep the first and last rows, thin the middle
@@ -58,7 +77,15 @@ def lens_grid_figure(result: LensResult, max_rows: int = 40) -> Figure:
 
 
 def heads_figure(table: Sequence[HeadScores]) -> Figure:
-    """One heatmap per detector, layers x heads."""
+    """One heatmap per detector, layers x heads.
+
+    Example:
+        >>> from mechscope.methods.heads import HeadScores
+        >>> row = dict(prev_token=0.8, duplicate_token=0.0, induction=0.1, bos=0.0, entropy=1.0, label="prev_token")
+        >>> fig = heads_figure([HeadScores(layer=l, head=h, **row) for l in range(2) for h in range(3)])
+        >>> len(fig.axes) >= 4                                      # one heatmap per detector
+        True
+    """
     fig, axes = plt.subplots(1, len(DETECTORS), figsize=(3.2 * len(DETECTORS), 0.18 * (table[-1].layer + 1) + 2.2),
                              squeeze=False)
     for ax, detector in zip(axes[0], DETECTORS, strict=True):
@@ -72,7 +99,14 @@ def heads_figure(table: Sequence[HeadScores]) -> Figure:
 
 
 def lens_kl_figure(rows: Sequence[Any]) -> Figure:
-    """Held-out KL to the final distribution per site, logit lens vs tuned lens (`LayerEval` rows)."""
+    """Held-out KL to the final distribution per site, logit lens vs tuned lens (`LayerEval` rows).
+
+    Example:
+        >>> from mechscope.methods.tuned_lens import LayerEval
+        >>> rows = [LayerEval(f"blocks.{i}.hook_resid_pre", 3.0 - i, 1.0 - i / 3, 90.0, 40.0) for i in range(3)]
+        >>> type(lens_kl_figure(rows)).__name__
+        'Figure'
+    """
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot([r.kl_logit for r in rows], label="logit lens", marker="o", ms=3)
     ax.plot([r.kl_tuned for r in rows], label="tuned lens", marker="o", ms=3)
@@ -85,7 +119,14 @@ def lens_kl_figure(rows: Sequence[Any]) -> Figure:
 
 
 def toy_history_figure(history: Sequence[dict[str, float]], chance: float) -> Figure:
-    """Induction toy: training loss and loss on each copy of repeated sequences through training."""
+    """Induction toy: training loss and loss on each copy of repeated sequences through training.
+
+    Example:
+        >>> history = [{"step": s, "train_loss": 3.0 - s / 100, "first_copy_loss": 3.0, "second_copy_loss": 3.0 - s / 50}
+        ...            for s in (0, 50, 100)]
+        >>> type(toy_history_figure(history, chance=3.0)).__name__
+        'Figure'
+    """
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(steps, [h["train_loss"] for h in history], label="training loss")

@@ -46,7 +46,13 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 
 @dataclass
 class TrainSettings:
-    """Tuned-lens training settings (field docs double as CLI help)."""
+    """Tuned-lens training settings (field docs double as CLI help).
+
+    Example:
+        >>> settings = TrainSettings(steps=20, batch_size=2, context_length=8)
+        >>> settings.lr, settings.source
+        (0.001, 'default')
+    """
 
     steps: int = 300  # optimizer steps
     batch_size: int = 4  # contexts per step
@@ -64,7 +70,20 @@ class TrainSettings:
 
 @dataclass
 class TrainRun:
-    """The trained lens and the mean loss (sum over trained sites / sites) of each step."""
+    """The trained lens and the mean loss (sum over trained sites / sites) of each step.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> run = TrainRun(TunedLens.for_model(model), losses=[3.2, 2.9])
+        >>> run.losses[-1], run.resumed_from
+        (2.9, 0)
+    """
 
     lens: TunedLens
     losses: list[float] = field(default_factory=list)
@@ -72,7 +91,14 @@ class TrainRun:
 
 
 def training_contexts(model: HookedModel, settings: TrainSettings) -> Tensor:
-    """The training token contexts [n, context_length] (train split of the corpus)."""
+    """The training token contexts [n, context_length] (train split of the corpus).
+
+    Example:
+        >>> import mechscope
+        >>> model = mechscope.load_model()                                  # doctest: +SKIP
+        >>> training_contexts(model, TrainSettings(steps=10, batch_size=2, context_length=16)).shape  # doctest: +SKIP
+        torch.Size([20, 16])
+    """
     wanted = settings.steps * settings.batch_size
     ids = token_contexts(model.tokenizer, settings.source, settings.context_length, max_contexts=wanted,
                          batch_size=64, split="train")
@@ -102,6 +128,19 @@ def train_tuned_lens(model: HookedModel, settings: TrainSettings | None = None, 
 
     `ids`: training contexts [n, pos] (default: `training_contexts(model, settings)`).
     `checkpoint_dir` is claimed first: a non-empty folder that mechscope did not write needs `force`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> ids = torch.randint(0, 50, (4, 8))
+        >>> run = train_tuned_lens(model, TrainSettings(steps=3, batch_size=2, context_length=8), ids=ids)
+        >>> len(run.losses), run.lens.sites[0]
+        (3, 'blocks.0.hook_resid_pre')
     """
     settings = settings or TrainSettings()
     folder = claim_output_dir(checkpoint_dir, force) if checkpoint_dir is not None else None
@@ -161,7 +200,25 @@ def _loop(model: HookedModel, lens: TunedLens, optimizer: torch.optim.Optimizer,
 
 def save_checkpoint(folder: Path, lens: TunedLens, optimizer: torch.optim.Optimizer, step: int,
                     losses: list[float], settings: TrainSettings) -> None:
-    """Write lens, optimizer state and `train_state.json` (the state file last, so it names a complete checkpoint)."""
+    """Write lens, optimizer state and `train_state.json` (the state file last, so it names a complete checkpoint).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from pathlib import Path
+        >>> lens = TunedLens.for_model(model)
+        >>> optimizer = torch.optim.Adam(lens.parameters())
+        >>> folder = Path("ckpt")
+        >>> folder.mkdir()
+        >>> save_checkpoint(folder, lens, optimizer, step=0, losses=[], settings=TrainSettings())
+        >>> sorted(p.name for p in folder.iterdir())                         # doctest: +ELLIPSIS
+        [...'train_state.json'...]
+    """
     lens.save(folder)
     tensors, meta = optimizer_to_tensors(optimizer)
     atomic_write_bytes(folder / OPTIMIZER_FILE, save({k: v.cpu() for k, v in tensors.items()}))

@@ -85,6 +85,22 @@ def gradients(model: Any, tokens: Any, metric: Metric, names: Sequence[str]) -> 
 
     Embeddings are made leaves so no parameter gradient is computed; sites the metric does
     not depend on get zero gradients.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> from mechscope.methods.metrics import LogitDiff
+        >>> from mechscope.core.tokens import TokenBatch
+        >>> tokens = TokenBatch(clean, torch.ones_like(clean))
+        >>> value, acts, grads = gradients(model, tokens, LogitDiff(answer=6, wrong=7), ["blocks.1.hook_resid_pre"])
+        >>> acts["blocks.1.hook_resid_pre"].shape == grads["blocks.1.hook_resid_pre"].shape
+        True
     """
     acts: dict[str, Tensor] = {}
     grads: dict[str, Tensor] = {}
@@ -194,6 +210,21 @@ def attribution_sweep(model: Any, clean: Prompts, corrupt: Prompts, metric: Metr
 
     `compare=True` also runs activation patching and stores its scores and the Pearson
     correlation in `result.extra` (`activation_scores`, `activation_correlation`).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> est = attribution_sweep(model, clean, corrupt, answer=6, wrong=7, site="resid_pre", compare=True)
+        >>> est.shape, est.method
+        ((2, 5), 'attribution')
+        >>> -1.0 <= est.extra["activation_correlation"] <= 1.0                  # against exact activation patching
+        True
     """
     by = parse_by(by)
     _check(model, site, by)
@@ -221,6 +252,19 @@ def attribution_every_site(model: Any, clean: Prompts, corrupt: Prompts, metric:
     """Attribution patching of every site at once (layer x position; heads as layer x head x position).
 
     One source forward pass, then one forward and one backward pass of the base prompt, in all.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> results = attribution_every_site(model, clean, corrupt, answer=6, wrong=7)
+        >>> sorted(results), results["z"].by
+        (['attn_out', 'mlp_out', 'resid_mid', 'resid_post', 'resid_pre', 'z'], ('layer', 'head', 'pos'))
     """
     sites = [s for s in sites if not (s == "resid_mid" and model.cfg.parallel_attn_mlp)]
     names = [n for s in sites for n in _names(model, s)]
@@ -233,7 +277,13 @@ def attribution_every_site(model: Any, clean: Prompts, corrupt: Prompts, metric:
 
 
 def correlation(a: Tensor, b: Tensor) -> float:
-    """Pearson correlation of two score arrays (flattened)."""
+    """Pearson correlation of two score arrays (flattened).
+
+    Example:
+        >>> import torch
+        >>> correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 6.5]))    # doctest: +ELLIPSIS
+        0.99...
+    """
     x, y = a.reshape(-1).double(), b.reshape(-1).double()
     x, y = x - x.mean(), y - y.mean()
     denominator = (x.norm() * y.norm()).item()

@@ -53,7 +53,12 @@ PASS_COST_TOKENS = 64
 
 @dataclass(frozen=True)
 class Cell:
-    """Patch `name` (at `layer`) at position `pos` (None: all) and head `head` (None: all)."""
+    """Patch `name` (at `layer`) at position `pos` (None: all) and head `head` (None: all).
+
+    Example:
+        >>> Cell("blocks.3.attn.hook_z", layer=3, pos=5, head=2)        # head 2 of layer 3, at position 5 only
+        Cell(name='blocks.3.attn.hook_z', layer=3, pos=5, head=2)
+    """
 
     name: str
     layer: int
@@ -62,7 +67,14 @@ class Cell:
 
 
 class BaseStates(list):
-    """The base run's `resid_pre` at every layer (a list), plus its keys and values per layer (`kv`, or None)."""
+    """The base run's `resid_pre` at every layer (a list), plus its keys and values per layer (`kv`, or None).
+
+    Example:
+        >>> import torch
+        >>> states = BaseStates([torch.zeros(1, 4, 8), torch.ones(1, 4, 8)])
+        >>> len(states), states.kv is None
+        (2, True)
+    """
 
     def __init__(self, resid: Sequence[Tensor], kv: list[tuple[Tensor, Tensor]] | None = None) -> None:
         super().__init__(resid)
@@ -70,7 +82,15 @@ class BaseStates(list):
 
 
 def metric_positions(metric: Metric, n_pos: int) -> Tensor | None:
-    """The positions a `PositionMetric` reads (per pair, in 0..n_pos-1); None for other metrics."""
+    """The positions a `PositionMetric` reads (per pair, in 0..n_pos-1); None for other metrics.
+
+    Example:
+        >>> from mechscope.methods.metrics import LogitDiff
+        >>> metric_positions(LogitDiff(answer=6, wrong=7, pos=-1), n_pos=5)
+        tensor([4])
+        >>> metric_positions(lambda logits: logits[:, -1, 0], n_pos=5) is None
+        True
+    """
     if not isinstance(metric, PositionMetric):
         return None
     return torch.as_tensor(metric.positions, dtype=torch.long).reshape(-1) % n_pos
@@ -85,6 +105,22 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
     `kv` (the base run's keys and values, one pair of `[n_pairs, kv_heads, pos, d_head]` per
     layer) with `offset > 0` runs positions `offset..` only. `keep_kv`, a list, receives the
     run's own keys and values. `bwd_hooks` go into the same hook context as `fwd_hooks`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.tokens import TokenBatch
+        >>> from mechscope.methods.metrics import LogitDiff
+        >>> ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+        >>> metric = LogitDiff(answer=6, wrong=7)
+        >>> values = forward_metric(model, TokenBatch(ids, torch.ones_like(ids)), metric)
+        >>> torch.allclose(values, metric(model(ids)), atol=1e-5)
+        True
     """
     n_pos = tokens.ids.shape[1]
     ids = tokens.ids[:, offset:].to(model.device)
@@ -207,6 +243,12 @@ def suffix_starts(cells: Sequence[Cell], metric: Metric, n_pos: int, sources: Ma
     source differs from the base activation at all (with `base_acts`; shared leading tokens
     such as a BOS patch nothing), capped at the first position the metric reads. 0 for every
     cell when the metric is not a `PositionMetric`.
+
+    Example:
+        >>> from mechscope.methods.metrics import LogitDiff
+        >>> cells = [Cell("blocks.0.hook_resid_pre", 0, pos=2), Cell("blocks.0.hook_resid_pre", 0)]
+        >>> suffix_starts(cells, LogitDiff(answer=6, wrong=7), n_pos=5)     # an all-positions cell may differ from 0
+        [2, 0]
     """
     positions = metric_positions(metric, n_pos)
     if positions is None:
@@ -230,7 +272,13 @@ def suffix_starts(cells: Sequence[Cell], metric: Metric, n_pos: int, sources: Ma
 
 
 def floor_work(cells: Sequence[Cell], starts: Sequence[int], n_layers: int, n_pos: int, n_pairs: int = 1) -> int:
-    """Layer x token work no exact sweep can skip: sum over cells of (n_layers - layer) * (n_pos - start) * n_pairs."""
+    """Layer x token work no exact sweep can skip: sum over cells of (n_layers - layer) * (n_pos - start) * n_pairs.
+
+    Example:
+        >>> cells = [Cell("blocks.0.hook_resid_pre", 0, pos=2), Cell("blocks.1.hook_resid_pre", 1, pos=4)]
+        >>> floor_work(cells, starts=[2, 4], n_layers=2, n_pos=5)          # 2 * 3 + 1 * 1
+        7
+    """
     return sum((n_layers - c.layer) * (n_pos - s) * n_pairs for c, s in zip(cells, starts, strict=True))
 
 
@@ -244,6 +292,25 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
     `BaseStates` with keys and values and there are no `extra_hooks`, each chunk also starts
     at its first patched position (see `suffix_starts`; `base_acts`, the base run's
     activations at the cells' names, lets it skip positions where source and base agree).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> from mechscope.core import names
+        >>> from mechscope.core.tokens import TokenBatch
+        >>> from mechscope.methods.metrics import LogitDiff
+        >>> metric, mask = LogitDiff(answer=6, wrong=7), torch.ones_like(clean)
+        >>> clean_value, clean_acts, _ = cached_runs(model, TokenBatch(clean, mask), [names.resid_pre(0)], metric)
+        >>> cells = [Cell(names.resid_pre(0), 0, pos=p) for p in range(5)]
+        >>> values = run_cells(model, TokenBatch(corrupt, mask), clean_acts, cells, metric)
+        >>> values.shape, torch.allclose(values[2], clean_value, atol=1e-5)   # patching the changed token restores it
+        (torch.Size([5, 1]), True)
     """
     if not memory_mb > 0:
         raise MechscopeError(f"memory_mb must be a positive number of MiB (the cap on one batched pass), not {memory_mb}.")
@@ -289,6 +356,22 @@ def cached_runs(model: Any, tokens: TokenBatch, names: Sequence[str], metric: Me
     """One run: (per-pair metric, activations at `names`, resid_pre at every layer with the run's keys and values).
 
     `keep_kv=False` keeps no keys and values (`BaseStates.kv` is None).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> from mechscope.core.tokens import TokenBatch
+        >>> from mechscope.methods.metrics import LogitDiff
+        >>> value, acts, states = cached_runs(model, TokenBatch(clean, torch.ones_like(clean)),
+        ...                                   ["blocks.1.hook_attn_out"], LogitDiff(answer=6, wrong=7))
+        >>> value.shape, list(acts), len(states), len(states.kv)
+        (torch.Size([1]), ['blocks.1.hook_attn_out'], 2, 2)
     """
     wanted = list(dict.fromkeys([*names, *(hook_names.resid_pre(layer) for layer in range(model.cfg.n_layers))]))
     store: dict[str, Tensor] = {}

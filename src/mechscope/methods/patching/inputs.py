@@ -26,7 +26,24 @@ Answers = str | int | Sequence[str] | Sequence[int] | Tensor
 
 @dataclass(frozen=True)
 class PromptPair:
-    """Clean and corrupted token batches of equal shape, `n_pairs` rows each."""
+    """Clean and corrupted token batches of equal shape, `n_pairs` rows each.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> pair = prepare_pair(model, clean, corrupt)
+        >>> pair.n_pairs, pair.n_pos, pair.last.tolist(), pair.str_tokens
+        (1, 5, [4], ['1', '2', '3', '4', '5'])
+        >>> base, source = pair.base_and_source("denoise")           # patch clean activations into the corrupted run
+        >>> base.ids.tolist()
+        [[1, 2, 9, 4, 5]]
+    """
 
     clean: TokenBatch
     corrupt: TokenBatch
@@ -76,7 +93,24 @@ def _show(model: Any, batch: TokenBatch, row: int) -> list[str]:
 
 
 def prepare_pair(model: Any, clean: Prompts, corrupt: Prompts) -> PromptPair:
-    """Tokenize clean and corrupted prompts; a `TokenizationError` showing both when their lengths differ."""
+    """Tokenize clean and corrupted prompts; a `TokenizationError` showing both when their lengths differ.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> pair = prepare_pair(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 8, 3]]))
+        >>> pair.clean.ids.shape == pair.corrupt.ids.shape
+        True
+        >>> prepare_pair(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 8]]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.TokenizationError: Clean and corrupted prompts must have the same number of tokens ...
+    """
     clean_batch, corrupt_batch = token_batch(model, clean), token_batch(model, corrupt)
     if clean_batch.ids.shape[0] != corrupt_batch.ids.shape[0]:
         raise TokenizationError(f"{clean_batch.ids.shape[0]} clean prompts but {corrupt_batch.ids.shape[0]} "
@@ -102,7 +136,18 @@ def _pad_to(batch: TokenBatch, width: int) -> TokenBatch:
 
 
 def answer_ids(model: Any, answers: Answers, n_pairs: int, what: str = "answer") -> Tensor:
-    """One token id per pair from strings (each exactly one token) or ids; a clear error otherwise."""
+    """One token id per pair from strings (each exactly one token) or ids; a clear error otherwise.
+
+    Example:
+        >>> answer_ids(None, 7, n_pairs=3)                           # one answer for every pair
+        tensor([7, 7, 7])
+        >>> answer_ids(None, [7, 8], n_pairs=3)
+        Traceback (most recent call last):
+        ...
+        mechscope.core.errors.TokenizationError: 2 answers for 3 prompt pairs; give one, or one per pair.
+        >>> answer_ids(model, " Paris", n_pairs=1)                   # doctest: +SKIP
+        tensor([7042])
+    """
     if isinstance(answers, Tensor):
         values = answers.reshape(-1).tolist()
     elif isinstance(answers, (str, int)):
@@ -131,6 +176,22 @@ def resolve_metric(model: Any, pair: PromptPair, metric: Metric | str | None,
 
     `metric=None` with `answer` and `wrong` gives the logit difference; `"logprob"` / `"prob"`
     need `answer` only.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> pair = prepare_pair(model, clean, corrupt)
+        >>> metric = resolve_metric(model, pair, None, answer=6, wrong=7)
+        >>> metric.describe()
+        {'name': 'logit_diff', 'answer': 6, 'wrong': 7}
+        >>> resolve_metric(model, pair, "prob", answer=6, wrong=None).name
+        'prob'
     """
     if metric is not None and not isinstance(metric, str):
         return metric

@@ -159,6 +159,22 @@ def path_patch(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | st
 
     `senders=None` takes every attention head and gives scores by `("layer", "head")`;
     otherwise scores follow `senders` on one axis `"sender"`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> result = path_patch(model, clean, corrupt, answer=6, wrong=7)        # every head into the logits
+        >>> result.by, result.shape
+        (('layer', 'head'), (2, 2))
+        >>> path_patch(model, clean, corrupt, answer=6, wrong=7, receivers=[(1, 0, "q")],
+        ...            senders=[(1, 1), ("mlp", 0)]).scores[0].item() == 0        # a layer-1 head cannot reach layer 1
+        True
     """
     receivers = list(receivers)
     if not receivers:

@@ -34,7 +34,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PatchResult:
-    """Scores `[*axis sizes]` with axis names `by`, labels per axis, and the run's context."""
+    """Scores `[*axis sizes]` with axis names `by`, labels per axis, and the run's context.
+
+    Example:
+        >>> import torch
+        >>> result = PatchResult(torch.tensor([[0.1, 0.9], [0.0, 0.2]]), ("layer", "pos"), [[0, 1], ["The", " cat"]],
+        ...                      site="resid_pre", method="activation", mode="denoise", clean=3.0, corrupt=-1.0)
+        >>> result.shape, result[0, 1].item()
+        ((2, 2), 0.8999999761581421)
+        >>> result.top(1)                                                          # doctest: +ELLIPSIS
+        [{...'score': 0.899...}]
+    """
 
     scores: Tensor
     by: tuple[str, ...]

@@ -54,13 +54,23 @@ By = str | Sequence[str]
 
 
 def parse_by(by: By) -> tuple[str, ...]:
-    """`"layer,pos"` or `("layer", "pos")` -> `("layer", "pos")`."""
+    """`"layer,pos"` or `("layer", "pos")` -> `("layer", "pos")`.
+
+    Example:
+        >>> parse_by("layer, pos"), parse_by(["layer", "head"])
+        (('layer', 'pos'), ('layer', 'head'))
+    """
     parts = by.split(",") if isinstance(by, str) else list(by)
     return tuple(p.strip() for p in parts if p.strip())
 
 
 def site_name(site: str, layer: int) -> str:
-    """The hook name of a short site at a layer: ('resid_pre', 3) -> 'blocks.3.hook_resid_pre'."""
+    """The hook name of a short site at a layer: ('resid_pre', 3) -> 'blocks.3.hook_resid_pre'.
+
+    Example:
+        >>> site_name("resid_pre", 3), site_name("z", 0)
+        ('blocks.3.hook_resid_pre', 'blocks.0.attn.hook_z')
+    """
     if site not in SITES:
         raise MechscopeError(f"Unknown patching site {site!r}; choose one of {', '.join(SITES)}.")
     return hook_names.block(layer, hook_names.short_site(site))
@@ -83,7 +93,20 @@ def check_by(site: str, by: tuple[str, ...]) -> None:
 
 
 def site_cells(model: Any, site: str, by: tuple[str, ...], n_pos: int) -> tuple[list[Cell], list[int]]:
-    """The cells of a sweep in axis order, and the score shape."""
+    """The cells of a sweep in axis order, and the score shape.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> cells, shape = site_cells(model, "z", ("layer", "head"), n_pos=5)
+        >>> shape, cells[1]
+        ([2, 2], Cell(name='blocks.0.attn.hook_z', layer=0, pos=None, head=1))
+    """
     check_by(site, by)
     if site == "resid_mid" and model.cfg.parallel_attn_mlp:
         raise MechscopeError("This model adds attention and MLP in parallel; it has no resid_mid.")
@@ -111,7 +134,23 @@ def axis_labels(model: Any, pair: PromptPair, by: tuple[str, ...]) -> list[list[
 
 
 class PairRuns:
-    """The clean and corrupted runs of a prompt pair, cached once for any number of sweeps."""
+    """The clean and corrupted runs of a prompt pair, cached once for any number of sweeps.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> runs = PairRuns(model, clean, corrupt, answer=6, wrong=7, names=["blocks.0.hook_resid_pre"])
+        >>> cells = [Cell("blocks.0.hook_resid_pre", 0, pos=p) for p in range(5)]
+        >>> recovery = runs.recovery(runs.patched(cells, "denoise"))
+        >>> [abs(round(float(r), 3)) for r in recovery]     # only the changed token carries the difference
+        [0.0, 0.0, 1.0, 0.0, 0.0]
+    """
 
     def __init__(self, model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | str | None = None,
                  answer: Answers | None = None, wrong: Answers | None = None, names: Sequence[str] = ()) -> None:
@@ -164,6 +203,21 @@ def patch_sweep(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | s
     `layer` / `layer,pos` for all heads at once). `metric` is a function of logits giving
     one value per row, a name ('logit_diff', 'logprob', 'prob'), or None for the logit
     difference between `answer` and `wrong` at each pair's last token.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> result = patch_sweep(model, clean, corrupt, answer=6, wrong=7, site="resid_pre", by="layer,pos")
+        >>> result.shape, result.by
+        ((2, 5), ('layer', 'pos'))
+        >>> round(float(result.scores[0, 2]), 3)              # layer 0, the changed position: full recovery
+        1.0
     """
     by = parse_by(by)
     runs = runs or PairRuns(model, clean, corrupt, metric, answer, wrong, _names_for(model, [site]))
@@ -176,7 +230,21 @@ def patch_sweep(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | s
 def patch_heads(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | str | None = None, *,
                 answer: Answers | None = None, wrong: Answers | None = None, by: By = ("layer", "head"),
                 mode: str = "denoise", memory_mb: float = 512) -> PatchResult:
-    """Patch each attention head's output (`attn.hook_z`) by layer x head (or layer x head x pos)."""
+    """Patch each attention head's output (`attn.hook_z`) by layer x head (or layer x head x pos).
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> result = patch_heads(model, clean, corrupt, answer=6, wrong=7)
+        >>> result.shape, result.site
+        ((2, 2), 'z')
+    """
     return patch_sweep(model, clean, corrupt, metric, answer=answer, wrong=wrong, site="z", by=by, mode=mode,
                        memory_mb=memory_mb)
 
@@ -185,7 +253,21 @@ def patch_every_block(model: Any, clean: Prompts, corrupt: Prompts, metric: Metr
                       answer: Answers | None = None, wrong: Answers | None = None, by: By = ("layer", "pos"),
                       mode: str = "denoise", sites: Sequence[str] = EVERY_BLOCK, memory_mb: float = 512,
                       skip_layers: bool = True) -> PatchResult:
-    """resid_pre, attn_out and mlp_out (or `sites`) in one batched sweep; axes `("site", *by)`."""
+    """resid_pre, attn_out and mlp_out (or `sites`) in one batched sweep; axes `("site", *by)`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> result = patch_every_block(model, clean, corrupt, answer=6, wrong=7)
+        >>> result.by, result.shape
+        (('site', 'layer', 'pos'), (3, 2, 5))
+    """
     by = parse_by(by)
     runs = PairRuns(model, clean, corrupt, metric, answer, wrong, _names_for(model, sites))
     cells: list[Cell] = []
@@ -204,6 +286,20 @@ def patch_loop(model: Any, clean: Prompts, corrupt: Prompts, metric: Metric | st
     """Reference implementation: one plain `run_with_hooks` forward per cell (slow; for checking).
 
     Returns the normalized-recovery scores with the shape of `patch_sweep`'s.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
+        >>> slow = patch_loop(model, clean, corrupt, answer=6, wrong=7, by="layer,pos")
+        >>> fast = patch_sweep(model, clean, corrupt, answer=6, wrong=7, by="layer,pos")
+        >>> torch.allclose(slow, fast.scores, atol=1e-4)
+        True
     """
     by = parse_by(by)
     pair = prepare_pair(model, clean, corrupt)
