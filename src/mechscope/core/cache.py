@@ -150,7 +150,17 @@ class ActivationCache(Mapping[str, Tensor]):
         cached scale of the layer's norm is applied.
 
         Example:
-            >>> resid, labels = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)  # doctest: +SKIP
+            >>> import torch
+            >>> from transformers import LlamaConfig, LlamaForCausalLM
+            >>> from mechscope.core.hooked import HookedModel
+            >>> _ = torch.manual_seed(0)
+            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            ...                   num_attention_heads=2, num_key_value_heads=1)
+            >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+            >>> _, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]))
+            >>> resid, labels = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)
+            >>> resid.shape, labels
+            (torch.Size([3, 1, 16]), ['0_pre', '1_pre', 'final_post'])
         """
         n, layer = self._n_layers(), self._layer(layer)
         parts, labels = [], []
@@ -257,8 +267,17 @@ class ActivationCache(Mapping[str, Tensor]):
         or one per batch row.
 
         Example:
-            >>> stack, labels = cache.decompose_resid(pos_slice=-1, return_labels=True)  # doctest: +SKIP
-            >>> cache.logit_attrs(stack, " Paris", " Rome")                              # doctest: +SKIP
+            >>> import torch
+            >>> from transformers import LlamaConfig, LlamaForCausalLM
+            >>> from mechscope.core.hooked import HookedModel
+            >>> _ = torch.manual_seed(0)
+            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            ...                   num_attention_heads=2, num_key_value_heads=1)
+            >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+            >>> _, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]))
+            >>> stack, labels = cache.decompose_resid(pos_slice=-1, return_labels=True)
+            >>> cache.logit_attrs(stack, 6, 7, pos_slice=-1).shape      # slice the same position as the stack
+            torch.Size([5, 1])
         """
         direction = self._direction(tokens)
         if incorrect_tokens is not None:

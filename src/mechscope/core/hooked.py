@@ -167,7 +167,20 @@ class HookedModel(nn.Module):
         from text, ids or a `TokenBatch`; refuses empty input, ids outside the vocabulary and over-long contexts.
 
         Example:
-            >>> ids, mask = model.prepare_inputs("The Eiffel Tower is in")   # doctest: +SKIP
+            >>> import torch
+            >>> from transformers import LlamaConfig, LlamaForCausalLM
+            >>> from mechscope.core.hooked import HookedModel
+            >>> _ = torch.manual_seed(0)
+            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            ...                   num_attention_heads=2, num_key_value_heads=1)
+            >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+            >>> ids, mask = model.prepare_inputs(torch.tensor([1, 2, 3]))
+            >>> ids.tolist(), mask
+            ([[1, 2, 3]], None)
+            >>> model.prepare_inputs(torch.tensor([[1, 99]]))            # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            mechscope.core.errors.TokenizationError: Token id 99 (row 0, position 1) is outside this model's vocabulary ...
         """
         if isinstance(inputs, tok.TokenBatch):
             ids, attention_mask = inputs.ids, inputs.attention_mask
@@ -218,8 +231,18 @@ class HookedModel(nn.Module):
         """Temporarily add hooks; they are removed on exit, even after an error.
 
         Example:
-            >>> with model.hooks([("blocks.0.hook_resid_pre", lambda act, hook: act * 0)]):  # doctest: +SKIP
-            ...     logits = model("Hello")
+            >>> import torch
+            >>> from transformers import LlamaConfig, LlamaForCausalLM
+            >>> from mechscope.core.hooked import HookedModel
+            >>> _ = torch.manual_seed(0)
+            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            ...                   num_attention_heads=2, num_key_value_heads=1)
+            >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+            >>> ids = torch.tensor([[1, 2, 3]])
+            >>> with model.hooks([("blocks.0.hook_resid_pre", lambda act, hook: act * 0)]):
+            ...     zeroed = model(ids)
+            >>> bool((zeroed - model(ids)).abs().max() > 0)           # the hook is gone after the block
+            True
         """
         stop = self._normalize_stop(stop_at_layer)
         stop_before = None if stop is None or stop == self.cfg.n_layers else self.layers[stop]

@@ -48,8 +48,19 @@ def replay_prefix(model: Any, start: int, resid: Tensor | None) -> Iterator[None
     `start <= 0` changes nothing. Layers are restored afterwards, whatever happens.
 
     Example:
-        >>> with replay_prefix(model, 0, None):   # doctest: +SKIP
-        ...     pass                              # the full model runs
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> full, cache = model.run_with_cache(ids, names=["blocks.1.hook_resid_pre"])
+        >>> with replay_prefix(model, 1, cache["blocks.1.hook_resid_pre"]):     # layer 0 is not run
+        ...     replayed = model(ids)
+        >>> torch.allclose(replayed, full, atol=1e-5)
+        True
     """
     if start <= 0:
         yield
@@ -72,7 +83,14 @@ def layers_return_tensors(model: Any, tokens: TokenBatch | Tensor) -> bool:
     Runs the model on one token of `tokens` (a `TokenBatch` or ids `[batch, pos]`).
 
     Example:
-        >>> layers_return_tensors(model, model.tokenize("Hi"))   # doctest: +SKIP
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> isinstance(layers_return_tensors(model, torch.tensor([[1, 2]])), bool)
         True
     """
     ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
