@@ -157,9 +157,16 @@ def repeated_random_tokens(model: HookedModel, seq_len: int = 50, batch: int = 8
     and `induction` each point at a single key position.
 
     Example:
-        >>> ids = repeated_random_tokens(model, seq_len=4, batch=1)  # doctest: +SKIP
-        >>> bool((ids[0, 1:5] == ids[0, 5:9]).all())                  # doctest: +SKIP
-        True
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> ids = repeated_random_tokens(model, seq_len=4, batch=1)
+        >>> ids.shape, bool((ids[0, 1:5] == ids[0, 5:9]).all())
+        (torch.Size([1, 9]), True)
     """
     if seq_len < 2:
         raise MechscopeError(f"seq_len must be at least 2, got {seq_len}.")

@@ -46,8 +46,15 @@ def lens_sites(model: HookedModel, sites: SiteSpec = "layers") -> list[str]:
     """The residual hook names a lens reads, in forward order (see the module docstring).
 
     Example:
-        >>> lens_sites(model)[:2], lens_sites(model)[-1]          # doctest: +SKIP
-        (['blocks.0.hook_resid_pre', 'blocks.1.hook_resid_pre'], 'blocks.29.hook_resid_post')
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> lens_sites(model)
+        ['blocks.0.hook_resid_pre', 'blocks.1.hook_resid_pre', 'blocks.1.hook_resid_post']
     """
     n = model.cfg.n_layers
     if isinstance(sites, str) and sites in ("layers", "sublayers"):

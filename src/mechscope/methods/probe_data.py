@@ -71,8 +71,13 @@ def resolve_read_position(
     Needs a fast tokenizer (offsets mapping).
 
     Example:
-        >>> resolve_read_position(tokenizer, "The cat sat", "cat")      # doctest: +SKIP
-        2
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> words = Tokenizer(models.WordLevel({"<s>": 0, "the": 1, "cat": 2, "sat": 3}, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> resolve_read_position(tokenizer, "the cat sat", "cat"), resolve_read_position(tokenizer, "the cat sat")
+        (1, 2)
     """
     return _token_span(tokenizer, text, token, occurrence, add_special_tokens)[0]
 
@@ -141,8 +146,10 @@ def load_probe_dataset(
     """Read a JSONL probe dataset; each line needs ``text`` and ``label``, ``token`` is optional.
 
     Example:
-        >>> ds = load_probe_dataset("probe.jsonl")     # doctest: +SKIP
-        >>> ds.texts[0], ds.labels[0], ds.tokens[0]    # doctest: +SKIP
+        >>> from pathlib import Path
+        >>> _ = Path("probe.jsonl").write_text('{"text": "The cat sat", "label": "animal", "token": "cat"}\\n')
+        >>> ds = load_probe_dataset("probe.jsonl")
+        >>> ds.texts[0], ds.labels[0], ds.tokens[0]
         ('The cat sat', 'animal', 'cat')
     """
     path = Path(path)

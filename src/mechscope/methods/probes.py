@@ -286,8 +286,12 @@ def fit_probes_by_layer(
             defaults to (second class, first class) in sorted order for binary tasks.
 
     Example:
-        >>> report = fit_probes_by_layer({0: torch.randn(50, 4)}, [i % 2 for i in range(50)])  # doctest: +SKIP
-        >>> report.to_dict()["layers"][0]["accuracy"]                                          # doctest: +SKIP
+        >>> _ = torch.manual_seed(0)
+        >>> labels = [i % 2 for i in range(50)]
+        >>> acts = {0: torch.randn(50, 4) + 3 * torch.tensor(labels)[:, None]}      # the label is linearly readable
+        >>> report = fit_probes_by_layer(acts, labels, [f"w{i % 10}" for i in range(50)])
+        >>> report.to_dict()["layers"][0]["accuracy"], report.n_train + report.n_held_out
+        (1.0, 50)
     """
     if not acts:
         raise BadInputError("acts is empty")

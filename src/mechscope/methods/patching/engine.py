@@ -183,7 +183,17 @@ def row_bytes(model: Any, n_pos: int, n_keep: int, n_context: int | None = None)
     into a memory budget.
 
     Example:
-        >>> rows_per_gib = 2**30 // row_bytes(model, n_pos=9, n_keep=1)   # doctest: +SKIP
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> row_bytes(model, n_pos=9, n_keep=1) < row_bytes(model, n_pos=90, n_keep=1)
+        True
+        >>> 2**30 // row_bytes(model, n_pos=9, n_keep=1) > 1000          # rows that fit in 1 GiB
+        True
     """
     cfg = model.cfg
     n_context = n_context or n_pos

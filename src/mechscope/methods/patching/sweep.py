@@ -124,8 +124,17 @@ def axis_labels(model: Any, pair: PromptPair, by: tuple[str, ...]) -> list[list[
     """Tick labels of each axis in `by`: layer and head numbers, the clean prompt's tokens (then `<pad i>`).
 
     Example:
-        >>> axis_labels(model, pair, ("layer", "pos"))[1][:3]     # doctest: +SKIP
-        ['The', ' E', 'iffel']
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.methods.patching.inputs import prepare_pair
+        >>> pair = prepare_pair(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 4, 3]]))
+        >>> axis_labels(model, pair, ("layer", "pos"))              # no tokenizer: ids stand in for tokens
+        [[0, 1], ['1', '2', '3']]
     """
     labels = {"layer": list(range(model.cfg.n_layers)), "pos": list(pair.str_tokens),
               "head": list(range(model.cfg.n_heads))}
