@@ -154,8 +154,11 @@ def from_latent(sae: Dictionary, latent: int, model: Any | None = None) -> Direc
     """Latent `latent`'s decoder row in model units, at the site the dictionary writes.
 
     Example:
-        >>> from_latent(sae, 1234).hook_name       # doctest: +SKIP
-        'blocks.15.hook_resid_post'
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> d = from_latent(sae, 5)
+        >>> d.hook_name, d.vector.shape, d.source["latent"]
+        ('blocks.0.hook_resid_post', torch.Size([16]), 5)
     """
     d_sae = sae.cfg.d_sae
     if not isinstance(latent, int) or not 0 <= latent < d_sae:
@@ -298,8 +301,26 @@ def directions_by_layer(model: Any, positive: Sequence[str], negative: Sequence[
     from one pass over each side's texts.
 
     Example:
-        >>> ds = directions_by_layer(model, pos, neg, "resid_post", layers=[6, 12, 18])      # doctest: +SKIP
-        >>> save_directions("out/sentiment", ds, provenance(model))                         # doctest: +SKIP
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.provenance import provenance
+        >>> pos, neg = ["the cat sat", "the cat ran"], ["a dog sat", "a dog ran"]
+        >>> ds = directions_by_layer(model, pos, neg, "resid_post", layers=[0, 1])
+        >>> [d.hook_name for d in ds]
+        ['blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
+        >>> torch.allclose(ds[1].vector, mean_difference(model, pos, neg, "blocks.1.hook_resid_post").vector, atol=1e-5)
+        True
+        >>> paths = save_directions("cat-vs-dog", ds, provenance(model))
     """
     if method not in ("mean_difference", "reading_vector"):
         raise MechscopeError(f"method={method!r}: use 'mean_difference' or 'reading_vector'.")

@@ -442,8 +442,18 @@ def steering(model: Any, interventions: Sequence[Intervention],
     Yields the `PositionState` the hooks read; `generate` moves it along, plain runs leave it at 0.
 
     Example:
-        >>> with steering(model, [Ablate(refusal_direction)]):      # doctest: +SKIP
-        ...     out = generate(model, "How do I pick a lock?")
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> with steering(model, [Add(torch.ones(16), 2.0, hook_name="blocks.1.hook_resid_pre")]) as state:
+        ...     steered = model(ids)
+        >>> state.offset, bool((steered - model(ids)).abs().max() > 0)
+        (0, True)
     """
     state = state or PositionState()
     for intervention in interventions:
