@@ -47,8 +47,10 @@ Edit = Callable[[Tensor], Tensor]
 
 @dataclass(frozen=True)
 class AttentionHooks:
-    """Callables for one attention module: each takes the activation (in hook shape) and
-    returns it, or a replacement. `None` where that hook point is not asked for.
+    """Callables run inside one attention module, one per attention hook point.
+
+    Each takes the activation (in hook shape) and returns it, or a replacement. `None` where
+    that hook point is not asked for.
 
     Example:
         >>> import torch
@@ -111,8 +113,10 @@ def _edit_heads(fn: Edit, x: Tensor) -> Tensor:
 
 
 def keep_mask(attention_mask: Any, q_len: int, k_len: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Which keys each query may attend to (`True` = attend) and any additive bias, from the
-    mask the model hands its attention function: `None` (causal), boolean, or additive float.
+    """Which keys each query may attend to (`True` = attend), and any additive bias.
+
+    Read from the mask the model hands its attention function: `None` (causal), boolean, or
+    additive float.
 
     Example:
         >>> import torch
@@ -169,8 +173,10 @@ def attention_scores(module: nn.Module, query: Tensor, key: Tensor, attention_ma
 
 
 def pattern_from_scores(scores: Tensor, empty_rows: bool = True) -> Tensor:
-    """Softmax over keys in float32, back in the scores' dtype. Rows with no key allowed give zeros;
-    `empty_rows=False` says the mask has none (which saves a pass over the scores).
+    """Softmax over keys in float32, back in the scores' dtype.
+
+    Rows with no key allowed give zeros; `empty_rows=False` says the mask has none (which saves
+    a pass over the scores).
 
     Example:
         >>> import torch

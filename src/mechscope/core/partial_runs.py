@@ -105,8 +105,9 @@ def layers_return_tensors(model: Any, tokens: TokenBatch | Tensor) -> bool:
 
 
 def cache_kwarg(hf_model: nn.Module) -> str:
-    """The name of the KV-cache argument of `hf_model.forward`: `cache` from transformers 5.x on,
-    `past_key_values` before.
+    """The name of the KV-cache argument of `hf_model.forward`.
+
+    `cache` from transformers 5.x on, `past_key_values` before.
 
     Example:
         >>> class Old(nn.Module):
