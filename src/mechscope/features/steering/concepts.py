@@ -100,8 +100,10 @@ def concept_latents(model: Any, sae: Dictionary, concept: Sequence[str], baselin
 
 
 def database_latents(path: str, query: str, sae: Dictionary | None = None, n: int = 5) -> list[dict[str, Any]]:
-    """Latents whose explanations or top tokens in a feature database (`mechscope features collect`) match
-    `query`, best first; with `sae`, the database must describe a dictionary of the same width.
+    """Latents of a feature database (`mechscope features collect`) matching `query`, best first.
+
+    Explanations and top tokens are searched. With `sae`, the database must describe a dictionary
+    of the same width.
 
     Example:
         >>> hits = database_latents("features.db", "bridge", n=3)      # doctest: +SKIP

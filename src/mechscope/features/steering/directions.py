@@ -266,8 +266,10 @@ def first_principal_component(diffs: Tensor, seed: int = 0) -> Tensor:
 def reading_vector(model: Any, positive: Sequence[str], negative: Sequence[str], hook_name: str, *,
                    positive_tokens: Sequence[str | None] | None = None,
                    negative_tokens: Sequence[str | None] | None = None) -> Direction:
-    """RepE reading vector: first PC of paired differences `act(positive_i) - act(negative_i)` (unit norm),
-    each difference's sign flipped at random before the PCA (see `first_principal_component`).
+    """RepE reading vector: the first PC of paired differences `act(positive_i) - act(negative_i)`.
+
+    Unit norm; each difference's sign is flipped at random before the PCA (see
+    `first_principal_component`).
 
     Example:
         >>> import torch
@@ -297,8 +299,9 @@ def directions_by_layer(model: Any, positive: Sequence[str], negative: Sequence[
                         layers: Sequence[int] | None = None, method: str = "mean_difference", *,
                         positive_tokens: Sequence[str | None] | None = None,
                         negative_tokens: Sequence[str | None] | None = None) -> list[Direction]:
-    """One contrastive direction per layer at `site` (`method`: `mean_difference` or `reading_vector`),
-    from one pass over each side's texts.
+    """One contrastive direction per layer at `site`, from one pass over each side's texts.
+
+    `method`: `mean_difference` or `reading_vector`.
 
     Example:
         >>> import torch
@@ -454,8 +457,10 @@ class Pairs:
 
 
 def load_pairs(path: str | Path) -> Pairs:
-    """Read JSONL pairs: `{"positive": ..., "negative": ...}` with optional `positive_token` / `negative_token`
-    (the substring whose last token is read, e.g. the answer letter of an A/B question).
+    """Read contrastive pairs from JSONL: `{"positive": ..., "negative": ...}` per line.
+
+    Optional `positive_token` / `negative_token`: the substring whose last token is read (e.g. the
+    answer letter of an A/B question).
 
     Example:
         >>> from pathlib import Path

@@ -27,8 +27,11 @@ from mechscope.features.steering.interventions import Intervention, PositionStat
 
 @dataclass
 class Generation:
-    """`tokens [batch, new]` generated ids (padding after a row's end-of-text), `lengths [batch]` tokens
-    generated per row (an end-of-text token included), `texts` the decoded continuations, `prompts` the inputs.
+    """What `generate` returns: the new tokens and texts of each prompt.
+
+    `tokens [batch, new]` generated ids (padding after a row's end-of-text), `lengths [batch]` tokens
+    generated per row (an end-of-text token included), `texts` the decoded continuations, `prompts`
+    the inputs.
 
     Example:
         >>> import torch
