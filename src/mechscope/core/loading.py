@@ -54,10 +54,10 @@ def cache_dir() -> Path:
 
     Example:
         >>> import os
-        >>> os.environ["MECHSCOPE_CACHE"] = "/tmp/models"
-        >>> cache_dir()
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"MECHSCOPE_CACHE": "/tmp/models"}):
+        ...     cache_dir()
         PosixPath('/tmp/models')
-        >>> del os.environ["MECHSCOPE_CACHE"]
     """
     root = os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope"
     return Path(root)
