@@ -137,8 +137,9 @@ def train_tuned_lens(model: HookedModel, settings: TrainSettings | None = None, 
         >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
         ...                   num_attention_heads=2, num_key_value_heads=1)
         >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
-        >>> ids = torch.randint(0, 50, (4, 8))
-        >>> run = train_tuned_lens(model, TrainSettings(steps=3, batch_size=2, context_length=8), ids=ids)
+        >>> ids = torch.randint(0, 50, (4, 8))                   # the contexts, given (a file corpus names their source)
+        >>> settings = TrainSettings(steps=3, batch_size=2, context_length=8, source="my_corpus.txt")
+        >>> run = train_tuned_lens(model, settings, ids=ids)
         >>> len(run.losses), run.lens.sites[0]
         (3, 'blocks.0.hook_resid_pre')
     """
