@@ -12,13 +12,16 @@
 #   match-smollm2-gemma3-null.json   its chance level: the same statistics with Gemma's aligned tokens
 #                               rolled out of alignment by half the text.
 #
-#   scripts/universality_results.sh      # about an hour on 2 shared CPU cores
+#   scripts/universality_results.sh
 #
-# Both real-model SAEs follow the reference recipe (scripts/reference_results.sh): 120k cached tokens of the
-# default corpus (train split, with numpy's docstrings), TopK k=32, 16x expansion, 4 epochs of 1,024-token
-# batches, lr 1e-3. Every step skips what is already there (the caches resume). Environment: MECHSCOPE
-# (command, default .venv/bin/mechscope), PYTHON (default .venv/bin/python), OUT (default out),
-# MATCH_TOKENS (tokens of text for activation correlation, default 16384), MATCH_CORPUS (default pydoc).
+# On 2 shared CPU cores a fresh run took about 90 minutes (caching Gemma's activations about 20, training
+# each real-model SAE about 15, each activation match about 10); with the caches and SAEs in place, about
+# 10 minutes. Both real-model SAEs follow the reference recipe (scripts/reference_results.sh): 120k cached
+# tokens of the default corpus (train split, with numpy's docstrings), TopK k=32, 16x expansion, 4 epochs
+# of 1,024-token batches, lr 1e-3. Every step skips what is already there (the caches resume).
+# Environment: MECHSCOPE (command, default .venv/bin/mechscope), PYTHON (default .venv/bin/python),
+# OUT (default out), RESULTS (default docs/results), MATCH_TOKENS (tokens of text for activation
+# correlation, default 16384), MATCH_CORPUS (default pydoc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MECHSCOPE=${MECHSCOPE:-.venv/bin/mechscope}
@@ -27,7 +30,7 @@ OUT=${OUT:-out}
 MATCH_TOKENS=${MATCH_TOKENS:-16384}
 MATCH_CORPUS=${MATCH_CORPUS:-pydoc}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-RESULTS=docs/results
+RESULTS=${RESULTS:-docs/results}
 mkdir -p "$RESULTS" "$OUT/universality"
 
 # 1. Synthetic benchmark, seeds 1 and 2 (the recipe of tests/features/test_universality.py).
