@@ -14,7 +14,8 @@
 #
 #   scripts/universality_results.sh
 #
-# On 2 shared CPU cores a fresh run took about 90 minutes (caching Gemma's activations about 20, training
+# On 2 shared CPU cores a fresh run takes roughly 90 minutes, judging by the steps run one by one (caching
+# Gemma's activations about 20, training
 # each real-model SAE about 15, each activation match about 10); with the caches and SAEs in place, about
 # 10 minutes. Both real-model SAEs follow the reference recipe (scripts/reference_results.sh): 120k cached
 # tokens of the default corpus (train split, with numpy's docstrings), TopK k=32, 16x expansion, 4 epochs
