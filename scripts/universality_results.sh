@@ -14,10 +14,9 @@
 #
 #   scripts/universality_results.sh
 #
-# On 2 shared CPU cores a fresh run takes roughly 90 minutes, judging by the steps run one by one (caching
-# Gemma's activations about 20, training
-# each real-model SAE about 15, each activation match about 10); with the caches and SAEs in place, about
-# 10 minutes. Both real-model SAEs follow the reference recipe (scripts/reference_results.sh): 120k cached
+# On 2 shared CPU cores a fresh run takes roughly 90 minutes, judging by the steps run one by one
+# (caching Gemma's activations about 20, training each real-model SAE about 15, each activation match
+# about 10); with the caches and SAEs in place, about 10 minutes. Both real-model SAEs follow the reference recipe (scripts/reference_results.sh): 120k cached
 # tokens of the default corpus (train split, with numpy's docstrings), TopK k=32, 16x expansion, 4 epochs
 # of 1,024-token batches, lr 1e-3. Every step skips what is already there (the caches resume).
 # Environment: MECHSCOPE (command, default .venv/bin/mechscope), PYTHON (default .venv/bin/python),
