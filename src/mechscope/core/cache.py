@@ -248,9 +248,15 @@ class ActivationCache(Mapping[str, Tensor]):
             scale_name = names.LN_FINAL_SCALE
         else:
             scale_name = names.block(layer, "ln2.hook_scale" if mlp_input else "ln1.hook_scale")
+        scale = _pos(self[scale_name], pos_slice)  # [batch, (pos), 1]
+        if tuple(residual_stack.shape[-scale.ndim:-1]) != tuple(scale.shape[:-1]):
+            raise MechscopeError(
+                f"The residual stack's batch/position dims {tuple(residual_stack.shape[:-1])} do not end in the "
+                f"cached scale's {tuple(scale.shape[:-1])} at pos_slice={pos_slice!r}: pass the same pos_slice "
+                f"that sliced the stack.")
         if isinstance(self._model_norm(layer, mlp_input), torch.nn.LayerNorm):
             residual_stack = residual_stack - residual_stack.mean(-1, keepdim=True)
-        return residual_stack / _pos(self[scale_name], pos_slice)
+        return residual_stack / scale
 
     def _model_norm(self, layer: int, mlp_input: bool) -> torch.nn.Module:
         model = self._model()
