@@ -29,11 +29,29 @@ Messages = list[dict[str, str]]
 
 
 class LanguageModelError(MechscopeError):
-    """The language model could not be reached or gave an unusable answer."""
+    """The language model could not be reached or gave an unusable answer.
+
+    Example:
+        >>> try:
+        ...     make_client("claude")
+        ... except LanguageModelError as err:
+        ...     print(err)
+        unknown language model 'claude': use openai:MODEL, local or local:MODEL
+    """
 
 
 class ChatModel(Protocol):
-    """What autointerp needs from a language model."""
+    """What autointerp needs from a language model: a `name` and a `chat` method.
+
+    Example:
+        >>> class Echo:                                    # any object with these two members is a ChatModel
+        ...     name = "echo"
+        ...     def chat(self, messages, max_tokens=256):
+        ...         return messages[-1]["content"][:max_tokens]
+        >>> model: ChatModel = Echo()
+        >>> model.chat([{"role": "user", "content": "1: yes"}])
+        '1: yes'
+    """
 
     name: str
 
@@ -43,7 +61,15 @@ class ChatModel(Protocol):
 
 
 class OpenAIChat:
-    """An OpenAI-compatible chat-completions endpoint."""
+    """An OpenAI-compatible chat-completions endpoint.
+
+    Example:
+        >>> client = OpenAIChat("gpt-4o-mini", base_url="http://localhost:8000/v1/", api_key="")
+        >>> client.name, client.base_url
+        ('openai:gpt-4o-mini', 'http://localhost:8000/v1')
+        >>> client.chat([{"role": "user", "content": "Say hi"}], max_tokens=5)   # doctest: +SKIP
+        'Hi!'
+    """
 
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
                  timeout: float = 120.0) -> None:
@@ -77,7 +103,15 @@ class OpenAIChat:
 
 
 class LocalChat:
-    """A Hugging Face causal LM in this process (a `HookedModel` or a name for `load_model`), greedy decoding."""
+    """A Hugging Face causal LM in this process (a `HookedModel` or a name for `load_model`), greedy decoding.
+
+    Example:
+        >>> client = LocalChat("gemma3-270m")                                    # doctest: +SKIP
+        >>> client.name                                                          # doctest: +SKIP
+        'local:gemma3-270m'
+        >>> client.chat([{"role": "user", "content": "Say hi"}], max_tokens=5)   # doctest: +SKIP
+        'Hi!'
+    """
 
     def __init__(self, model: Any = None) -> None:
         if model is None or isinstance(model, str):
@@ -103,7 +137,14 @@ class LocalChat:
 
 
 def make_client(spec: str = "local", base_url: str | None = None, api_key: str | None = None) -> ChatModel:
-    """`openai:MODEL` (or `openai` with the model from the environment), `local` or `local:MODEL_NAME`."""
+    """A chat client from a spec: `openai:MODEL` (or `openai`, model from the environment), `local` or `local:NAME`.
+
+    Example:
+        >>> make_client("openai:gpt-4o-mini", base_url="http://localhost:8000/v1").name
+        'openai:gpt-4o-mini'
+        >>> make_client("local").name                                            # doctest: +SKIP
+        'local:smollm2-135m'
+    """
     kind, _, name = spec.partition(":")
     if kind == "openai":
         return OpenAIChat(name or None, base_url, api_key)

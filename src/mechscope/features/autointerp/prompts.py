@@ -54,12 +54,23 @@ def _show(token: str) -> str:
 
 
 def render(tokens: Sequence[str], acts: Sequence[float], mark: bool = False) -> str:
-    """One excerpt on one line; with `mark`, tokens of positive activation become `<<token>>`."""
+    """One excerpt on one line; with `mark`, tokens of positive activation become `<<token>>`.
+
+    Example:
+        >>> render(["a", "\\n", "b"], [0, 1.0, 0]), render(["a", "\\n", "b"], [0, 1.0, 0], mark=True)
+        ('a\\\\nb', 'a<<\\\\n>>b')
+    """
     return "".join(f"<<{_show(t)}>>" if mark and a > 0 else _show(t) for t, a in zip(tokens, acts, strict=True))
 
 
 def explain_messages(examples: Sequence[tuple[Sequence[str], Sequence[float]]]) -> list[dict[str, str]]:
-    """Chat messages asking for an explanation of highlighted examples `(tokens, acts)`."""
+    """Chat messages asking for an explanation of highlighted examples `(tokens, acts)`.
+
+    Example:
+        >>> messages = explain_messages([(["The", " year", " 1984"], [0, 0, 2.5])])
+        >>> [m["role"] for m in messages], messages[1]["content"].splitlines()[2]
+        (['system', 'user'], '1. [2.50] The year<< 1984>>')
+    """
     lines = [f"{n}. [{max(acts):.2f}] {render(tokens, acts, mark=True)}" for n, (tokens, acts) in
              enumerate(examples, 1)]
     return [{"role": "system", "content": SYSTEM},
@@ -67,7 +78,13 @@ def explain_messages(examples: Sequence[tuple[Sequence[str], Sequence[float]]]) 
 
 
 def detection_messages(explanation: str, excerpts: Sequence[Sequence[str]]) -> list[dict[str, str]]:
-    """Chat messages asking which plain excerpts (token lists) the latent fires on."""
+    """Chat messages asking which plain excerpts (token lists) the latent fires on.
+
+    Example:
+        >>> text = detection_messages("years", [["in", " 1984"], ["a", " cat"]])[1]["content"]
+        >>> text.splitlines()[0], text.splitlines()[5]
+        ('A latent of a neural network is described as: "years"', '2. a cat')
+    """
     lines = [f"{n}. {''.join(_show(t) for t in tokens)}" for n, tokens in enumerate(excerpts, 1)]
     return [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": DETECTION.format(explanation=explanation, excerpts="\n".join(lines))}]
@@ -75,14 +92,26 @@ def detection_messages(explanation: str, excerpts: Sequence[Sequence[str]]) -> l
 
 def fuzzing_messages(explanation: str, excerpts: Sequence[tuple[Sequence[str], Sequence[float]]]
                      ) -> list[dict[str, str]]:
-    """Chat messages asking whether each excerpt's marks (tokens with mark value > 0) are right."""
+    """Chat messages asking whether each excerpt's marks (tokens with mark value > 0) are right.
+
+    Example:
+        >>> text = fuzzing_messages("years", [(["in", " 1984"], [0, 1]), (["in", " 1984"], [1, 0])])[1]["content"]
+        >>> text.splitlines()[4:6]
+        ['1. in<< 1984>>', '2. <<in>> 1984']
+    """
     lines = [f"{n}. {render(tokens, marks, mark=True)}" for n, (tokens, marks) in enumerate(excerpts, 1)]
     return [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": FUZZING.format(explanation=explanation, excerpts="\n".join(lines))}]
 
 
 def simulation_messages(explanation: str, tokens: Sequence[str]) -> list[dict[str, str]]:
-    """Chat messages asking for a 0-10 activation per token."""
+    """Chat messages asking for a 0-10 activation per token.
+
+    Example:
+        >>> text = simulation_messages("years", ["in", " 1984"])[1]["content"]
+        >>> text.splitlines()[4:6]
+        ['0\\tin', '1\\t 1984']
+    """
     lines = [f"{n}\t{_show(t)}" for n, t in enumerate(tokens)]
     return [{"role": "system", "content": SYSTEM},
             {"role": "user", "content": SIMULATION.format(explanation=explanation, tokens="\n".join(lines))}]

@@ -38,7 +38,12 @@ METHODS = ("detection", "fuzzing", "simulation")
 
 
 def balanced_accuracy(truth: Sequence[bool], guess: Sequence[bool]) -> float:
-    """`(TP / P + TN / N) / 2`; a class with no members counts as 0.5 on its side."""
+    """Balanced accuracy `(TP / P + TN / N) / 2`; a class with no members counts as 0.5 on its side.
+
+    Example:
+        >>> balanced_accuracy([True, False], [True, True]), balanced_accuracy([True, True], [True, True])  # no negatives
+        (0.5, 0.75)
+    """
     pos = [g for t, g in zip(truth, guess, strict=True) if t]
     neg = [not g for t, g in zip(truth, guess, strict=True) if not t]
     tpr = sum(pos) / len(pos) if pos else 0.5
@@ -69,7 +74,12 @@ def pooled_pearson(predicted: Sequence[Sequence[float]], true: Sequence[Sequence
 
 
 def parse_yes_no(reply: str, n: int) -> list[bool]:
-    """Answers `N: yes|no` for N = 1..n; a missing or unreadable line counts as no."""
+    """Answers `N: yes|no` for N = 1..n; a missing or unreadable line counts as no.
+
+    Example:
+        >>> parse_yes_no("1: yes\\n2) No\\n4: yes", 3)
+        [True, False, False]
+    """
     out = [False] * n
     for m in re.finditer(r"^\W*(\d+)\s*[:.)\-]\s*(yes|no|true|false|1|0)\b", reply, flags=re.I | re.M):
         i = int(m.group(1)) - 1
@@ -79,7 +89,12 @@ def parse_yes_no(reply: str, n: int) -> list[bool]:
 
 
 def parse_activations(reply: str, n: int) -> list[float]:
-    """Answers `N: value` for N = 0..n-1, clipped to [0, 10]; a missing line counts as 0."""
+    """Answers `N: value` for N = 0..n-1, clipped to [0, 10]; a missing line counts as 0.
+
+    Example:
+        >>> parse_activations("0: 3\\n1\\t12\\n", 3)
+        [3.0, 10.0, 0.0]
+    """
     out = [0.0] * n
     for m in re.finditer(r"^\W*(\d+)\s*[:\t.)\-]\s*(\d+(?:\.\d+)?)", reply, flags=re.M):
         i = int(m.group(1))
@@ -90,7 +105,13 @@ def parse_activations(reply: str, n: int) -> list[float]:
 
 @dataclass
 class HeldOut:
-    """Held-out excerpts of a latent: activating and non-activating, each `{text, acts}`."""
+    """Held-out excerpts of a latent: activating and non-activating, each `{text, acts}`.
+
+    Example:
+        >>> data = HeldOut([{"text": [str(i)], "acts": [float(i)]} for i in range(1, 7)], [{"text": ["a"], "acts": [0.0]}])
+        >>> [e["acts"][0] for e in data.subset(3, 0).activating], len(data.subset(3, 0).non_activating)
+        ([2.0, 4.0, 6.0], 0)
+    """
 
     activating: list[dict[str, Any]]
     non_activating: list[dict[str, Any]]
@@ -108,7 +129,12 @@ class HeldOut:
 
 @dataclass
 class Score:
-    """One scorer's result: `value` (None when undefined), number of items and the raw detail."""
+    """One scorer's result: `value` (None when undefined), number of items and the raw detail.
+
+    Example:
+        >>> Score("detection", 0.75, 4)
+        Score(method='detection', value=0.75, n=4, detail={})
+    """
 
     method: str
     value: float | None
@@ -117,7 +143,19 @@ class Score:
 
 
 def held_out(db: FeatureDatabase, latent: int) -> HeldOut:
-    """Interval examples the explainer did not see, and random non-activating examples."""
+    """Interval examples the explainer did not see, and random non-activating examples.
+
+    Example:
+        >>> from mechscope.features.export import from_neuronpedia
+        >>> acts = [{"tokens": ["in", " 1984"], "values": [0, 3.0], "bin_contains": 3.0, "mechscope_token_index": 1},
+        ...         {"tokens": ["by", " 1990"], "values": [0, 2.0], "bin_contains": 2.0, "mechscope_kind": "interval",
+        ...          "mechscope_interval": 0, "mechscope_token_index": 5},
+        ...         {"tokens": ["a", " cat"], "values": [0, 0], "mechscope_kind": "random", "mechscope_token_index": 8}]
+        >>> db = from_neuronpedia({"features": [{"feature_index": 0, "activations": acts}]}, "features.db")
+        >>> data = held_out(db, 0)
+        >>> [e["text"] for e in data.activating], [e["text"] for e in data.non_activating]
+        ([['by', ' 1990']], [['a', ' cat']])
+    """
     seen = {e["token_index"] for e in db.examples(latent, "top")}
     act = [e for e in db.examples(latent, "interval") if e["token_index"] not in seen and e["act"] > 0]
     return HeldOut(act, db.examples(latent, "random"))
@@ -128,6 +166,19 @@ def _batches(items: list[Any], size: int) -> list[list[Any]]:
 
 
 def score_detection(client: ChatModel, explanation: str, data: HeldOut, batch: int = 10, seed: int = 0) -> Score:
+    """Detection: `client` says which shuffled plain excerpts the latent fires on; balanced accuracy.
+
+    Example:
+        >>> class Scripted:                                # says yes to excerpts that mention a year
+        ...     name = "scripted"
+        ...     def chat(self, messages, max_tokens=256):
+        ...         lines = messages[-1]["content"].splitlines()[4:-2]
+        ...         return "\\n".join(f"{n}: {'yes' if '19' in l else 'no'}" for n, l in enumerate(lines, 1))
+        >>> data = HeldOut([{"text": ["in", " 1984"]}], [{"text": ["a", " cat"]}, {"text": ["the", " dog"]}])
+        >>> score = score_detection(Scripted(), "years", data)
+        >>> score.value, score.n
+        (1.0, 3)
+    """
     items = [(e["text"], True) for e in data.activating] + [(e["text"], False) for e in data.non_activating]
     random.Random(seed).shuffle(items)
     guesses: list[bool] = []
@@ -142,6 +193,19 @@ def score_detection(client: ChatModel, explanation: str, data: HeldOut, batch: i
 
 
 def score_fuzzing(client: ChatModel, explanation: str, data: HeldOut, batch: int = 10, seed: int = 0) -> Score:
+    """Fuzzing: `client` says whether each activating excerpt's marked tokens (true or seeded wrong) are right.
+
+    Example:
+        >>> class Scripted:                                # says yes when a year is marked
+        ...     name = "scripted"
+        ...     def chat(self, messages, max_tokens=256):
+        ...         lines = messages[-1]["content"].splitlines()[4:-2]
+        ...         return "\\n".join(f"{n}: {'yes' if '<< 19' in l else 'no'}" for n, l in enumerate(lines, 1))
+        >>> data = HeldOut([{"text": ["in", " 1984"], "acts": [0.0, 2.0]}] * 4, [])
+        >>> score = score_fuzzing(Scripted(), "years", data)
+        >>> score.value, score.n
+        (1.0, 4)
+    """
     rng = random.Random(seed)
     items = []
     for e in data.activating:
@@ -162,6 +226,19 @@ def score_fuzzing(client: ChatModel, explanation: str, data: HeldOut, batch: int
 
 
 def score_simulation(client: ChatModel, explanation: str, data: HeldOut) -> Score:
+    """Simulation: `client` predicts 0-10 per token; Pearson correlation with the true activations, pooled.
+
+    Example:
+        >>> class Scripted:                                # predicts 9 on years, 0 elsewhere
+        ...     name = "scripted"
+        ...     def chat(self, messages, max_tokens=256):
+        ...         lines = messages[-1]["content"].splitlines()[4:-2]
+        ...         return "\\n".join(f"{n}: {9 if '19' in l else 0}" for n, l in enumerate(lines))
+        >>> data = HeldOut([{"text": ["in", " 1984"], "acts": [0.0, 2.0]}], [{"text": ["a", " cat"], "acts": [0.0, 0.0]}])
+        >>> score = score_simulation(Scripted(), "years", data)
+        >>> round(score.value, 6), score.n
+        (1.0, 4)
+    """
     excerpts = data.activating + data.non_activating
     predicted, true, replies = [], [], []
     for e in excerpts:
@@ -180,6 +257,22 @@ def score_explanation(db: FeatureDatabase, explanation_id: int, client: ChatMode
 
     Detection uses up to `n_activating` + `n_non_activating` held-out excerpts, fuzzing the
     activating ones, simulation `n_simulation = (activating, non-activating)` excerpts.
+
+    Example:
+        >>> from mechscope.features.export import from_neuronpedia
+        >>> acts = [{"tokens": ["in", " 1984"], "values": [0, 3.0], "bin_contains": 3.0, "mechscope_token_index": 1},
+        ...         {"tokens": ["by", " 1990"], "values": [0, 2.0], "bin_contains": 2.0, "mechscope_kind": "interval",
+        ...          "mechscope_interval": 0, "mechscope_token_index": 5},
+        ...         {"tokens": ["a", " cat"], "values": [0, 0], "mechscope_kind": "random", "mechscope_token_index": 8}]
+        >>> db = from_neuronpedia({"features": [{"feature_index": 0, "activations": acts}]}, "features.db")
+        >>> class Scripted:                                # a stand-in for a real language model
+        ...     name = "scripted"
+        ...     def chat(self, messages, max_tokens=256):
+        ...         return "years" if "Describe" in messages[-1]["content"] else "1: yes\\n2: no\\n0: 0\\n1: 9"
+        >>> eid = db.add_explanation(0, "years", "by hand")
+        >>> scores = score_explanation(db, eid, Scripted(), methods=["detection", "simulation"])
+        >>> scores["detection"].value, [s["method"] for s in db.con.execute("SELECT method FROM scores")]
+        (1.0, ['detection', 'simulation'])
     """
     row = db.con.execute("SELECT latent, text FROM explanations WHERE id = ?", (explanation_id,)).fetchone()
     if row is None:
