@@ -42,7 +42,17 @@ POOL_SALT = 0xFFFF_FFFF  # the "latent" under which random windows are hashed
 
 @dataclass(frozen=True)
 class CollectConfig:
-    """What a collection keeps per latent (field docs double as CLI help)."""
+    """What a collection keeps per latent (field docs double as CLI help).
+
+    Example:
+        >>> cfg = CollectConfig(top_k=5, window_left=2, window_right=1)
+        >>> cfg.window, cfg.sample_size, len(cfg.hist_edges())         # 2 + 1 + 1 tokens; 10 intervals of 3
+        (4, 30, 71)
+        >>> CollectConfig(top_k=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: top_k must be at least 1
+    """
 
     top_k: int = 20                 # top-activating examples per latent
     n_intervals: int = 10           # equal-count activation intervals
@@ -98,7 +108,12 @@ def mix_hash(seed: int, latent: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 def bottom_k(group: np.ndarray, key: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the `k` entries of smallest (key, index) in each group, ordered by (group, key, index)."""
+    """Positions of the `k` entries of smallest (key, index) in each group, ordered by (group, key, index).
+
+    Example:
+        >>> bottom_k(np.array([0, 0, 0, 1]), np.array([3.0, 1.0, 2.0, 5.0]), np.arange(4), k=2).tolist()
+        [1, 2, 3]
+    """
     order = np.lexsort((index, key, group))
     g = group[order]
     rank = np.arange(len(g)) - np.searchsorted(g, g, side="left")
@@ -111,6 +126,15 @@ class Ranked:
     A new entry is offered only if it beats its group's current k-th entry; only the groups
     that received survivors are re-ranked, and only surviving new entries get their slabs
     gathered, so a chunk costs little once the buffers are warm.
+
+    Example:
+        >>> ranked = Ranked(k=1, n_groups=2, key_dtype=np.float64, slab_shapes={"w": ((2,), np.float32)})
+        >>> def gather(idx, lat):                          # the slab of each surviving entry
+        ...     return {"w": np.stack([idx, lat], 1).astype(np.float32)}
+        >>> ranked.merge(lat=np.array([0, 0, 1]), key=np.array([-3.0, -5.0, -1.0]), idx=np.array([0, 1, 2]),
+        ...              act=np.array([3.0, 5.0, 1.0], np.float32), gather=gather)
+        >>> ranked.arrays["idx"].tolist(), ranked.arrays["w"].tolist()     # group 0 keeps its smallest key (-5)
+        ([1, 2], [[1.0, 0.0], [2.0, 1.0]])
     """
 
     KEYS = ("lat", "key", "idx", "act")
@@ -245,7 +269,16 @@ class _Windows:
 
 
 class Accumulator:
-    """The running state of a collection over chunks of whole contexts."""
+    """The running state of a collection over chunks of whole contexts.
+
+    Example:
+        >>> acc = Accumulator(d_sae=4, cfg=CollectConfig(top_k=2), context_length=3)
+        >>> acts = torch.zeros(1, 3, 4); acts[0, 1, 2] = 5.0
+        >>> acc.update(torch.tensor([[0, 7, 8]]), acts, first_context=0)
+        >>> again = Accumulator.from_bytes(acc.to_bytes(), d_sae=4, cfg=acc.cfg, context_length=3)
+        >>> again.count.tolist(), float(again.max[2]), again.top.arrays["wact"][0].tolist()
+        ([0, 0, 1, 0], 5.0, [0.0, ..., 5.0, 0.0, ...])
+    """
 
     def __init__(self, d_sae: int, cfg: CollectConfig, context_length: int) -> None:
         self.d_sae, self.cfg, self.T = d_sae, cfg, context_length

@@ -67,11 +67,27 @@ CREATE TABLE IF NOT EXISTS collect_state (
 
 
 class FeatureDatabaseError(MechscopeError, ValueError):
-    """A feature database that cannot be used: not ours, another schema version, unknown latent."""
+    """A feature database that cannot be used: not ours, another schema version, unknown latent.
+
+    Example:
+        >>> db = FeatureDatabase.create("features.db")
+        >>> db.set_meta({"d_sae": 4})
+        >>> db.check_latent(7)
+        Traceback (most recent call last):
+        ...
+        mechscope.features.database.FeatureDatabaseError: latent 7 is outside 0..3
+    """
 
 
 def is_feature_database(path: str | Path) -> bool:
-    """True when `path` is an SQLite file whose `meta.schema` says it is a mechscope feature database."""
+    """True when `path` is an SQLite file whose `meta.schema` says it is a mechscope feature database.
+
+    Example:
+        >>> FeatureDatabase.create("features.db").close()
+        >>> _ = open("notes.txt", "w").write("not a database")
+        >>> is_feature_database("features.db"), is_feature_database("notes.txt"), is_feature_database("missing.db")
+        (True, False, False)
+    """
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return False
@@ -87,7 +103,18 @@ def is_feature_database(path: str | Path) -> bool:
 
 
 class FeatureDatabase:
-    """Read and annotate a feature database. Open with `FeatureDatabase.open(path)`."""
+    """Read and annotate a feature database. Open with `FeatureDatabase.open(path)`.
+
+    Example:
+        >>> db = FeatureDatabase.create("features.db")                 # normally filled by `collect_features`
+        >>> db.set_meta({"d_sae": 2, "complete": True})
+        >>> eid = db.add_explanation(1, "years and dates", "by hand")
+        >>> [hit["latent"] for hit in db.search("years")], db.explanations(1)[0]["text"]
+        ([1], 'years and dates')
+        >>> db.close()
+        >>> FeatureDatabase.open("features.db").d_sae
+        2
+    """
 
     def __init__(self, con: sqlite3.Connection, path: Path) -> None:
         self.con = con

@@ -21,7 +21,13 @@ from torch import Tensor
 
 
 class LogitEffects(NamedTuple):
-    """Top `n` output tokens per latent: ids and values `[d_sae, n]`, positive (descending) and negative (ascending)."""
+    """Top `n` output tokens per latent: ids and values `[d_sae, n]`, positive (descending) and negative (ascending).
+
+    Example:
+        >>> eff = logit_effects(torch.eye(2), torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 2.0]]), n=1)
+        >>> eff.positive_ids.tolist(), eff.negative_ids.tolist(), eff.negative_values.tolist()
+        ([[0], [2]], [[2], [0]], [[-1.0], [0.0]])
+    """
 
     positive_ids: Tensor
     positive_values: Tensor
@@ -30,7 +36,13 @@ class LogitEffects(NamedTuple):
 
 
 class Neighbours(NamedTuple):
-    """Per latent the `n` best other latents `[d_sae, n]` (id -1 where fewer exist), their value and Jaccard index."""
+    """Per latent the `n` best other latents `[d_sae, n]` (id -1 where fewer exist), their value and Jaccard index.
+
+    Example:
+        >>> near = Neighbours(ids=torch.tensor([[1], [0]]), values=torch.tensor([[0.9], [0.9]]), jaccard=None)
+        >>> near.ids[0].tolist(), near.jaccard is None     # decoder neighbours carry no Jaccard index
+        ([1], True)
+    """
 
     ids: Tensor
     values: Tensor
@@ -39,7 +51,14 @@ class Neighbours(NamedTuple):
 
 @torch.no_grad()
 def logit_effects(W_dec: Tensor, W_U: Tensor, n: int, block: int = 256) -> LogitEffects:
-    """Top positive / negative entries of each row of `W_dec [d_sae, d_model] @ W_U.T`, in float32 blocks."""
+    """Top positive / negative entries of each row of `W_dec [d_sae, d_model] @ W_U.T`, in float32 blocks.
+
+    Example:
+        >>> W_U = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 2.0]])       # 3 tokens, d_model 2
+        >>> eff = logit_effects(torch.tensor([[1.0, 1.0]]), W_U, n=2)
+        >>> eff.positive_ids.tolist(), eff.positive_values.tolist()
+        ([[0, 1]], [[1.0, 1.0]])
+    """
     n = min(n, W_U.shape[0])
     parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     W_U = W_U.float()
@@ -53,7 +72,13 @@ def logit_effects(W_dec: Tensor, W_U: Tensor, n: int, block: int = 256) -> Logit
 
 @torch.no_grad()
 def decoder_neighbours(W_dec: Tensor, n: int, block: int = 1024) -> Neighbours:
-    """The `n` latents whose decoder rows have the largest cosine with each row (itself excluded)."""
+    """The `n` latents whose decoder rows have the largest cosine with each row (itself excluded).
+
+    Example:
+        >>> near = decoder_neighbours(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), n=1)
+        >>> near.ids.tolist(), [round(v, 4) for v in near.values[:, 0].tolist()]
+        ([[1], [0], [1]], [0.7071, 0.7071, 0.7071])
+    """
     W = W_dec.double()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     n = min(n, W.shape[0] - 1)
@@ -74,6 +99,12 @@ def cooccurrence_neighbours(upper: Tensor, counts: Tensor, n: int, block: int = 
 
     `upper [d_sae, d_sae]` holds for i < j the number of tokens where both fire; `counts [d_sae]`
     how often each fires. Jaccard `= c_ij / (c_i + c_j - c_ij)`. Pairs that never co-occur get id -1.
+
+    Example:
+        >>> upper = torch.tensor([[0, 3, 1], [0, 0, 0], [0, 0, 0]])       # 0 and 1 share 3 tokens, 0 and 2 one
+        >>> near = cooccurrence_neighbours(upper, counts=torch.tensor([4, 3, 2]), n=2)
+        >>> near.ids.tolist(), near.jaccard[0].tolist()                    # 3 / (4 + 3 - 3), 1 / (4 + 2 - 1)
+        ([[1, 2], [0, -1], [0, -1]], [0.75, 0.2])
     """
     d = upper.shape[0]
     n = min(n, d - 1)

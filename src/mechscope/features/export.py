@@ -43,7 +43,16 @@ def _source(meta: dict[str, Any]) -> tuple[int, str]:
 
 
 def to_neuronpedia(db: FeatureDatabase, model_id: str | None = None, source: str | None = None) -> dict[str, Any]:
-    """The whole database as one Neuronpedia batch."""
+    """The whole database as one Neuronpedia batch.
+
+    Example:
+        >>> acts = [{"tokens": ["in", " 1984"], "values": [0, 3.0], "bin_contains": 3.0, "qualifying_token_index": 1}]
+        >>> db = from_neuronpedia({"features": [{"feature_index": 0, "frac_nonzero": 0.01, "activations": acts}]},
+        ...                       "features.db")
+        >>> batch = to_neuronpedia(db, model_id="tiny")
+        >>> batch["model_id"], batch["features"][0]["frac_nonzero"], batch["features"][0]["activations"][0]["tokens"]
+        ('tiny', 0.01, ['in', ' 1984'])
+    """
     meta = db.meta()
     layer, default_source = _source(meta)
     layer, default_source = meta.get("layer", layer), meta.get("sae_set", default_source)
@@ -80,7 +89,16 @@ def to_neuronpedia(db: FeatureDatabase, model_id: str | None = None, source: str
 
 
 def from_neuronpedia(batch: dict[str, Any], path: str | Path, force: bool = False) -> FeatureDatabase:
-    """A new feature database holding everything a Neuronpedia batch carries (see the module docstring)."""
+    """A new feature database holding everything a Neuronpedia batch carries (see the module docstring).
+
+    Example:
+        >>> acts = [{"tokens": ["in", " 1984"], "values": [0, 3.0], "bin_contains": 3.0, "qualifying_token_index": 1}]
+        >>> feature = {"feature_index": 1, "frac_nonzero": 0.01, "maxActApprox": 3.0, "activations": acts,
+        ...            "explanations": [{"description": "years", "explanationModelName": "by hand"}]}
+        >>> db = from_neuronpedia({"model_id": "tiny", "features": [feature]}, "features.db")
+        >>> db.d_sae, db.latent(1)["max_act"], db.examples(1)[0]["text"], db.explanations(1)[0]["text"]
+        (2, 3.0, ['in', ' 1984'], 'years')
+    """
     try:
         features = sorted(batch["features"], key=lambda f: int(f["feature_index"]))
     except (KeyError, TypeError, ValueError) as err:
