@@ -59,6 +59,28 @@ def collect_features(
     The resume state is committed every `checkpoint_contexts` contexts when given, else every
     `checkpoint_seconds` (the state of a 9k-latent dictionary is about 180 MB), and at the end of
     the pass; `on_checkpoint(contexts_done)` runs after each.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> _ = open("corpus.txt", "w").write("the cat sat on a mat\\n\\nthe dog ran on a mat\\n")
+        >>> path = collect_features(model, sae, "features.db", source="corpus.txt", context_length=4,
+        ...                         config=CollectConfig(top_k=5, random_pool=8))
+        >>> db = FeatureDatabase.open(path)
+        >>> db.meta()["n_tokens"], db.d_sae, len(db.examples(db.live_latents()[0], "top")) <= 5
+        (11, 32, True)
     """
     cfg = config or CollectConfig()
     hook = dictionary.cfg.hook_name
@@ -117,7 +139,27 @@ def collect_features(
 
 @torch.no_grad()
 def encode_contexts(model: Any, dictionary: Dictionary, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """Latent activations `[batch, pos, d_sae]` (float32, CPU) of contexts `ids`, and the keep mask (no BOS)."""
+    """Latent activations `[batch, pos, d_sae]` (float32, CPU) of contexts `ids`, and the keep mask (no BOS).
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> acts, keep = encode_contexts(model, sae, torch.tensor([[0, 1, 2, 3]]))    # <s> the cat sat
+        >>> acts.shape, keep.tolist(), bool((acts >= 0).all())
+        (torch.Size([1, 4, 32]), [[False, True, True, True]], True)
+    """
     x = site_activations(model, ids, dictionary.cfg.hook_name)  # type: ignore[arg-type]
     if x.shape[-1] != dictionary.cfg.d_in:
         raise MechscopeError(f"the dictionary reads width {dictionary.cfg.d_in} but {dictionary.cfg.hook_name} "

@@ -38,7 +38,13 @@ def _unit(W: Tensor) -> Tensor:
 
 
 def summarise(similarity: np.ndarray, threshold: float, bins: int = 20) -> dict[str, Any]:
-    """Best-match and Hungarian statistics of a similarity matrix `[n_A, n_B]`."""
+    """Best-match and Hungarian statistics of a similarity matrix `[n_A, n_B]`.
+
+    Example:
+        >>> s = summarise(np.array([[0.9, 0.1], [0.2, 0.8]]), threshold=0.85)
+        >>> s["hungarian_pairs"], round(s["hungarian_mean"], 6), s["fraction_above_threshold"]
+        ([[0, 0, 0.9], [1, 1, 0.8]], 0.85, 0.5)
+    """
     best_a, best_b = similarity.max(axis=1), similarity.max(axis=0)
     rows, cols = linear_sum_assignment(similarity, maximize=True)
     matched = similarity[rows, cols]
@@ -53,7 +59,14 @@ def summarise(similarity: np.ndarray, threshold: float, bins: int = 20) -> dict[
 
 
 def decoder_match(W_a: Tensor, W_b: Tensor, threshold: float = 0.7) -> dict[str, Any]:
-    """Match decoder rows `W_a [n_A, d]` and `W_b [n_B, d]` by cosine similarity."""
+    """Match decoder rows `W_a [n_A, d]` and `W_b [n_B, d]` by cosine similarity.
+
+    Example:
+        >>> W = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> result = decoder_match(W, W[[1, 0]])                         # the same directions, swapped
+        >>> result["hungarian_pairs"], result["mean_max_a_to_b"]
+        ([[0, 1, 1.0], [1, 0, 1.0]], 1.0)
+    """
     if W_a.shape[1] != W_b.shape[1]:
         raise MechscopeError(f"decoder widths differ ({W_a.shape[1]} vs {W_b.shape[1]}): the dictionaries write to "
                              "different spaces; match them by activations instead")
@@ -66,6 +79,11 @@ def correlation_matrix(acts_a: Tensor, acts_b: Tensor, block: int = 2048) -> np.
     `cov = A^T B - n mean_A mean_B^T` in float64, with `A^T B` taken as a sparse product (a
     dictionary's codes are mostly zero, so this costs `nnz(A) * n_B`, not `tokens * n_A * n_B`)
     over blocks of `block` latents of B; the variances are summed over centred values.
+
+    Example:
+        >>> a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 1.0]])     # 4 tokens, 2 latents
+        >>> correlation_matrix(a, a[:, [1, 0]]).round(3).tolist()
+        [[-0.739, 1.0], [1.0, -0.739]]
     """
     n = acts_a.shape[0]
     a = acts_a.detach().double()
@@ -87,7 +105,13 @@ def correlation_matrix(acts_a: Tensor, acts_b: Tensor, block: int = 2048) -> np.
 
 
 def activation_match(acts_a: Tensor, acts_b: Tensor, threshold: float = 0.7) -> dict[str, Any]:
-    """Match latents by the correlation of their activations on the same tokens."""
+    """Match latents by the correlation of their activations on the same tokens.
+
+    Example:
+        >>> a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
+        >>> activation_match(a, a[:, [1, 0]])["hungarian_pairs"]
+        [[0, 1, 1.0], [1, 0, 1.0]]
+    """
     if acts_a.shape[0] != acts_b.shape[0]:
         raise MechscopeError(f"activations cover {acts_a.shape[0]} and {acts_b.shape[0]} tokens; align them first")
     return summarise(correlation_matrix(acts_a, acts_b), threshold)
@@ -145,6 +169,26 @@ def aligned_activations(model_a: Any, dictionary_a: Any, model_b: Any, dictionar
     The documents are cut into pieces of `piece_chars` characters, each run through both models
     (BOS prepended, not counted) until `n_tokens` of A's tokens are reached. With one model for
     both (`model_b is model_a`) the tokens are the same; otherwise B is aligned by `align_by_spans`.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> other = ReluSAE(ReluSAEConfig(d_in=16, d_sae=8, hook_name="blocks.1.hook_resid_post"), seed=1)
+        >>> acts_a, acts_b = aligned_activations(model, sae, model, other, ["the cat sat on a mat"], n_tokens=4)
+        >>> acts_a.shape, acts_b.shape                                   # every token of the one piece
+        (torch.Size([6, 32]), torch.Size([6, 8]))
     """
     rows_a, rows_b, total = [], [], 0
     for doc in documents:
@@ -166,7 +210,27 @@ def aligned_activations(model_a: Any, dictionary_a: Any, model_b: Any, dictionar
 
 @torch.no_grad()
 def text_activations(model: Any, dictionary: Any, text: str) -> tuple[Tensor, list[tuple[int, int]]]:
-    """Latent activations `[tokens, d_sae]` of one text (no BOS) and each token's character span."""
+    """Latent activations `[tokens, d_sae]` of one text (no BOS) and each token's character span.
+
+    Example:
+        >>> import torch
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
+        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
+        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> acts, spans = text_activations(model, sae, "the cat sat")
+        >>> acts.shape, spans
+        (torch.Size([3, 32]), [(0, 3), (4, 7), (8, 11)])
+    """
     from mechscope.features.collect import encode_contexts
 
     enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -179,7 +243,14 @@ def text_activations(model: Any, dictionary: Any, text: str) -> tuple[Tensor, li
 
 
 def plot_match(result: dict[str, Any], title: str) -> Any:
-    """Histograms of the matched values (decoder cosine and/or activation correlation)."""
+    """Histograms of the matched values (decoder cosine and/or activation correlation).
+
+    Example:
+        >>> W = torch.eye(3)
+        >>> fig = plot_match({"decoder": decoder_match(W, W[[2, 0, 1]])}, "A against a permuted copy")
+        >>> len(fig.axes), fig.axes[0].get_xlabel()
+        (1, 'decoder cosine')
+    """
     import matplotlib
 
     matplotlib.use("Agg")

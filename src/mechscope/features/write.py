@@ -59,6 +59,17 @@ def example_rows(acc: Accumulator) -> list[tuple[Any, ...]]:
     """Rows of the `examples` table: top, interval (equal-count) and random (non-activating) examples.
 
     Ordered by latent, then kind (top, interval, random), then rank.
+
+    Example:
+        >>> import torch
+        >>> from mechscope.features.accumulate import CollectConfig
+        >>> acc = Accumulator(d_sae=4, cfg=CollectConfig(top_k=2, n_random=1), context_length=3)
+        >>> acts = torch.zeros(1, 3, 4); acts[0, 1, 2] = 5.0                 # latent 2 fires on token 1
+        >>> acc.update(torch.tensor([[0, 7, 8]]), acts, first_context=0)
+        >>> [(r[0], r[1], r[8]) for r in example_rows(acc) if r[0] == 2]     # (latent, kind, activation)
+        [(2, 'top', 5.0), (2, 'interval', 5.0)]
+        >>> example_rows(acc)[0][1], example_rows(acc)[0][9]                # latent 0 never fires: a random window
+        ('random', '[0, 7, 8]')
     """
     cfg, T, left, d_sae = acc.cfg, acc.T, acc.cfg.window_left, acc.d_sae
     per_latent: list[tuple[np.ndarray, np.ndarray, list[tuple[Any, ...]]]] = []  # (latent, order, rows) per kind
@@ -105,7 +116,26 @@ def _token_texts(tokenizer: Any, ids: list[int]) -> list[tuple[int, str]]:
 
 def write_results(db: FeatureDatabase, acc: Accumulator, dictionary: Dictionary, model: Any,
                   meta: dict[str, Any]) -> None:
-    """Fill every table from `acc` and mark the database complete; the resume state is dropped."""
+    """Fill every table from `acc` and mark the database complete; the resume state is dropped.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope import HookedModel
+        >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
+        >>> from mechscope.features.accumulate import CollectConfig
+        >>> _ = torch.manual_seed(0)
+        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=8, hook_name="blocks.0.hook_resid_post"), seed=0)
+        >>> acc = Accumulator(d_sae=8, cfg=CollectConfig(top_k=2, n_logit_tokens=3), context_length=4)
+        >>> acc.update(torch.tensor([[0, 1, 2, 3]]), torch.relu(torch.randn(1, 4, 8)), first_context=0)
+        >>> db = FeatureDatabase.create("features.db")
+        >>> db.set_meta({"d_sae": 8})
+        >>> write_results(db, acc, sae, model, {"model": "tiny"})
+        >>> db.meta()["complete"], db.meta()["n_tokens"], len(db.latent(0)["logits_positive"])
+        (True, 4, 3)
+    """
     cfg, d_sae = acc.cfg, acc.d_sae
     W_dec = dictionary.W_dec.detach().float().cpu()
     count = acc.count
