@@ -47,6 +47,18 @@ class DictionaryConfig:
     rows held at norm 1 during training; `"free"`; `"weighted"` for ReLU-L1), `dtype`, `skip`
     (a transcoder with a linear skip connection: the prediction adds `W_skip @ x`, `W_skip
     [d_out, d_in]` initialised at zero and trained jointly; absent from `to_dict` when off).
+
+    Example:
+        >>> from mechscope.dictionaries.topk import TopKSAEConfig
+        >>> cfg = TopKSAEConfig(d_in=8, d_sae=32, k=4, hook_name="blocks.0.hook_resid_post")
+        >>> cfg.d_out, cfg.is_transcoder, cfg.apply_b_dec_to_input, cfg.to_dict()["architecture"]
+        (8, False, True, 'topk')
+        >>> TopKSAEConfig.from_dict(cfg.to_dict()) == cfg
+        True
+        >>> TopKSAEConfig(d_in=0, d_sae=32)
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.DictionaryConfigError: d_in must be a positive integer, got 0
     """
 
     d_in: int
@@ -121,7 +133,13 @@ class DictionaryConfig:
 
 
 class SparseCodes(NamedTuple):
-    """Active entries of a batch of codes: token `rows[n]` uses latent `cols[n]` with `vals[n]`."""
+    """Active entries of a batch of codes: token `rows[n]` uses latent `cols[n]` with `vals[n]`.
+
+    Example:
+        >>> codes = SparseCodes(torch.tensor([0, 1]), torch.tensor([2, 0]), torch.tensor([1.5, 0.5]), batch=2, d_sae=3)
+        >>> codes.to_dense().tolist()
+        [[0.0, 0.0, 1.5], [0.5, 0.0, 0.0]]
+    """
 
     rows: Tensor
     cols: Tensor
@@ -146,6 +164,11 @@ class DictionaryOutput:
     was active on at least one token of the batch). Computed on access: `feature_acts
     [batch, d_sae]` (dense), `firing_counts [d_sae]` (tokens on which each latent fired) and `l0`
     (mean number of active latents per token).
+
+    Example:
+        >>> out = make_dictionary("topk", d_in=8, d_sae=32, k=2, seed=0)(torch.randn(3, 8))
+        >>> sorted(out.losses), out.firing_counts.sum().item(), out.l0.item(), out.fired.dtype
+        (['mse'], 6, 2.0, torch.bool)
     """
 
     reconstruction: Tensor
@@ -187,6 +210,17 @@ class Dictionary(nn.Module):
     the skip term, so every architecture supports it unchanged. Subclasses implement
     `_encode_n(x_n) -> [batch, d_sae]` and
     `_forward_n(x_n, target_n, sparsity_scale, dead_mask)` in normalised units.
+
+    Example:
+        >>> sae = make_dictionary("relu", d_in=4, d_sae=16, seed=0)
+        >>> isinstance(sae, Dictionary), tuple(sae.W_enc.shape), tuple(sae.W_dec.shape)
+        (True, (4, 16), (16, 4))
+        >>> x = torch.randn(3, 4)
+        >>> sae.decode(sae.encode(x)).shape, sae.loss(x).ndim
+        (torch.Size([3, 4]), 0)
+        >>> tc = make_dictionary("topk", d_in=4, d_out=6, d_sae=16, k=2, skip=True, seed=0)
+        >>> tc.skip_weight().shape, tc(x, torch.randn(3, 6)).reconstruction.shape
+        (torch.Size([6, 4]), torch.Size([3, 6]))
     """
 
     config_class: ClassVar[type[DictionaryConfig]] = DictionaryConfig
@@ -383,7 +417,14 @@ _REGISTRY: dict[str, type[Dictionary]] = {}
 
 
 def register(cls: type[Dictionary]) -> type[Dictionary]:
-    """Class decorator: register `cls` under `cls.config_class.architecture`."""
+    """Class decorator: register `cls` under `cls.config_class.architecture`.
+
+    Example:
+        >>> register(dictionary_class("topk"))            # each name is registered once
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.DictionaryConfigError: architecture 'topk' is empty or already registered
+    """
     name = cls.config_class.architecture
     if not name or name in _REGISTRY:
         raise DictionaryConfigError(f"architecture {name!r} is empty or already registered")
@@ -392,12 +433,26 @@ def register(cls: type[Dictionary]) -> type[Dictionary]:
 
 
 def available_architectures() -> list[str]:
-    """Registered architecture names, sorted."""
+    """Registered architecture names, sorted.
+
+    Example:
+        >>> {"relu", "topk", "batchtopk", "jumprelu", "gated"} <= set(available_architectures())
+        True
+    """
     return sorted(_REGISTRY)
 
 
 def dictionary_class(architecture: str) -> type[Dictionary]:
-    """The class registered for `architecture` (a clear error with the nearest names otherwise)."""
+    """The class registered for `architecture` (a clear error with the nearest names otherwise).
+
+    Example:
+        >>> dictionary_class("jumprelu").__name__
+        'JumpReLUSAE'
+        >>> dictionary_class("topkk")
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.DictionaryConfigError: ...topk...
+    """
     try:
         return _REGISTRY[architecture]
     except KeyError:
@@ -416,5 +471,11 @@ def make_dictionary(architecture: str, *, seed: int | None = None, **config: Any
 
 
 def dictionary_from_config(cfg: DictionaryConfig, seed: int | None = None) -> Dictionary:
-    """Build the dictionary whose class matches `cfg.architecture`."""
+    """Build the dictionary whose class matches `cfg.architecture`.
+
+    Example:
+        >>> from mechscope.dictionaries.gated import GatedSAEConfig
+        >>> type(dictionary_from_config(GatedSAEConfig(d_in=4, d_sae=8), seed=0)).__name__
+        'GatedSAE'
+    """
     return dictionary_class(cfg.architecture)(cfg, seed=seed)

@@ -45,7 +45,13 @@ from mechscope.dictionaries.topk import TopKSAE, TopKSAEConfig
 
 @dataclass
 class BatchTopKSAEConfig(TopKSAEConfig):
-    """`k` is the mean number of active latents per token; `threshold_lr` the threshold's EMA rate."""
+    """`k` is the mean number of active latents per token; `threshold_lr` the threshold's EMA rate.
+
+    Example:
+        >>> cfg = BatchTopKSAEConfig(d_in=8, d_sae=32, k=3)
+        >>> cfg.architecture, cfg.threshold_lr, cfg.per_token_warmup
+        ('batchtopk', 0.01, 0.8)
+    """
 
     threshold_lr: float = 0.01
     per_token_warmup: float = 0.8
@@ -62,7 +68,17 @@ class BatchTopKSAEConfig(TopKSAEConfig):
 
 @register
 class BatchTopKSAE(TopKSAE):
-    """BatchTopK at training time, JumpReLU with the learned threshold at evaluation."""
+    """BatchTopK at training time, JumpReLU with the learned threshold at evaluation.
+
+    Example:
+        >>> sae = BatchTopKSAE(BatchTopKSAEConfig(d_in=8, d_sae=32, k=3), seed=0)
+        >>> sae.threshold.item()                                  # not measured yet
+        -1.0
+        >>> _ = sae.train()(torch.randn(4, 8))
+        >>> sae.after_optimizer_step()
+        >>> sae.threshold.item() > 0                              # set from the first batch
+        True
+    """
 
     config_class = BatchTopKSAEConfig  # type: ignore[assignment]
     cfg: BatchTopKSAEConfig  # type: ignore[assignment]

@@ -35,6 +35,11 @@ class GatedSAEConfig(DictionaryConfig):
 
     The default 3.0 is where the L0 controller ends on the synthetic family (1.6 to 5.5, about 3 at
     the median; docs/dictionaries.md): from 1.0, dense-l16 recovered 0.89 of its features, from 3.0 0.92.
+
+    Example:
+        >>> cfg = GatedSAEConfig(d_in=4, d_sae=16)
+        >>> cfg.architecture, cfg.l1_coefficient, cfg.decoder_norm
+        ('gated', 3.0, 'unit')
     """
 
     l1_coefficient: float = 3.0
@@ -51,7 +56,14 @@ class GatedSAEConfig(DictionaryConfig):
 
 @register
 class GatedSAE(Dictionary):
-    """Gated sparse autoencoder (or transcoder when `d_out != d_in`)."""
+    """Gated sparse autoencoder (or transcoder when `d_out != d_in`).
+
+    Example:
+        >>> sae = GatedSAE(GatedSAEConfig(d_in=4, d_sae=16), seed=0)
+        >>> out = sae(torch.randn(3, 4))
+        >>> out.reconstruction.shape, out.feature_acts.shape
+        (torch.Size([3, 4]), torch.Size([3, 16]))
+    """
 
     config_class = GatedSAEConfig
     cfg: GatedSAEConfig

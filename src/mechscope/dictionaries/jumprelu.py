@@ -35,7 +35,12 @@ def _kernel(pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
 
 
 class JumpReLUFunction(torch.autograd.Function):
-    """`pre * H(pre - theta)` with the straight-through threshold gradient. Shapes `[batch, d_sae]`, `[d_sae]`."""
+    """`pre * H(pre - theta)` with the straight-through threshold gradient. Shapes `[batch, d_sae]`, `[d_sae]`.
+
+    Example:
+        >>> JumpReLUFunction.apply(torch.tensor([[0.2, 0.8]]), torch.tensor([0.5, 0.5]), 0.05).tolist()
+        [[0.0, 0.8...]]
+    """
 
     @staticmethod
     def forward(ctx: Any, pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
@@ -52,7 +57,15 @@ class JumpReLUFunction(torch.autograd.Function):
 
 
 class StepFunction(torch.autograd.Function):
-    """`H(pre - theta)` with the straight-through threshold gradient; no gradient to `pre`."""
+    """`H(pre - theta)` with the straight-through threshold gradient; no gradient to `pre`.
+
+    Example:
+        >>> theta = torch.tensor([0.5, 0.5], requires_grad=True)
+        >>> step = StepFunction.apply(torch.tensor([[0.51, 0.9]]), theta, 0.05)
+        >>> step.sum().backward()
+        >>> step.tolist(), theta.grad.tolist()          # only the pre-activation within the band moves theta
+        ([[1.0, 1.0]], [-20.0, -0.0])
+    """
 
     @staticmethod
     def forward(ctx: Any, pre: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
@@ -69,7 +82,13 @@ class StepFunction(torch.autograd.Function):
 
 @dataclass
 class JumpReLUSAEConfig(DictionaryConfig):
-    """`l0_coefficient`, straight-through `bandwidth`, initial threshold `threshold_init` (normalised units)."""
+    """`l0_coefficient`, straight-through `bandwidth`, initial threshold `threshold_init` (normalised units).
+
+    Example:
+        >>> cfg = JumpReLUSAEConfig(d_in=4, d_sae=16, threshold_init=0.25)
+        >>> cfg.architecture, cfg.sparsity_coefficient, cfg.bandwidth
+        ('jumprelu', 'l0_coefficient', 0.05)
+    """
 
     l0_coefficient: float = 1e-3
     bandwidth: float = 0.05
@@ -86,7 +105,16 @@ class JumpReLUSAEConfig(DictionaryConfig):
 
 @register
 class JumpReLUSAE(Dictionary):
-    """JumpReLU sparse autoencoder (or transcoder when `d_out != d_in`)."""
+    """JumpReLU sparse autoencoder (or transcoder when `d_out != d_in`).
+
+    Example:
+        >>> sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=4, d_sae=16, threshold_init=0.25), seed=0)
+        >>> sae.threshold[:2].tolist()
+        [0.25, 0.25]
+        >>> out = sae(torch.randn(3, 4))
+        >>> sorted(out.losses), bool(((out.feature_acts == 0) | (out.feature_acts > 0.25)).all())
+        (['l0', 'mse'], True)
+    """
 
     config_class = JumpReLUSAEConfig
     cfg: JumpReLUSAEConfig

@@ -34,6 +34,13 @@ class ReluL1Function(torch.autograd.Function):
     `grad_pre = (grad_acts + l1_grad) * [pre > 0]`, computed in place on the incoming gradient, so
     the penalty costs no extra `[batch, d_sae]` buffer. The caller adds the penalty's value with
     the activations detached.
+
+    Example:
+        >>> pre = torch.tensor([[1.0, -2.0]], requires_grad=True)
+        >>> acts = ReluL1Function.apply(pre.clone(), torch.tensor([0.5, 0.5]))
+        >>> acts.sum().backward()
+        >>> acts.tolist(), pre.grad.tolist()                # (1 + 0.5) where active, 0 elsewhere
+        ([[1.0, 0.0]], [[1.5, 0.0]])
     """
 
     @staticmethod
@@ -53,7 +60,13 @@ class ReluL1Function(torch.autograd.Function):
 
 @dataclass
 class ReluSAEConfig(DictionaryConfig):
-    """`l1_coefficient` (>= 0) and `decoder_norm` (`"unit"` or `"weighted"`), see the module docstring."""
+    """`l1_coefficient` (>= 0) and `decoder_norm` (`"unit"` or `"weighted"`), see the module docstring.
+
+    Example:
+        >>> cfg = ReluSAEConfig(d_in=4, d_sae=16, l1_coefficient=2.0)
+        >>> cfg.architecture, cfg.decoder_norm, cfg.sparsity_coefficient
+        ('relu', 'weighted', 'l1_coefficient')
+    """
 
     l1_coefficient: float = 1.0
     decoder_norm: str = "weighted"
@@ -70,7 +83,14 @@ class ReluSAEConfig(DictionaryConfig):
 
 @register
 class ReluSAE(Dictionary):
-    """ReLU + L1 sparse autoencoder (or transcoder when `d_out != d_in`)."""
+    """ReLU + L1 sparse autoencoder (or transcoder when `d_out != d_in`).
+
+    Example:
+        >>> sae = ReluSAE(ReluSAEConfig(d_in=4, d_sae=16), seed=0)
+        >>> out = sae(torch.randn(3, 4))
+        >>> sorted(out.losses), bool((out.feature_acts >= 0).all())
+        (['l1', 'mse'], True)
+    """
 
     config_class = ReluSAEConfig
     cfg: ReluSAEConfig

@@ -34,7 +34,17 @@ from mechscope.dictionaries.sparse_ops import SparsePattern, gather_preacts, spa
 
 @dataclass
 class TopKSAEConfig(DictionaryConfig):
-    """`k` active latents per token; `aux_k` (default `d_in // 2`) and `aux_k_coefficient` for AuxK."""
+    """`k` active latents per token; `aux_k` (default `d_in // 2`) and `aux_k_coefficient` for AuxK.
+
+    Example:
+        >>> cfg = TopKSAEConfig(d_in=8, d_sae=32, k=4)
+        >>> cfg.aux_k, cfg.architecture
+        (4, 'topk')
+        >>> TopKSAEConfig(d_in=8, d_sae=32, k=40)
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.DictionaryConfigError: k must be in 1..d_sae=32, got 40
+    """
 
     k: int = 32
     aux_k: int | None = None
@@ -54,7 +64,14 @@ class TopKSAEConfig(DictionaryConfig):
 
 @register
 class TopKSAE(Dictionary):
-    """TopK sparse autoencoder (or transcoder when `d_out != d_in`)."""
+    """TopK sparse autoencoder (or transcoder when `d_out != d_in`).
+
+    Example:
+        >>> sae = TopKSAE(TopKSAEConfig(d_in=8, d_sae=32, k=3), seed=0).train()
+        >>> out = sae(torch.randn(4, 8), dead_mask=torch.ones(32, dtype=torch.bool))
+        >>> sorted(out.losses), out.l0.item()
+        (['aux_k', 'mse'], 3.0)
+    """
 
     config_class = TopKSAEConfig
     cfg: TopKSAEConfig
