@@ -42,17 +42,38 @@ REQUIRED_STATE_KEYS = ("step", "optimizer", "files", "dictionary_config", "train
 
 
 def generator_state_to_json(gen: torch.Generator) -> str:
-    """A generator's state as base64 text (its bytes, unchanged)."""
+    """A generator's state as base64 text (its bytes, unchanged).
+
+    Example:
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> text = generator_state_to_json(gen)
+        >>> isinstance(text, str), torch.equal(generator_state_from_json(text), gen.get_state())
+        (True, True)
+    """
     return base64.b64encode(bytes(gen.get_state().tolist())).decode("ascii")
 
 
 def generator_state_from_json(text: str) -> torch.Tensor:
-    """Inverse of `generator_state_to_json`: the ByteTensor to pass to `Generator.set_state`."""
+    """Inverse of `generator_state_to_json`: the ByteTensor to pass to `Generator.set_state`.
+
+    Example:
+        >>> gen = torch.Generator().manual_seed(1)
+        >>> saved = generator_state_to_json(gen)
+        >>> first = torch.rand(2, generator=gen)
+        >>> _ = gen.set_state(generator_state_from_json(saved))
+        >>> torch.equal(torch.rand(2, generator=gen), first)       # the same draws again
+        True
+    """
     return torch.tensor(list(base64.b64decode(text)), dtype=torch.uint8)
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
-    """`'key old -> new'` for each key whose value differs between two settings dicts (sorted by key)."""
+    """`'key old -> new'` for each key whose value differs between two settings dicts (sorted by key).
+
+    Example:
+        >>> differences({"k": 32, "lr": 1e-3, "seed": 0}, {"k": 64, "seed": 1}, ignore=["seed"])
+        ['k 32 -> 64', 'lr 0.001 -> None']
+    """
     skip = set(ignore)
     keys = sorted((set(saved) | set(current)) - skip)
     return [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
@@ -61,7 +82,18 @@ def differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable
 def save_checkpoint(
     root: str | Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
 ) -> Path:
-    """Write the checkpoint of `step` under `root` and return its folder."""
+    """Write the checkpoint of `step` under `root` and return its folder.
+
+    `state` must hold the other keys `load_checkpoint` checks for (`REQUIRED_STATE_KEYS`).
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("relu", d_in=4, d_sae=8, seed=0)
+        >>> opt = torch.optim.Adam(sae.parameters())
+        >>> state = {k: None for k in REQUIRED_STATE_KEYS if k not in ("step", "optimizer", "files")}
+        >>> save_checkpoint("ckpts", 10, sae, opt, state).name
+        'step_00000010'
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -82,7 +114,17 @@ def save_checkpoint(
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoint folders under `root`, oldest first."""
+    """Complete checkpoint folders under `root`, oldest first.
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("relu", d_in=4, d_sae=8, seed=0)
+        >>> state = {k: None for k in REQUIRED_STATE_KEYS if k not in ("step", "optimizer", "files")}
+        >>> for step in (20, 5):
+        ...     _ = save_checkpoint("runs", step, sae, torch.optim.Adam(sae.parameters()), state)
+        >>> [p.name for p in list_checkpoints("runs")]
+        ['step_00000005', 'step_00000020']
+    """
     root = Path(root)
     if not root.is_dir():
         return []
@@ -90,7 +132,17 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under `root`, `root` itself if it is one, or None."""
+    """The newest complete checkpoint under `root`, `root` itself if it is one, or None.
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("relu", d_in=4, d_sae=8, seed=0)
+        >>> state = {k: None for k in REQUIRED_STATE_KEYS if k not in ("step", "optimizer", "files")}
+        >>> for step in (1, 2):
+        ...     _ = save_checkpoint("latest", step, sae, torch.optim.Adam(sae.parameters()), state)
+        >>> latest_checkpoint("latest").name, latest_checkpoint("latest/step_00000001").name
+        ('step_00000002', 'step_00000001')
+    """
     root = Path(root)
     if (root / STATE_FILE).is_file():
         return root
@@ -125,7 +177,21 @@ def _load_verified(folder: Path, name: str, expected: str) -> dict[str, torch.Te
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """Read `(module_state_dict, optimizer_state_dict, state)` from a checkpoint (or its parent folder), verified."""
+    """Read `(module_state_dict, optimizer_state_dict, state)` from a checkpoint (or its parent folder), verified.
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("relu", d_in=4, d_sae=8, seed=0)
+        >>> state = {k: 0 for k in REQUIRED_STATE_KEYS if k not in ("step", "optimizer", "files")}
+        >>> _ = save_checkpoint("resume", 3, sae, torch.optim.Adam(sae.parameters()), state)
+        >>> weights, opt_state, state = load_checkpoint("resume")
+        >>> state["step"], torch.equal(weights["W_dec"], sae.W_dec), sorted(opt_state)
+        (3, True, ['param_groups', 'state'])
+        >>> load_checkpoint("nowhere")
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.CheckpointError: no checkpoint found at nowhere (expected step_*/state.json)
+    """
     folder = latest_checkpoint(path)
     if folder is None:
         raise CheckpointError(f"no checkpoint found at {path} (expected step_*/{STATE_FILE})")

@@ -59,7 +59,15 @@ _SKIP_SAELENS = {"relu": "skip_transcoder", "jumprelu": "jumprelu_skip_transcode
 
 
 def saelens_architecture(d: Dictionary) -> str:
-    """The SAELens architecture name a dictionary is written as (`mechscope.*` where SAELens has none)."""
+    """The SAELens architecture name a dictionary is written as (`mechscope.*` where SAELens has none).
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> saelens_architecture(make_dictionary("relu", d_in=4, d_sae=8))
+        'standard'
+        >>> saelens_architecture(make_dictionary("batchtopk", d_in=4, d_sae=8, k=2))
+        'jumprelu'
+    """
     key = (d.cfg.architecture, d.cfg.is_transcoder)
     if d.cfg.skip:
         return _SKIP_SAELENS.get(key[0], f"mechscope.{key[0]}_skip_transcoder")
@@ -87,7 +95,19 @@ def _to_saelens_weights(d: Dictionary) -> dict[str, Tensor]:
 
 
 def save_dictionary(d: Dictionary, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write `d` to the folder `path` (created); refuses to replace existing files unless `overwrite`."""
+    """Write `d` to the folder `path` (created); refuses to replace existing files unless `overwrite`.
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("jumprelu", d_in=4, d_sae=8, seed=0)
+        >>> folder = save_dictionary(sae, "jr")
+        >>> sorted(p.name for p in folder.iterdir())
+        ['cfg.json', 'sae_weights.safetensors']
+        >>> save_dictionary(sae, "jr")
+        Traceback (most recent call last):
+        ...
+        FileExistsError: ...
+    """
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     if not overwrite and ((folder / CFG_FILE).exists() or (folder / WEIGHTS_FILE).exists()):
@@ -162,7 +182,16 @@ def _config_from_saelens(cfg: dict[str, Any], arch: str) -> DictionaryConfig:
 
 
 def load_dictionary(path: str | Path) -> Dictionary:
-    """Read a dictionary folder written here or by SAELens; errors name the bad file."""
+    """Read a dictionary folder written here or by SAELens; errors name the bad file.
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("gated", d_in=4, d_sae=8, seed=0, input_scale=2.0)
+        >>> again = load_dictionary(save_dictionary(sae, "gated_sae"))
+        >>> x = torch.randn(3, 4)
+        >>> type(again).__name__, again.cfg.input_scale, torch.allclose(again.encode(x), sae.encode(x), atol=1e-5)
+        ('GatedSAE', 2.0, True)
+    """
     folder = Path(path)
     cfg, w = _read(folder)
     try:

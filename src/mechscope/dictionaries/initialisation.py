@@ -18,6 +18,11 @@ def geometric_median(points: Tensor, max_iter: int = 100, tol: float = 1e-7) -> 
 
     Each iteration: `w_b = 1 / max(||p_b - y||, 1e-12)`, `y <- sum_b w_b p_b / sum_b w_b`; stops when
     `y` moves less than `tol * (1 + ||y||)`.
+
+    Example:
+        >>> points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
+        >>> [round(v, 2) for v in geometric_median(points).tolist()]      # the outlier barely moves it
+        [0.5, 0.5]
     """
     p = points.double()
     y = p.mean(0)

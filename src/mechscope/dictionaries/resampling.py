@@ -31,7 +31,22 @@ def resample_dead_latents(
     d: Dictionary, optimizer: torch.optim.Optimizer, dead: Tensor, x: Tensor, target: Tensor | None,
     generator: torch.Generator,
 ) -> int:
-    """Re-initialise the latents marked in `dead [d_sae]` from the batch `x [batch, d_in]`; returns how many."""
+    """Re-initialise the latents marked in `dead [d_sae]` from the batch `x [batch, d_in]`; returns how many.
+
+    Each dead latent's decoder row points along the reconstruction error of a token drawn with
+    probability proportional to its squared error; its encoder column follows at 0.2 times the mean
+    live encoder norm, its encoder bias is 0, and its optimizer moments are reset.
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("relu", d_in=4, d_sae=8, seed=0)
+        >>> opt = torch.optim.Adam(sae.parameters())
+        >>> dead = torch.zeros(8, dtype=torch.bool); dead[[1, 5]] = True
+        >>> resample_dead_latents(sae, opt, dead, torch.randn(16, 4), None, torch.Generator().manual_seed(0))
+        2
+        >>> sae.b_enc[[1, 5]].tolist()
+        [0.0, 0.0]
+    """
     idx = dead.nonzero().squeeze(1)
     if idx.numel() == 0:
         return 0

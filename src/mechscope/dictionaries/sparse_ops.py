@@ -36,6 +36,13 @@ class SparsePattern(NamedTuple):
 
     `rows, cols [n]` (rows sorted ascending); `crow [batch+1]`; `perm_t [n]` orders the entries
     by column (stable); `crow_t [d_sae+1]`.
+
+    Example:
+        >>> p = SparsePattern.build(torch.tensor([0, 0, 1]), torch.tensor([2, 0, 2]), batch=2, d_sae=3)
+        >>> p.crow.tolist(), p.crow_t.tolist()
+        ([0, 2, 3], [0, 1, 1, 3])
+        >>> p.matmul(torch.tensor([1.0, 2.0, 3.0]), torch.eye(3)).tolist()
+        [[2.0, 0.0, 1.0], [0.0, 0.0, 3.0]]
     """
 
     rows: Tensor
@@ -104,6 +111,15 @@ def sparse_decode(pattern: SparsePattern, vals: Tensor, W_dec: Tensor) -> Tensor
     """Decode a sparse code without its bias: `vals [n]`, `W_dec [d_sae, d_out]` -> `[batch, d_out]`.
 
     Gradients flow to `vals` and to the used rows of `W_dec` only.
+
+    Example:
+        >>> p = SparsePattern.build(torch.tensor([0, 1]), torch.tensor([1, 0]), batch=2, d_sae=3)
+        >>> W_dec = torch.arange(6.0).reshape(3, 2).requires_grad_()
+        >>> out = sparse_decode(p, torch.tensor([1.0, 2.0]), W_dec)
+        >>> out.tolist()                                         # 1 * W_dec[1], 2 * W_dec[0]
+        [[2.0, 3.0], [0.0, 2.0]]
+        >>> out.sum().backward(); W_dec.grad[2].tolist()         # the unused row gets no gradient
+        [0.0, 0.0]
     """
     return _SparseDecode.apply(vals, W_dec, pattern)
 
@@ -144,5 +160,16 @@ def gather_preacts(
     `values` were computed densely without gradients (to choose the active entries); this
     returns them with a backward pass that costs `O(n * d_in)` instead of a dense matmul.
     Shapes: x `[batch, d_in]`, W_enc `[d_in, d_sae]`, values `[n]`.
+
+    Example:
+        >>> x, W_enc = torch.randn(2, 4), torch.randn(4, 3, requires_grad=True)
+        >>> b_dec, b_enc = torch.zeros(4), torch.zeros(3, requires_grad=True)
+        >>> p = SparsePattern.build(torch.tensor([0, 1]), torch.tensor([2, 0]), batch=2, d_sae=3)
+        >>> values = (x @ W_enc).detach()[p.rows, p.cols]
+        >>> pre = gather_preacts(x, b_dec, W_enc, b_enc, values, p)
+        >>> torch.equal(pre, values)
+        True
+        >>> pre.sum().backward(); b_enc.grad.tolist()            # one entry each in latents 0 and 2
+        [1.0, 0.0, 1.0]
     """
     return _GatherPreacts.apply(x, b_dec, W_enc, b_enc, values, pattern, subtract_b_dec)

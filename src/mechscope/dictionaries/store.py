@@ -78,7 +78,16 @@ def site_key(index: int) -> str:
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a store folder (a clear error when missing or unreadable)."""
+    """The manifest of a store folder (a clear error when missing or unreadable).
+
+    Example:
+        >>> read_manifest("out/acts")["hook_names"]           # doctest: +SKIP
+        ['blocks.15.hook_resid_post']
+        >>> read_manifest("empty")
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.DictionaryFormatError: empty/manifest.json: no activation-store manifest (run `mechscope sae cache` first)
+    """
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise DictionaryFormatError(f"{path}: no activation-store manifest (run `mechscope sae cache` first)")

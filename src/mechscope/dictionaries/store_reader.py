@@ -41,6 +41,15 @@ class StoreReader:
 
     Attributes: `folder`, `manifest` (the parsed JSON), `d` (activation width), `n_tokens`
     (rows in the listed shards), `hook_name`.
+
+    Example:
+        >>> manifest = {"d": 8, "n_tokens": 100, "hook_name": "blocks.0.hook_resid_post",
+        ...             "hook_names": ["blocks.0.hook_resid_post", "blocks.0.hook_mlp_out"], "ds": [8, 8]}
+        >>> store = StoreReader(Path("acts"), manifest)             # normally from open_store(folder)
+        >>> store.d, store.n_tokens, store.site_index("blocks.0.hook_mlp_out"), store.ds
+        (8, 100, 1, [8, 8])
+        >>> next(open_store("out/acts").batches(4096)).shape       # doctest: +SKIP
+        torch.Size([4096, 576])
     """
 
     folder: Path

@@ -53,7 +53,12 @@ def stop_layer_for(model: Any, hook_name: str) -> int | None:
 
 
 def flatten_site(act: Tensor) -> Tensor:
-    """`[batch, pos, ...]` -> `[batch, pos, d]` (per-head sites such as `hook_z` are concatenated over heads)."""
+    """`[batch, pos, ...]` -> `[batch, pos, d]` (per-head sites such as `hook_z` are concatenated over heads).
+
+    Example:
+        >>> flatten_site(torch.zeros(2, 5, 4, 16)).shape                 # hook_z: 4 heads of 16
+        torch.Size([2, 5, 64])
+    """
     return act if act.ndim == 3 else act.reshape(*act.shape[:2], -1)
 
 
@@ -185,6 +190,14 @@ def rebatch(chunks: Iterable[Tensor], batch_size: int, buffer_rows: int,
     With `buffer_rows > 0`, chunks are gathered until the buffer holds `buffer_rows` rows,
     the buffer is permuted, and batches are served from it until half remains; the rest
     is carried into the next fill, so rows mix across chunks (shards).
+
+    Example:
+        >>> chunks = [torch.arange(6.0).reshape(3, 2), torch.arange(6.0, 14.0).reshape(4, 2)]
+        >>> batches = list(rebatch(chunks, batch_size=2, buffer_rows=4, gen=torch.Generator().manual_seed(0)))
+        >>> [tuple(b.shape) for b in batches]                              # 7 rows: 3 batches, one row dropped
+        [(2, 2), (2, 2), (2, 2)]
+        >>> [b.shape[0] for b in rebatch(chunks, 2, 0, torch.Generator(), drop_last=False)]
+        [2, 2, 2, 1]
     """
     pending: list[Tensor] = []
     n_pending = 0
