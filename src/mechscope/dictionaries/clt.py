@@ -48,7 +48,13 @@ from mechscope.dictionaries.transcoder_set import SET_FILE, TranscoderSet
 
 @dataclass
 class CLTConfig(DictionaryConfig):
-    """`n_layers`, `d_model`, `features_per_layer`; `activation` ("jumprelu" or "topk", with `k` per layer)."""
+    """`n_layers`, `d_model`, `features_per_layer`; `activation` ("jumprelu" or "topk", with `k` per layer).
+
+    Example:
+        >>> cfg = CLTConfig.make(n_layers=3, d_model=8, features_per_layer=16, activation="topk", k=2)
+        >>> cfg.d_in, cfg.d_sae, cfg.d_out, cfg.hook_name_out
+        (24, 48, 24, 'blocks.{l}.hook_mlp_out')
+    """
 
     n_layers: int = 0
     d_model: int = 0
@@ -89,7 +95,17 @@ class CLTConfig(DictionaryConfig):
 @register
 class CrossLayerTranscoder(Dictionary):
     """See the module docstring. Parameters: `W_enc [L, d, F]`, `b_enc [L, F]`, `log_threshold [L, F]`,
-    `W_dec[l] [F, L - l, d]`, `b_dec [L * d]` (normalised units)."""
+    `W_dec[l] [F, L - l, d]`, `b_dec [L * d]` (normalised units).
+
+    Example:
+        >>> clt = CrossLayerTranscoder(CLTConfig.make(n_layers=2, d_model=4, features_per_layer=8), seed=0)
+        >>> [tuple(w.shape) for w in clt.W_dec], tuple(clt.W_enc.shape)      # layer 0 writes to both layers
+        ([(8, 2, 4), (8, 1, 4)], (2, 4, 8))
+        >>> again = CrossLayerTranscoder.load(clt.save("clt"))
+        >>> x = torch.randn(3, 8)
+        >>> torch.allclose(again.encode(x), clt.encode(x), atol=1e-6)
+        True
+    """
 
     config_class = CLTConfig
     cfg: CLTConfig
@@ -226,7 +242,17 @@ def _count(folder: Path) -> int:
 
 
 class CLTSet(TranscoderSet):
-    """The `TranscoderSet` view of a cross-layer transcoder (model units)."""
+    """The `TranscoderSet` view of a cross-layer transcoder (model units).
+
+    Example:
+        >>> clt = CrossLayerTranscoder(CLTConfig.make(n_layers=2, d_model=4, features_per_layer=8), seed=0)
+        >>> s = CLTSet(clt)
+        >>> s.kind, s.n_layers, s.d_sae(1), s.decoder_vectors(0, torch.tensor([1, 2])).shape
+        ('cross_layer', 2, 8, torch.Size([2, 2, 4]))
+        >>> acts = [s.encode(layer, torch.randn(5, 4)) for layer in range(2)]
+        >>> s.decode_to(1, acts).shape
+        torch.Size([5, 4])
+    """
 
     kind = "cross_layer"
 

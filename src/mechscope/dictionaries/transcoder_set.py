@@ -54,13 +54,33 @@ OUTPUT_SUFFIX = "hook_mlp_out"
 
 def mlp_input_hook(model: Any, layer: int) -> str:
     """The hook name of what layer `layer`'s MLP reads (its norm's output, weight applied):
-    `ln2.hook_out` where the model names the norm's pieces as TransformerLens does, else `ln2.hook_normalized`."""
+    `ln2.hook_out` where the model names the norm's pieces as TransformerLens does, else `ln2.hook_normalized`.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> mlp_input_hook(HookedModel(LlamaForCausalLM(cfg), name="tiny"), 1)
+        'blocks.1.ln2.hook_...'
+    """
     name = names.block(layer, "ln2.hook_out")
     return name if name in model.sites else names.block(layer, "ln2.hook_normalized")
 
 
 class TranscoderSet(nn.Module):
-    """Interface of a whole-model transcoder set (see the module docstring)."""
+    """Interface of a whole-model transcoder set (see the module docstring).
+
+    Example:
+        >>> import torch
+        >>> tcs = [make_dictionary("relu", d_in=8, d_sae=16, d_out=8, hook_name_out=f"blocks.{i}.hook_mlp_out", seed=i)
+        ...        for i in range(2)]
+        >>> s: TranscoderSet = PerLayerTranscoders(tcs)
+        >>> x = [torch.randn(3, 8) for _ in range(2)]
+        >>> recon = s.reconstruct([s.encode(layer, x[layer]) for layer in range(2)], x)
+        >>> [tuple(r.shape) for r in recon], s.output_hook(1), s.has_skip
+        ([(3, 8), (3, 8)], 'blocks.1.hook_mlp_out', False)
+    """
 
     kind: str = ""
     n_layers: int
@@ -115,7 +135,19 @@ class TranscoderSet(nn.Module):
 
 
 class PerLayerTranscoders(TranscoderSet):
-    """One transcoder per layer, `transcoders[l]` mapping layer l's MLP input to its MLP output."""
+    """One transcoder per layer, `transcoders[l]` mapping layer l's MLP input to its MLP output.
+
+    Example:
+        >>> tcs = [make_dictionary("jumprelu", d_in=8, d_sae=16, d_out=8, hook_name_out=f"blocks.{i}.hook_mlp_out")
+        ...        for i in range(3)]
+        >>> s = PerLayerTranscoders(tcs)
+        >>> s.kind, s.n_layers, s.d_model, s.d_sae(2)
+        ('per_layer', 3, 8, 16)
+        >>> PerLayerTranscoders([])
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.DictionaryConfigError: a transcoder set needs at least one transcoder
+    """
 
     kind = "per_layer"
 
@@ -218,7 +250,15 @@ class PerLayerTranscoders(TranscoderSet):
 
 
 def load_transcoder_set(path: str | Path) -> TranscoderSet:
-    """Read a set written by `save` (per-layer) or `CrossLayerTranscoder.save` (cross-layer)."""
+    """Read a set written by `save` (per-layer) or `CrossLayerTranscoder.save` (cross-layer).
+
+    Example:
+        >>> tcs = [make_dictionary("relu", d_in=8, d_sae=16, d_out=8, hook_name_out=f"blocks.{i}.hook_mlp_out")
+        ...        for i in range(2)]
+        >>> s = load_transcoder_set(PerLayerTranscoders(tcs).save("tcs"))
+        >>> type(s).__name__, s.n_layers
+        ('PerLayerTranscoders', 2)
+    """
     folder = Path(path)
     meta_path = folder / SET_FILE
     if not meta_path.is_file():

@@ -34,7 +34,15 @@ from mechscope.dictionaries.transcoder_set import PerLayerTranscoders, Transcode
 
 @dataclass
 class MlpPairs:
-    """`inputs` and `outputs` `[n_tokens, n_layers, d_model]` of every MLP, row-aligned by token."""
+    """`inputs` and `outputs` `[n_tokens, n_layers, d_model]` of every MLP, row-aligned by token.
+
+    Example:
+        >>> data = MlpPairs(torch.randn(10, 2, 4), torch.randn(10, 2, 4), "tiny",
+        ...                 ["blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized"])
+        >>> train, held_out = data.split(8)
+        >>> len(train.inputs), len(held_out.outputs)
+        (8, 2)
+    """
 
     inputs: Tensor
     outputs: Tensor
@@ -51,7 +59,13 @@ class MlpPairs:
 
 def collect_mlp_pairs(model: Any, n_tokens: int, *, skip_tokens: int = 0, context_length: int = 128,
                       source: Any = "default", seed: int = 0) -> MlpPairs:
-    """`n_tokens` tokens (after skipping `skip_tokens`, e.g. the training tokens for a held-out set)."""
+    """`n_tokens` tokens (after skipping `skip_tokens`, e.g. the training tokens for a held-out set).
+
+    Example:
+        >>> data = collect_mlp_pairs(model, n_tokens=4096, context_length=128)       # doctest: +SKIP
+        >>> data.inputs.shape                                                         # doctest: +SKIP
+        torch.Size([4096, 30, 576])
+    """
     L = model.cfg.n_layers
     sites = [mlp_input_hook(model, layer) for layer in range(L)] + [names.mlp_out(layer) for layer in range(L)]
     total = skip_tokens + n_tokens
@@ -89,7 +103,15 @@ def train_per_layer(data: MlpPairs, *, d_sae: int, architecture: str = "jumprelu
                     batch_size: int = 512, lr: float = 1e-3, seed: int = 0, progress: bool = True,
                     target_l0: float | None = None, **dictionary_fields: Any) -> PerLayerTranscoders:
     """One transcoder per layer (any registered architecture), trained by `Trainer` (`target_l0`: its
-    L0 controller steers each layer's sparsity coefficient to that L0; penalty architectures only)."""
+    L0 controller steers each layer's sparsity coefficient to that L0; penalty architectures only).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> data = MlpPairs(torch.randn(64, 2, 4), torch.randn(64, 2, 4), "tiny", ["a", "b"])
+        >>> tcs = train_per_layer(data, d_sae=8, architecture="topk", k=2, epochs=1, batch_size=16, progress=False)
+        >>> tcs.n_layers, tcs.output_hook(1), tcs.transcoders[0].cfg.hook_name
+        (2, 'blocks.1.hook_mlp_out', 'a')
+    """
     n, L, d = data.inputs.shape
     transcoders = []
     for layer in tqdm(range(L), desc="layers", disable=not progress):
@@ -106,7 +128,15 @@ def train_per_layer(data: MlpPairs, *, d_sae: int, architecture: str = "jumprelu
 def train_clt(data: MlpPairs, *, features_per_layer: int, activation: str = "jumprelu", epochs: int = 4,
               batch_size: int = 512, lr: float = 1e-3, seed: int = 0, progress: bool = True,
               **config_fields: Any) -> CLTSet:
-    """A cross-layer transcoder on the concatenated pairs, trained by `Trainer`."""
+    """A cross-layer transcoder on the concatenated pairs, trained by `Trainer`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> data = MlpPairs(torch.randn(64, 2, 4), torch.randn(64, 2, 4), "tiny", ["a", "b"])
+        >>> s = train_clt(data, features_per_layer=8, epochs=1, batch_size=16, progress=False)
+        >>> s.kind, s.n_layers, s.d_sae(0)
+        ('cross_layer', 2, 8)
+    """
     n, L, d = data.inputs.shape
     cfg = CLTConfig.make(L, d, features_per_layer, activation=activation, model_name=data.model_name, **config_fields)
     clt = CrossLayerTranscoder(cfg, seed=seed)
@@ -120,7 +150,16 @@ def train_clt(data: MlpPairs, *, features_per_layer: int, activation: str = "jum
 
 @torch.no_grad()
 def evaluate_layers(tcs: TranscoderSet, data: MlpPairs, chunk: int = 1024) -> list[dict[str, float]]:
-    """Per layer: `normalised_mse`, `l0` and `dead_fraction` on held-out pairs (module docstring)."""
+    """Per layer: `normalised_mse`, `l0` and `dead_fraction` on held-out pairs (module docstring).
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> tcs = PerLayerTranscoders([make_dictionary("topk", d_in=4, d_sae=8, d_out=4, k=2,
+        ...                                            hook_name_out=f"blocks.{i}.hook_mlp_out") for i in range(2)])
+        >>> rows = evaluate_layers(tcs, MlpPairs(torch.randn(32, 2, 4), torch.randn(32, 2, 4), "tiny", ["a", "b"]))
+        >>> [(r["layer"], 0 < r["l0"] <= 2) for r in rows], sorted(rows[0])     # TopK(2), then ReLU
+        ([(0, True), (1, True)], ['dead_fraction', 'l0', 'layer', 'normalised_mse'])
+    """
     n, L, _ = data.inputs.shape
     err = torch.zeros(L)
     var = torch.zeros(L)
