@@ -59,7 +59,17 @@ DENSE_THRESHOLD = 0.1
 class EvalResult:
     """Evaluation numbers (see the module docstring for each formula). Downstream-loss fields are
     None when no model was given. `feature_density [d_sae]` is kept out of `to_dict()`
-    (its histogram is the `density_histogram` entry)."""
+    (its histogram is the `density_histogram` entry).
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("topk", d_in=8, d_sae=16, k=2, seed=0)
+        >>> result = evaluate_activations(sae, [torch.randn(32, 8) for _ in range(2)])
+        >>> result.n_tokens, result.l0, result.ce_sae is None, round(result.fvu + result.explained_variance, 6)
+        (64, 2.0, True, 1.0)
+        >>> sorted(result.to_dict()["density_histogram"])
+        ['counts', 'dead', 'edges']
+    """
 
     n_tokens: int
     mse: float
@@ -270,7 +280,16 @@ def evaluate_dictionary(
 
 
 def density_figure(result: EvalResult) -> Any:
-    """A matplotlib figure (Agg) of the feature-density histogram, `log10` density on the x axis."""
+    """A matplotlib figure (Agg) of the feature-density histogram, `log10` density on the x axis.
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("relu", d_in=8, d_sae=16, seed=0)
+        >>> fig = density_figure(evaluate_activations(sae, [torch.randn(32, 8)]))
+        >>> fig.axes[0].get_xlabel()
+        'log10 feature density (fraction of tokens a latent fires on)'
+        >>> fig.savefig("density.png")
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -52,7 +52,20 @@ HookSpec = Sequence[tuple[Any, HookFn]]
 class SpliceResult(NamedTuple):
     """Logits `[batch, pos, d_vocab]` of a spliced run, and per spliced site (keyed by the name
     of the site replaced) the feature activations `[batch, pos, d_sae]` and the error term
-    `x - x_hat` `[batch, pos, d_out]` (the error is computed with or without splicing it in)."""
+    `x - x_hat` `[batch, pos, d_out]` (the error is computed with or without splicing it in).
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from mechscope.core.hooked import HookedModel
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        ...                   num_attention_heads=2, num_key_value_heads=1)
+        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> sae = make_dictionary("topk", d_in=16, d_sae=32, k=4, seed=0, hook_name="blocks.0.hook_resid_post")
+        >>> res = run_with_sae_cache(model, torch.tensor([[1, 2, 3]]), sae)
+        >>> isinstance(res, SpliceResult), res.logits.shape, res.features["blocks.0.hook_resid_post"].shape
+        (True, torch.Size([1, 3, 50]), torch.Size([1, 3, 32]))
+    """
 
     logits: Tensor
     features: dict[str, Tensor]
@@ -60,7 +73,18 @@ class SpliceResult(NamedTuple):
 
 
 def hook_name_of(sae: Dictionary, hook_name: str | None = None) -> str:
-    """The site `sae` reads: `hook_name` when given, else `sae.cfg.hook_name` (an error when neither)."""
+    """The site `sae` reads: `hook_name` when given, else `sae.cfg.hook_name` (an error when neither).
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("relu", d_in=8, d_sae=16, hook_name="blocks.3.hook_resid_post")
+        >>> hook_name_of(sae), hook_name_of(sae, "blocks.4.hook_resid_post")
+        ('blocks.3.hook_resid_post', 'blocks.4.hook_resid_post')
+        >>> hook_name_of(make_dictionary("relu", d_in=8, d_sae=16))
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.DictionaryConfigError: the dictionary's config has no hook_name: pass hook_name=...
+    """
     name = hook_name or sae.cfg.hook_name
     if not name:
         raise DictionaryConfigError("the dictionary's config has no hook_name: pass hook_name=...")

@@ -64,6 +64,15 @@ class TrainerConfig:
     never during the final learning-rate decay (0 turns resampling off). `target_l0` (penalty architectures only) turns on
     the `L0Controller` with `l0_controller_gain`; the coefficient it reached is written back into
     the dictionary config at the end of `fit`.
+
+    Example:
+        >>> cfg = TrainerConfig(total_steps=100, lr=1e-3)
+        >>> cfg.lr_warmup_steps, cfg.sparsity_warmup_steps, cfg.lr_at(0), cfg.lr_at(99)
+        (5, 10, 0.0002, 5e-05)
+        >>> TrainerConfig(total_steps=0)
+        Traceback (most recent call last):
+        ...
+        mechscope.dictionaries.errors.DictionaryConfigError: total_steps, init_batches and log_every must be positive
     """
 
     total_steps: int
@@ -133,7 +142,16 @@ class TrainerConfig:
 
 @dataclass
 class TrainResult:
-    """`steps` done in total, and the metrics of the last logged step."""
+    """`steps` done in total, and the metrics of the last logged step.
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("relu", d_in=8, d_sae=16, seed=0)
+        >>> result = Trainer(sae, TrainerConfig(total_steps=3, log_every=1, progress=False)).fit(
+        ...     torch.randn(32, 8) for _ in range(3))
+        >>> result.steps, "l0" in result.metrics
+        (3, True)
+    """
 
     steps: int
     metrics: dict[str, float] = field(default_factory=dict)
@@ -160,7 +178,20 @@ def _split(batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None
 
 
 class Trainer:
-    """Trains `dictionary` in place. Under `torchrun`, wraps it in DistributedDataParallel (gloo on CPU)."""
+    """Trains `dictionary` in place. Under `torchrun`, wraps it in DistributedDataParallel (gloo on CPU).
+
+    Example:
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> sae = make_dictionary("topk", d_in=8, d_sae=32, k=2, seed=0)
+        >>> trainer = Trainer(sae, TrainerConfig(total_steps=4, progress=False, checkpoint_dir="ckpt",
+        ...                                      checkpoint_every=2))
+        >>> trainer.fit(torch.randn(64, 8) for _ in range(4)).steps
+        4
+        >>> again = Trainer(make_dictionary("topk", d_in=8, d_sae=32, k=2, seed=0), trainer.config)
+        >>> again.load_checkpoint("ckpt")
+        >>> again.step, torch.equal(again.dictionary.W_dec, sae.W_dec)
+        (4, True)
+    """
 
     def __init__(self, dictionary: Dictionary, config: TrainerConfig) -> None:
         self.dictionary = dictionary
