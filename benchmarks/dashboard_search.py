@@ -36,9 +36,6 @@ HIST_BINS = 70
 def synthetic_database(path: Path, n_latents: int, n_explained: int, seed: int = 0) -> Path:
     """A complete feature database of `n_latents` latents, the first `n_explained` of them explained (every
     tenth explanation with a detection score).
-
-    `add_explanation` re-indexes one latent by deleting its FTS row through the unindexed `latent` column,
-    a scan of the whole index, so explaining every latent of a 100,000-latent database is quadratic.
     """
     rng = random.Random(seed)
     words = sorted(set(WORDS))
