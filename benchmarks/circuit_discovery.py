@@ -13,7 +13,7 @@ Induction toy (`--induction-toy`): trains the attention-only induction toy, then
 method's edge-recovery ROC area against `induction_reference` on `induction_pairs` (24 pairs
 per seed, spans of 12); nothing is written.
 
-    python benchmarks/circuit_discovery.py --timing --pairs 100 --steps 5
+    python benchmarks/circuit_discovery.py --timing --pairs 100 --steps 5   # writes results/circuit_discovery.json
     python benchmarks/circuit_discovery.py --findings --pairs 12 --steps 3 --acdc-candidates 120
     python benchmarks/circuit_discovery.py --induction-toy --toy-steps 800 --seeds 0,1,2,3
 """
@@ -29,7 +29,12 @@ from pathlib import Path
 
 import torch
 
+from common import add_arguments, cell, goal, setup, summarize, write_result
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+JOBS = ("forward+backward", "eap", "eap-ig")
 
 
 def _peak_mb() -> float:
@@ -60,21 +65,42 @@ def _timed(job: str, n_pairs: int, steps: int, batch: int, queue: mp.Queue) -> N
                "rss_before_mb": before, "n_pairs": n_pairs, "steps": steps if job == "eap-ig" else None})
 
 
-def timing(n_pairs: int, steps: int, batch: int) -> list[dict]:
+def timing(n_pairs: int, steps: int, batch: int, repeats: int = 1) -> dict[str, list[dict]]:
+    """Each job's runs, `repeats` rounds of the three jobs in turn, each run in a fresh process."""
     ctx = mp.get_context("spawn")
-    rows = []
-    for job in ("forward+backward", "eap", "eap-ig"):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_timed, args=(job, n_pairs, steps, batch, queue))
-        proc.start()
-        rows.append(queue.get())
-        proc.join()
-        print(json.dumps(rows[-1]))
-    base = rows[0]["seconds"]
-    for row in rows[1:]:
-        print(f"{row['job']}: {row['seconds']:.1f} s ({row['seconds'] / base:.1f}x one forward+backward), "
-              f"peak {row['peak_rss_mb']:.0f} MB")
-    return rows
+    runs: dict[str, list[dict]] = {job: [] for job in JOBS}
+    for _ in range(repeats):
+        for job in JOBS:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_timed, args=(job, n_pairs, steps, batch, queue))
+            proc.start()
+            runs[job].append(queue.get())
+            proc.join()
+            print(json.dumps(runs[job][-1]))
+    return runs
+
+
+def timing_result(runs: dict[str, list[dict]], n_pairs: int, steps: int, batch: int) -> dict:
+    """Timings, goals and the README table of `timing`'s runs."""
+    times = {job: summarize([r["seconds"] for r in rows]) for job, rows in runs.items()}
+    peak = {job: max(r["peak_rss_mb"] for r in rows) for job, rows in runs.items()}
+    base = times["forward+backward"]["median_s"]
+    eap, eap_ig = times["eap"]["median_s"], times["eap-ig"]["median_s"]
+    for job in JOBS[1:]:
+        print(f"{job}: {times[job]['median_s']:.1f} s ({times[job]['median_s'] / base:.1f}x one forward+backward), "
+              f"peak {peak[job]:.0f} MB")
+    goals = [goal(f"EAP-IG (m={steps}) over every edge, {n_pairs} pairs, seconds", eap_ig, 300, "<=", "s"),
+             goal("EAP / one batched forward + backward", eap / base, 3, "<=")]
+    labels = {"forward+backward": "plain forward + backward (EAP's floor)", "eap": "EAP, every edge",
+              "eap-ig": f"EAP-IG, m = {steps}, every edge"}
+    table = {"columns": ["what", "median s", "x forward + backward", "peak resident MB"],
+             "rows": [[labels[job], cell(times[job]["median_s"], 1), cell(times[job]["median_s"] / base),
+                       f"{peak[job]:,.0f}"] for job in JOBS],
+             "caption": f"SmolLM2-135M, {n_pairs} IOI pairs, batches of {batch}, all 123,211 edges of the component "
+                        f"graph; each run in its own process (peak memory is its own), "
+                        f"{len(runs['eap'])} run(s) each."}
+    return {"settings": {"pairs": n_pairs, "steps": steps, "batch": batch}, "timings": times, "goals": goals,
+            "table": table, "runs": runs}
 
 
 # -- findings --------------------------------------------------------------------------------------
@@ -226,9 +252,14 @@ def main() -> None:
     parser.add_argument("--induction-toy", action="store_true")
     parser.add_argument("--toy-steps", type=int, default=800, help="training steps of the induction toy")
     parser.add_argument("--seeds", default="0", help="pair seeds for --induction-toy, comma-separated")
+    add_arguments(parser, repeats=1)
     args = parser.parse_args()
     if args.timing:
-        timing(args.pairs, args.steps, args.batch)
+        if args.quick:
+            args.pairs, args.steps = 4, 2
+        repeats = setup(args)
+        runs = timing(args.pairs, args.steps, args.batch, repeats)
+        write_result("circuit_discovery", args, None, timing_result(runs, args.pairs, args.steps, args.batch))
     if args.findings:
         findings(args.pairs, args.steps, args.batch, args.acdc_candidates, tuple(args.tasks.split(",")))
     if args.induction_toy:
