@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 # Every benchmark that writes benchmarks/results/<name>.json; `make bench BENCH_ARGS=--quick` proves they run.
-BENCHMARKS := forward_overhead lens patching scaling precision sae_training steering_generation
+BENCHMARKS := forward_overhead lens patching scaling precision sae_training steering_generation dashboard_search
 BENCH_ARGS ?=
 
 bench: $(STAMP)
