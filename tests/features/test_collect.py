@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mechscope.core.corpus import token_contexts
+from mechscope.core.errors import MechscopeError
 from mechscope.dictionaries import make_dictionary
 from mechscope.features import CollectConfig, FeatureDatabase, collect_features, encode_contexts
 from mechscope.features.accumulate import mix_hash
@@ -254,3 +255,17 @@ def test_collecting_from_an_activation_store_equals_running_the_model(setup, tmp
     a, b = _dump(from_store), _dump(from_model)
     for table in ("latents", "examples", "logit_effects", "neighbours", "vocab"):
         assert a[table] == b[table], table
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_activations_are_refused(setup, bad: float) -> None:
+    model, _, _, _ = setup
+    sae = make_dictionary("relu", d_in=64, d_sae=48, seed=1, hook_name="blocks.1.hook_resid_post")
+    with torch.no_grad():
+        sae.b_enc[5] = bad
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with pytest.raises(MechscopeError, match="NaN or Inf activations"):
+        encode_contexts(model, sae, ids)
+    with torch.no_grad():
+        sae.b_enc[5] = 0.0
+    assert torch.isfinite(encode_contexts(model, sae, ids)[0]).all()

@@ -166,7 +166,9 @@ def encode_contexts(model: Any, dictionary: Dictionary, ids: Tensor) -> tuple[Te
                              f"has width {x.shape[-1]} on {model.cfg.name}")
     dev = next(dictionary.parameters()).device
     acts = dictionary.encode(x.reshape(-1, x.shape[-1]).to(dev)).float().cpu()
-    if not torch.isfinite(acts).all():
+    # A NaN or Inf makes the sum non-finite; only then (or on a float32 overflow of the sum) does
+    # the element-wise check run, so the common case costs one reduction.
+    if not torch.isfinite(acts.sum()) and not torch.isfinite(acts).all():
         raise MechscopeError("the dictionary produced NaN or Inf activations on this batch of contexts")
     return acts.view(*ids.shape, -1), keep_mask(ids, model.tokenizer)
 
