@@ -22,18 +22,9 @@ def top_latents(model: Any, dictionary: Dictionary, text: str, *, position: int 
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
         >>> rows = top_latents(model, sae, "the cat sat", n=3)
         >>> len(rows), rows[0]["act"] >= rows[-1]["act"] > 0, rows[0]["explanation"]    # no database: no annotation

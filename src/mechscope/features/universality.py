@@ -172,18 +172,9 @@ def aligned_activations(model_a: Any, dictionary_a: Any, model_b: Any, dictionar
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
         >>> other = ReluSAE(ReluSAEConfig(d_in=16, d_sae=8, hook_name="blocks.1.hook_resid_post"), seed=1)
         >>> acts_a, acts_b = aligned_activations(model, sae, model, other, ["the cat sat on a mat"], n_tokens=4)
@@ -214,18 +205,9 @@ def text_activations(model: Any, dictionary: Any, text: str) -> tuple[Tensor, li
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
         >>> acts, spans = text_activations(model, sae, "the cat sat")
         >>> acts.shape, spans

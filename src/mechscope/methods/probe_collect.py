@@ -44,17 +44,8 @@ def collect_activations(model: Any, texts: list[str], positions: list[int], hook
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> acts = collect_activations(model, ["the cat sat", "a dog"], [2, 1], site_hook_names(model, "resid_post"))
         >>> {layer: tuple(a.shape) for layer, a in acts.items()}       # [n_texts, d_model] per layer
         {0: (2, 16), 1: (2, 16)}

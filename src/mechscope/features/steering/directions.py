@@ -75,17 +75,8 @@ def check_width(model: Any, hook_name: str, vector: Tensor) -> None:
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> check_width(model, "blocks.0.hook_resid_post", torch.zeros(16))      # fits: no error
         >>> check_width(model, "blocks.0.hook_resid_post", torch.zeros(32))
         Traceback (most recent call last):
@@ -104,17 +95,8 @@ def site_width(model: Any, hook_name: str) -> int:
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> site_width(model, "blocks.0.hook_resid_post"), site_width(model, "blocks.0.mlp.hook_post")
         (16, 32)
     """
@@ -130,17 +112,8 @@ def from_vector(model: Any, vector: Tensor | Sequence[float], hook_name: str, la
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> d = from_vector(model, [1.0] * 16, "blocks.1.hook_resid_pre", label="ones")
         >>> d.hook_name, d.source, round(d.norm, 3)
         ('blocks.1.hook_resid_pre', {'kind': 'vector', 'label': 'ones'}, 4.0)
@@ -190,17 +163,8 @@ def read_activations(model: Any, texts: Sequence[str], hook_name: str,
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> acts = read_activations(model, ["the cat sat", "a dog"], "blocks.0.hook_resid_post")
         >>> acts.shape, acts.dtype
         (torch.Size([2, 16]), torch.float32)
@@ -219,17 +183,8 @@ def mean_difference(model: Any, positive: Sequence[str], negative: Sequence[str]
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> d = mean_difference(model, ["the cat sat", "the cat ran"], ["a dog sat", "a dog ran"], "blocks.0.hook_resid_post")
         >>> pos = read_activations(model, ["the cat sat", "the cat ran"], "blocks.0.hook_resid_post")
         >>> neg = read_activations(model, ["a dog sat", "a dog ran"], "blocks.0.hook_resid_post")
@@ -273,17 +228,8 @@ def reading_vector(model: Any, positive: Sequence[str], negative: Sequence[str],
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> d = reading_vector(model, ["the cat sat", "the cat ran"], ["a dog sat", "a dog ran"], "blocks.0.hook_resid_post")
         >>> round(d.norm, 4), d.source["kind"]
         (1.0, 'reading_vector')
@@ -305,17 +251,8 @@ def directions_by_layer(model: Any, positive: Sequence[str], negative: Sequence[
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.core.provenance import provenance
         >>> pos, neg = ["the cat sat", "the cat ran"], ["a dog sat", "a dog ran"]
         >>> ds = directions_by_layer(model, pos, neg, "resid_post", layers=[0, 1])
@@ -352,17 +289,8 @@ def from_probe(model: Any, probe: LogisticProbe, hook_name: str, class_index: in
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.methods.probe_models import fit_logistic
         >>> X, y = torch.randn(40, 16), torch.arange(40) % 2
         >>> X[y == 1, 0] += 3.0                                  # class 1 sits further along dimension 0

@@ -154,17 +154,8 @@ def read_generation(model: Any, gen: Generation, concept: Concept | None) -> dic
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
         >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=32, hook_name="blocks.0.hook_resid_post"), seed=0)
         >>> from mechscope.features.steering.generate import generate
@@ -206,17 +197,8 @@ def neutral_kl(model: Any, texts: Sequence[str], interventions: Sequence[Interve
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.features.steering.interventions import Add
         >>> push = Add(torch.randn(16), 4.0, hook_name="blocks.0.hook_resid_post")
         >>> kl, reference = neutral_kl(model, ["the cat sat on the mat"], [push])
@@ -257,17 +239,8 @@ def steering_sweep(model: Any, prompts: str | Sequence[str], make: Callable[[flo
 
     Example:
         >>> import torch
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-        >>> from mechscope import HookedModel
-        >>> vocab = {w: i for i, w in enumerate("<s> the cat sat on a mat dog ran".split())}
-        >>> words = Tokenizer(models.WordLevel(vocab, unk_token="<s>"))
-        >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", pad_token="<s>")
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), tokenizer, name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.features.steering.interventions import Add
         >>> direction = torch.randn(16)
         >>> result = steering_sweep(model, "the cat", lambda c: [Add(direction, c, hook_name="blocks.0.hook_resid_post")],
