@@ -69,12 +69,8 @@ def unembedding(model: Any) -> Tensor:
     """The unembedding matrix `[d_vocab, d_model]` (float32).
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> W_U = unembedding(model)
         >>> W_U.shape, W_U.dtype, W_U.requires_grad
         (torch.Size([9, 16]), torch.float32, False)

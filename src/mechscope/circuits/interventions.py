@@ -79,14 +79,10 @@ def mlp_deltas(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit
     """What `edits` add to each layer's MLP output `[pos, d_model]` on the recorded prompt.
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
         ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
         >>> rm = ReplacementModel(model, transcoders)
@@ -116,14 +112,10 @@ class ConstrainedRun:
     """Logits `[batch, pos, d_vocab]`, each layer's MLP input and the unembedding's input `[batch, pos, d_model]`.
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
         ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
         >>> rm = ReplacementModel(model, transcoders)
@@ -146,14 +138,10 @@ def constrained_run(rm: ReplacementModel, state: PromptState, deltas: dict[int, 
     for one intervention per copy).
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
         ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
         >>> rm = ReplacementModel(model, transcoders)
@@ -196,14 +184,10 @@ def target_values(rm: ReplacementModel, graph: AttributionGraph, run: Constraine
     for the logits.
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
         ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
         >>> rm = ReplacementModel(model, transcoders)
@@ -228,14 +212,10 @@ def intervene(rm: ReplacementModel, state: PromptState, edits: list[FeatureEdit]
     """Logits `[pos, d_vocab]` of the prompt with `edits` applied (see the module docstring for the modes).
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
         ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
         >>> rm = ReplacementModel(model, transcoders)
@@ -260,14 +240,10 @@ def free_logits(rm: ReplacementModel, ids: Tensor, edits: list[FeatureEdit]) -> 
     """Logits `[batch, pos, d_vocab]` of the real model with `edits` applied to the live features.
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
         ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
         >>> rm = ReplacementModel(model, transcoders)
@@ -314,14 +290,10 @@ def generate(rm: ReplacementModel, prompt: Any, edits: list[FeatureEdit], max_ne
     """Greedy continuation `[pos + max_new_tokens]` ids with free-mode `edits` (pos None edits every token).
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
         ...     hook_name=names.ln2(i), hook_name_out=names.mlp_out(i)) for i in range(2)])
         >>> rm = ReplacementModel(model, transcoders)

@@ -59,12 +59,8 @@ class ReplacementError(MechscopeError):
     """The replacement model cannot be built for this model or input.
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
@@ -136,12 +132,8 @@ class PromptState:
     """What `ReplacementModel.prepare` records on one prompt (batch 1; per-layer lists hold `[pos, ...]`).
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
@@ -174,12 +166,8 @@ class ReplacementModel:
     """A `HookedModel` with a whole-model transcoder set; see the module docstring.
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
@@ -333,12 +321,8 @@ def unembed_input_hook(model: Any) -> str:
     """The hook name of what the unembedding reads (the final norm's output, weight applied).
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> unembed_input_hook(model)
         'ln_final.hook_out'
     """
@@ -362,12 +346,8 @@ def replacement_logits(model: Any, transcoders: TranscoderSet, inputs: Any) -> T
     running as usual.
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,
@@ -403,12 +383,8 @@ def replacement_agreement(model: Any, transcoders: TranscoderSet, inputs: Any) -
     `next_token_agreement` (same argmax) and `kl` (mean `KL(real || replacement)`, nats).
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> from mechscope.dictionaries import make_dictionary
         >>> from mechscope.dictionaries.transcoder_set import PerLayerTranscoders
         >>> transcoders = PerLayerTranscoders([make_dictionary("relu", d_in=16, d_sae=32, d_out=16, seed=i,

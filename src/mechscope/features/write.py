@@ -119,14 +119,10 @@ def write_results(db: FeatureDatabase, acc: Accumulator, dictionary: Dictionary,
     """Fill every table from `acc` and mark the database complete; the resume state is dropped.
 
     Example:
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope import HookedModel
+        >>> from mechscope.core.examples import tiny_model
         >>> from mechscope.dictionaries.relu import ReluSAE, ReluSAEConfig
         >>> from mechscope.features.accumulate import CollectConfig
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=9, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> model = tiny_model()       # 2-layer random Llama, width 16, word-level tokenizer
         >>> sae = ReluSAE(ReluSAEConfig(d_in=16, d_sae=8, hook_name="blocks.0.hook_resid_post"), seed=0)
         >>> acc = Accumulator(d_sae=8, cfg=CollectConfig(top_k=2, n_logit_tokens=3), context_length=4)
         >>> acc.update(torch.tensor([[0, 1, 2, 3]]), torch.relu(torch.randn(1, 4, 8)), first_context=0)
