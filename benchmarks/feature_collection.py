@@ -19,6 +19,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import sys
 import tempfile
@@ -97,7 +98,7 @@ def main() -> None:
             for ids in batches:
                 site_activations(model, ids, sae.cfg.hook_name)
 
-    runs = iter(range(10**6))
+    runs = itertools.count()
     candidates = {"bare forward to the site": bare,
                   "feature collection pass": lambda: collect(folder / f"pass{next(runs)}.db", True)}
     times = time_interleaved(candidates, repeats=repeats)
