@@ -33,12 +33,18 @@ BEGIN, END = "<!-- synthetic-family table: begin -->", "<!-- synthetic-family ta
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "gated"]
 
 
-def table(data: dict) -> str:
-    """Markdown table: one row per member, `recovered / MMCS / L0` per architecture."""
+def grid(data: dict) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+    """(members, architectures, result by (member, architecture)) of a family run, in run order."""
     rows = data["results"]
     members = list(dict.fromkeys(r["member"] for r in rows))
     archs = [a for a in ARCHS if any(r["architecture"] == a for r in rows)]
-    by = {(r["member"], r["architecture"]): r for r in rows}
+    return members, archs, {(r["member"], r["architecture"]): r for r in rows}
+
+
+def table(data: dict) -> str:
+    """Markdown table: one row per member, `recovered / MMCS / L0` per architecture."""
+    rows = data["results"]
+    members, archs, by = grid(data)
     head = "| member | true L0 | " + " | ".join(archs) + " |\n|---|---|" + "---|" * len(archs) + "\n"
     lines = []
     for m in members:
@@ -65,9 +71,7 @@ def readme_table(data: dict) -> dict:
     three others; the value is the number of members at >= 0.9 (0 when builtin is not one).
     """
     rows = data["results"]
-    members = list(dict.fromkeys(r["member"] for r in rows))
-    archs = [a for a in ARCHS if any(r["architecture"] == a for r in rows)]
-    by = {(r["member"], r["architecture"]): r for r in rows}
+    members, archs, by = grid(data)
     body = []
     for m in members:
         true_l0 = next(r["true_l0"] for r in rows if r["member"] == m)
