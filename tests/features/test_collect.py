@@ -13,7 +13,7 @@ import torch
 from mechscope.core.corpus import token_contexts
 from mechscope.core.errors import MechscopeError
 from mechscope.dictionaries import make_dictionary
-from mechscope.features import CollectConfig, FeatureDatabase, collect_features, encode_contexts
+from mechscope.features import CollectConfig, FeatureDatabase, collect_features, encode_contexts, encode_contexts_sparse
 from mechscope.features.accumulate import mix_hash
 from tiny_lm import tiny_lm, write_corpus
 
@@ -22,14 +22,21 @@ CFG = CollectConfig(top_k=4, n_intervals=3, per_interval=2, n_random=5, random_p
                     window_right=3, n_neighbours=4, n_logit_tokens=3, seed=3)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("collect")
-    model = tiny_lm("llama")
-    corpus = write_corpus(folder, n_docs=30, words=50)
+def _relu_sae():
     sae = make_dictionary("relu", d_in=64, d_sae=48, seed=1, hook_name="blocks.1.hook_resid_post")
     with torch.no_grad():
         sae.b_enc.fill_(-0.05)  # sparse, with some latents firing often and some rarely
+    return sae
+
+
+# ReLU goes through the dense codes; TopK through its sparse codes, never a dense matrix
+@pytest.fixture(scope="module", params=["relu", "topk"])
+def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("collect")
+    model = tiny_lm("llama")
+    corpus = write_corpus(folder, n_docs=30, words=50)
+    sae = (_relu_sae() if request.param == "relu" else
+           make_dictionary("topk", d_in=64, d_sae=48, k=6, seed=1, hook_name="blocks.1.hook_resid_post"))
     return model, sae, corpus, folder
 
 
@@ -201,14 +208,14 @@ collect_features(tiny_lm("llama"), sae, {db!r}, source={corpus!r}, context_lengt
 
 
 @pytest.mark.slow  # starts a second Python process and kills it with SIGKILL
-def test_killed_process_resumes_to_the_same_database(setup, tmp_path: Path) -> None:
+def test_killed_process_resumes_to_the_same_database(tmp_path: Path) -> None:
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    model, sae, _, _ = setup
+    model, sae = tiny_lm("llama"), _relu_sae()
     corpus = write_corpus(tmp_path, n_docs=200, words=50, seed=5)
     db = tmp_path / "killed.db"
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent.parent), db=str(db), corpus=str(corpus),
@@ -258,14 +265,17 @@ def test_collecting_from_an_activation_store_equals_running_the_model(setup, tmp
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_activations_are_refused(setup, bad: float) -> None:
-    model, _, _, _ = setup
-    sae = make_dictionary("relu", d_in=64, d_sae=48, seed=1, hook_name="blocks.1.hook_resid_post")
+@pytest.mark.parametrize("encode", [encode_contexts, encode_contexts_sparse])
+def test_non_finite_activations_are_refused(setup, bad: float, encode) -> None:
+    model, like, _, _ = setup
+    sae = make_dictionary(like.cfg.architecture, d_in=64, d_sae=48, seed=1, hook_name="blocks.1.hook_resid_post",
+                          **({"k": 6} if like.cfg.architecture == "topk" else {}))
     with torch.no_grad():
         sae.b_enc[5] = bad
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     with pytest.raises(MechscopeError, match="NaN or Inf activations"):
-        encode_contexts(model, sae, ids)
+        encode(model, sae, ids)
     with torch.no_grad():
         sae.b_enc[5] = 0.0
-    assert torch.isfinite(encode_contexts(model, sae, ids)[0]).all()
+    codes = encode(model, sae, ids)[0]
+    assert torch.isfinite(codes if isinstance(codes, torch.Tensor) else codes.vals).all()

@@ -291,6 +291,27 @@ class Dictionary(nn.Module):
         self._check_width(x, self.cfg.d_in, "input")
         return self._encode_n(self._scale_in(x))
 
+    def encode_sparse(self, x: Tensor) -> SparseCodes:
+        """The non-zero entries of `encode(x)`, rows ascending and columns ascending within a row.
+
+        `encode_sparse(x).to_dense()` equals `encode(x)`; TopK builds the entries without the
+        dense `[batch, d_sae]` matrix.
+
+        Example:
+            >>> sae = make_dictionary("topk", d_in=8, d_sae=32, k=2, seed=0)
+            >>> x = torch.randn(3, 8)
+            >>> codes = sae.encode_sparse(x)
+            >>> torch.equal(codes.to_dense(), sae.encode(x)), codes.rows.tolist()
+            (True, [0, 0, 1, 1, 2, 2])
+        """
+        self._check_width(x, self.cfg.d_in, "input")
+        return self._encode_sparse_n(self._scale_in(x))
+
+    def _encode_sparse_n(self, x_n: Tensor) -> SparseCodes:
+        acts = self._encode_n(x_n)
+        rows, cols = acts.nonzero(as_tuple=True)  # row-major order
+        return SparseCodes(rows, cols, acts[rows, cols], acts.shape[0], acts.shape[1])
+
     def decode(self, feature_acts: Tensor, x: Tensor | None = None) -> Tensor:
         """Reconstruction (model units): `feature_acts [batch, d_sae]` -> `[batch, d_out]`.
 

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mechscope.dictionaries.base import DictionaryOutput, SparseCodes, register
+from mechscope.dictionaries.base import Dictionary, DictionaryOutput, SparseCodes, register
 from mechscope.dictionaries.errors import DictionaryConfigError
 from mechscope.dictionaries.topk import TopKSAE, TopKSAEConfig
 
@@ -121,6 +121,8 @@ class BatchTopKSAE(TopKSAE):
         if self.distributed:
             dist.all_reduce(found, op=dist.ReduceOp.MAX)
         return bool(found)
+
+    _encode_sparse_n = Dictionary._encode_sparse_n  # a batch threshold, not TopK's per-token choice
 
     def _encode_n(self, x_n: Tensor) -> Tensor:
         pre = self._preact(x_n, self.b_enc)

@@ -93,6 +93,15 @@ class TopKSAE(Dictionary):
         vals, cols = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, cols, vals.relu())
 
+    def _encode_sparse_n(self, x_n: Tensor) -> SparseCodes:
+        pre = self._preact(x_n, self.b_enc)
+        vals, cols = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        cols, order = cols.sort(dim=-1)
+        vals = vals.gather(-1, order).relu_()
+        active = vals != 0
+        rows = torch.arange(pre.shape[0], device=pre.device)[:, None].expand_as(cols)[active]
+        return SparseCodes(rows, cols[active], vals[active], pre.shape[0], self.cfg.d_sae)
+
     def _sparse_acts(self, x_n: Tensor, pattern: SparsePattern, values: Tensor) -> Tensor:
         pre = gather_preacts(x_n, self.b_dec, self.W_enc, self.b_enc, values, pattern,
                              bool(self.cfg.apply_b_dec_to_input))

@@ -12,8 +12,8 @@ Example:
 """
 
 from mechscope.features.accumulate import CollectConfig
-from mechscope.features.collect import collect_features, encode_contexts
+from mechscope.features.collect import collect_features, encode_contexts, encode_contexts_sparse
 from mechscope.features.database import SCHEMA_VERSION, FeatureDatabase, FeatureDatabaseError
 
 __all__ = ["SCHEMA_VERSION", "CollectConfig", "FeatureDatabase", "FeatureDatabaseError", "collect_features",
-           "encode_contexts"]
+           "encode_contexts", "encode_contexts_sparse"]

@@ -37,6 +37,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import Tensor
 
+from mechscope.dictionaries import SparseCodes
+
 POOL_SALT = 0xFFFF_FFFF  # the "latent" under which random windows are hashed
 
 
@@ -228,15 +230,24 @@ class Ranked:
 
 
 class _Windows:
-    """Context windows of one chunk: token ids, one latent's activations, firing latents around an index."""
+    """Context windows of one chunk: token ids, one latent's activations, firing latents around an index.
 
-    def __init__(self, ids: np.ndarray, acts: Tensor, first_context: int, left: int, right: int,
-                 rows: np.ndarray, lat: np.ndarray) -> None:
-        self.ids, self.acts, self.first = ids, acts, first_context
+    The chunk's firing entries `(rows, lat, vals)` come in row-major order (rows ascending, then
+    latents); a copy sorted by (latent, row) finds one latent's entries inside a window with two
+    binary searches.
+    """
+
+    def __init__(self, ids: np.ndarray, first_context: int, left: int, right: int, d_sae: int,
+                 rows: np.ndarray, lat: np.ndarray, vals: np.ndarray) -> None:
+        self.ids, self.first, self.d_sae = ids, first_context, d_sae
         self.T = ids.shape[1]
         self.left, self.right = left, right
         self.offsets = np.arange(-left, right + 1)
-        self.rows, self.lat = rows, lat  # firing entries of the chunk, rows ascending
+        self.rows, self.lat = rows, lat
+        n_rows = ids.size
+        by_latent = np.argsort(lat * n_rows + rows, kind="stable")
+        self.latent_keys = (lat * n_rows + rows)[by_latent]
+        self.latent_rows, self.latent_vals = rows[by_latent], vals[by_latent]
 
     def positions(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = idx // self.T - self.first
@@ -249,15 +260,23 @@ class _Windows:
         return np.where(valid, self.ids[c[:, None], pos], -1).astype(np.int32)
 
     def with_acts(self, idx: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
-        c, pos, valid = self.positions(idx)
-        ct, pt, lt = (torch.from_numpy(a) for a in (c[:, None], pos, lat[:, None]))
-        wact = self.acts[ct, pt, lt].numpy() if len(idx) else np.zeros(pos.shape, np.float32)
-        return {"wtok": self.tokens(idx), "wact": np.where(valid, wact, 0).astype(np.float32)}
+        """Tokens and latent `lat[n]`'s activation at every position of the window around `idx[n]`."""
+        n_rows = self.ids.size
+        start = idx - self.first * self.T - self.left  # chunk row of window slot 0 (may lie before the context)
+        c_first = (idx // self.T - self.first) * self.T
+        lo = np.maximum(start, c_first)
+        hi = np.minimum(start + len(self.offsets), c_first + self.T)
+        a = np.searchsorted(self.latent_keys, lat * n_rows + lo)
+        b = np.searchsorted(self.latent_keys, lat * n_rows + hi)
+        which = np.repeat(np.arange(len(idx)), b - a)
+        entry = np.arange(len(which)) - np.repeat(np.cumsum(b - a) - (b - a), b - a) + a[which]
+        wact = np.zeros((len(idx), len(self.offsets)), np.float32)
+        wact[which, self.latent_rows[entry] - start[which]] = self.latent_vals[entry]
+        return {"wtok": self.tokens(idx), "wact": wact}
 
     def with_firing(self, idx: np.ndarray, lat: np.ndarray) -> dict[str, np.ndarray]:
         """Tokens and the bit-packed set of latents firing anywhere in each window."""
-        d_sae = self.acts.shape[-1]
-        fire = np.zeros((len(idx), d_sae), bool)
+        fire = np.zeros((len(idx), self.d_sae), bool)
         local = idx - self.first * self.T
         p = idx % self.T
         lo = local - np.minimum(p, self.left)
@@ -266,6 +285,36 @@ class _Windows:
         for n in range(len(idx)):
             fire[n, self.lat[a[n]:b[n]]] = True
         return {"wtok": self.tokens(idx), "fire": np.packbits(fire, axis=1)}
+
+
+def firing_entries(acts: Tensor | SparseCodes, n_tokens: int, d_sae: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(rows, latents, values)` of the positive activations of `n_tokens` tokens, in row-major order.
+
+    `acts` is dense (`[..., d_sae]`, `n_tokens` rows once flattened) or `SparseCodes` of `n_tokens` rows.
+
+    Example:
+        >>> acts = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+        >>> [a.tolist() for a in firing_entries(acts, 2, 2)]
+        [[0, 1], [1, 0], [2.0, 1.0]]
+        >>> codes = SparseCodes(torch.tensor([1, 0]), torch.tensor([0, 1]), torch.tensor([1.0, 2.0]), 2, 2)
+        >>> [a.tolist() for a in firing_entries(codes, 2, 2)]
+        [[0, 1], [1, 0], [2.0, 1.0]]
+    """
+    if isinstance(acts, SparseCodes):
+        if (acts.batch, acts.d_sae) != (n_tokens, d_sae):
+            raise ValueError(f"codes of {acts.batch} tokens x {acts.d_sae} latents for a chunk of "
+                             f"{n_tokens} tokens x {d_sae} latents")
+        rows, lat, vals = (t.detach().cpu().numpy() for t in (acts.rows, acts.cols, acts.vals.float()))
+        positive = vals > 0
+        rows, lat, vals = rows[positive].astype(np.int64), lat[positive].astype(np.int64), vals[positive]
+        keys = rows * d_sae + lat
+        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
+            order = np.argsort(keys, kind="stable")
+            rows, lat, vals = rows[order], lat[order], vals[order]
+        return rows, lat, vals
+    flat = acts.detach().float().reshape(n_tokens, d_sae)
+    rows_t, lat_t = (flat > 0).nonzero(as_tuple=True)
+    return rows_t.numpy(), lat_t.numpy(), flat[rows_t, lat_t].numpy()
 
 
 class Accumulator:
@@ -297,19 +346,17 @@ class Accumulator:
         self._edges = cfg.hist_edges()
 
     @torch.no_grad()
-    def update(self, ids: Tensor, acts: Tensor, first_context: int, keep: Tensor | None = None) -> None:
-        """Add a chunk: `ids [n_ctx, T]`, `acts [n_ctx, T, d_sae]` of contexts `first_context...`.
+    def update(self, ids: Tensor, acts: Tensor | SparseCodes, first_context: int, keep: Tensor | None = None) -> None:
+        """Add a chunk: `ids [n_ctx, T]` of contexts `first_context...` and their codes.
 
-        Positions where `keep` is False (BOS, padding) count as no token: they are zeroed in `acts`.
+        `acts` is dense `[n_ctx, T, d_sae]` or `SparseCodes` of the `n_ctx * T` tokens (row
+        `c * T + p`). Positions where `keep` is False (BOS, padding) count as no token.
         """
         n_ctx, T = ids.shape
-        acts = acts.float()
+        rows, lat, vals = firing_entries(acts, n_ctx * T, self.d_sae)
         if keep is not None:
-            acts = acts * keep[:, :, None].to(acts.dtype)
-        acts = acts.contiguous()
-        flat = acts.view(-1, self.d_sae)
-        rows, lat = (t.numpy() for t in (flat > 0).nonzero(as_tuple=True))
-        vals = flat.numpy()[rows, lat]
+            kept_row = keep.reshape(-1).numpy()[rows]
+            rows, lat, vals = rows[kept_row], lat[kept_row], vals[kept_row]
         gidx = first_context * T + rows
         self.count += np.bincount(lat, minlength=self.d_sae)
         self.sum += np.bincount(lat, weights=vals.astype(np.float64), minlength=self.d_sae)
@@ -319,7 +366,8 @@ class Accumulator:
                        0, self.cfg.hist_bins - 1)
         self.hist += np.bincount(lat * self.cfg.hist_bins + bins,
                                  minlength=self.d_sae * self.cfg.hist_bins).reshape(self.d_sae, -1)
-        windows = _Windows(ids.numpy(), acts, first_context, self.cfg.window_left, self.cfg.window_right, rows, lat)
+        windows = _Windows(ids.numpy(), first_context, self.cfg.window_left, self.cfg.window_right, self.d_sae,
+                           rows, lat, vals)
         self.top.merge(lat, -vals.astype(np.float64), gidx, vals, windows.with_acts)
         self.sample.merge(lat, mix_hash(self.cfg.seed, lat, gidx), gidx, vals, windows.with_acts)
         kept = np.arange(n_ctx * T) if keep is None else np.flatnonzero(keep.numpy().reshape(-1))

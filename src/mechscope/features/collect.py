@@ -30,7 +30,7 @@ import mechscope
 from mechscope.core.corpus import Source, corpus_fingerprint, iter_token_contexts
 from mechscope.core.errors import MechscopeError
 from mechscope.core.provenance import provenance, weights_hash
-from mechscope.dictionaries import Dictionary
+from mechscope.dictionaries import Dictionary, SparseCodes
 from mechscope.dictionaries.store import MANIFEST, site_key
 from mechscope.dictionaries.store_reader import open_store
 from mechscope.dictionaries.streaming import keep_mask, site_activations
@@ -102,7 +102,7 @@ def collect_features(
     try:
         stream = (_store_batches(store, dictionary, model.tokenizer, batch_size, max_contexts, acc.contexts)
                   if store is not None else
-                  ((first, ids, *encode_contexts(model, dictionary, ids)) for first, ids in
+                  ((first, ids, *encode_contexts_sparse(model, dictionary, ids)) for first, ids in
                    _batches(model.tokenizer, source, context_length, batch_size, max_contexts, acc.contexts,
                             document_kwargs)))
         for first, ids, acts, keep in stream:
@@ -142,17 +142,48 @@ def encode_contexts(model: Any, dictionary: Dictionary, ids: Tensor) -> tuple[Te
         >>> acts.shape, keep.tolist(), bool((acts >= 0).all())
         (torch.Size([1, 4, 32]), [[False, True, True, True]], True)
     """
+    acts = dictionary.encode(_site_input(model, dictionary, ids)).float().cpu()
+    # A NaN or Inf makes the sum non-finite; only then (or on a float32 overflow of the sum) does
+    # the element-wise check run, so the common case costs one reduction.
+    if not torch.isfinite(acts.sum()) and not torch.isfinite(acts).all():
+        raise MechscopeError(NON_FINITE)
+    return acts.view(*ids.shape, -1), keep_mask(ids, model.tokenizer)
+
+
+@torch.no_grad()
+def encode_contexts_sparse(model: Any, dictionary: Dictionary, ids: Tensor) -> tuple[SparseCodes, Tensor]:
+    """`encode_contexts` as `SparseCodes` of the `batch * pos` tokens (row `b * pos + p`), and the keep mask.
+
+    A TopK dictionary never builds the dense `[tokens, d_sae]` matrix here.
+
+    Example:
+        >>> import torch
+        >>> from mechscope.core.examples import tiny_model
+        >>> from mechscope.dictionaries import make_dictionary
+        >>> model = tiny_model()
+        >>> sae = make_dictionary("topk", d_in=16, d_sae=32, k=3, seed=0, hook_name="blocks.0.hook_resid_post")
+        >>> ids = torch.tensor([[0, 1, 2, 3]])
+        >>> codes, keep = encode_contexts_sparse(model, sae, ids)
+        >>> torch.equal(codes.to_dense().view(1, 4, 32), encode_contexts(model, sae, ids)[0]), len(codes.vals) <= 12
+        (True, True)
+    """
+    codes = dictionary.encode_sparse(_site_input(model, dictionary, ids))
+    codes = SparseCodes(codes.rows.cpu(), codes.cols.cpu(), codes.vals.float().cpu(), codes.batch, codes.d_sae)
+    if not torch.isfinite(codes.vals).all():
+        raise MechscopeError(NON_FINITE)
+    return codes, keep_mask(ids, model.tokenizer)
+
+
+NON_FINITE = "the dictionary produced NaN or Inf activations on this batch of contexts"
+
+
+def _site_input(model: Any, dictionary: Dictionary, ids: Tensor) -> Tensor:
+    """The dictionary's input `[batch * pos, d_in]` on its device: the model run up to its site."""
     x = site_activations(model, ids, dictionary.cfg.hook_name)  # type: ignore[arg-type]
     if x.shape[-1] != dictionary.cfg.d_in:
         raise MechscopeError(f"the dictionary reads width {dictionary.cfg.d_in} but {dictionary.cfg.hook_name} "
                              f"has width {x.shape[-1]} on {model.cfg.name}")
-    dev = next(dictionary.parameters()).device
-    acts = dictionary.encode(x.reshape(-1, x.shape[-1]).to(dev)).float().cpu()
-    # A NaN or Inf makes the sum non-finite; only then (or on a float32 overflow of the sum) does
-    # the element-wise check run, so the common case costs one reduction.
-    if not torch.isfinite(acts.sum()) and not torch.isfinite(acts).all():
-        raise MechscopeError("the dictionary produced NaN or Inf activations on this batch of contexts")
-    return acts.view(*ids.shape, -1), keep_mask(ids, model.tokenizer)
+    return x.reshape(-1, x.shape[-1]).to(next(dictionary.parameters()).device)
 
 
 def _batches(tokenizer: Any, source: Source, context_length: int, batch_size: int, max_contexts: int | None,
@@ -189,7 +220,7 @@ def _open_store(source: Source, hook: str, model: Any) -> Any:
 
 @torch.no_grad()
 def _store_batches(reader: Any, dictionary: Dictionary, tokenizer: Any, batch_size: int, max_contexts: int | None,
-                   skip: int) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+                   skip: int) -> Iterator[tuple[int, Tensor, SparseCodes, Tensor]]:
     """Contexts rebuilt from a store (each context's `T - 1` rows after its BOS), encoded without the model."""
     T = int(reader.manifest["context_length"])
     key = site_key(reader.site_index(dictionary.cfg.hook_name))  # type: ignore[arg-type]
@@ -211,11 +242,13 @@ def _store_batches(reader: Any, dictionary: Dictionary, tokenizer: Any, batch_si
             if stop <= start:
                 return
             ids = torch.cat([torch.full((stop - start, 1), bos), tok[start:stop]], dim=1)
-            codes = dictionary.encode(x[start:stop].reshape(-1, x.shape[-1])).float().view(stop - start, T - 1, -1)
-            acts = torch.cat([codes.new_zeros(stop - start, 1, codes.shape[-1]), codes], dim=1)
+            codes = dictionary.encode_sparse(x[start:stop].reshape(-1, x.shape[-1]))
+            if not torch.isfinite(codes.vals).all():
+                raise MechscopeError(NON_FINITE)
+            rows = codes.rows // (T - 1) * T + codes.rows % (T - 1) + 1  # row of the same token after its BOS
             keep = torch.ones_like(ids, dtype=torch.bool)
             keep[:, 0] = False
-            yield first + start, ids, acts, keep
+            yield first + start, ids, SparseCodes(rows, codes.cols, codes.vals.float(), ids.numel(), codes.d_sae), keep
 
 
 def _checkpoint(db: FeatureDatabase, acc: Accumulator, on_checkpoint: Callable[[int], None] | None) -> None:
