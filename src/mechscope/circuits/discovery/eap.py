@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechscope.circuits.discovery.corruption import Corruption
+from mechscope.circuits.discovery.edge_gradients import edge_gradient, flat_sources
 from mechscope.circuits.discovery.graph_run import GraphModel
 from mechscope.circuits.discovery.scores import EdgeScores, masked
 from mechscope.circuits.discovery.tasks import Pairs
@@ -86,17 +87,18 @@ def exact_scores(gm: GraphModel, part: Pairs, corrupt: Tensor, progress: bool = 
 
 def _chunk_scores(gm: GraphModel, part: Pairs, corrupt: Tensor, method: str, steps: int) -> Tensor:
     if method == "eap":
-        return mask_gradient(gm, part, corrupt)
+        return edge_gradient(gm, part, corrupt)
     if method == "eap-ig-act":
         return sum(mask_gradient(gm, part, corrupt, weight=k / steps) for k in range(1, steps + 1)) / steps
     if method == "exact":
         return exact_scores(gm, part, corrupt)
     clean = gm.sources(part.clean, part.attention_mask)
-    delta = clean - corrupt
+    delta = flat_sources(clean - corrupt)
     start = clean[:, :, 0]
     diff = start - corrupt[:, :, 0]
+    del clean
     alphas = [0.0, 1.0] if method == "clean-corrupted" else [k / steps for k in range(1, steps + 1)]
-    total = sum(mask_gradient(gm, part, corrupt, fixed_delta=delta, input_value=start - (1 - a) * diff)
+    total = sum(edge_gradient(gm, part, None, fixed_delta=delta, input_value=start - (1 - a) * diff)
                 for a in alphas)
     return total / len(alphas)
 

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from mechscope.core.errors import MechscopeError
 from mechscope.core.families import get_module
 from mechscope.core.hooked import HookedModel
 from mechscope.core.partial_runs import layers_return_tensors, replay_prefix
+from mechscope.core.runner import StopForward
 from mechscope.core.tokens import TokenBatch
 
 
@@ -63,6 +65,10 @@ class Trace:
     logits: Tensor
     sources: Tensor
     resid: list[Tensor]
+
+
+def _stop(act: Tensor, hook: Any) -> None:
+    raise StopForward
 
 
 class _Run:
@@ -145,7 +151,7 @@ class GraphModel:
         return self.model.cfg
 
     def _qkv_affine(self, layer: int) -> tuple[Tensor, Tensor]:
-        """Per-head affine maps of q, k, v: weights [3, d_model, n_heads, d_head], biases [3, n_heads, d_head]."""
+        """Per-head affine maps of q, k, v: weights [3, n_heads, d_head, d_model], biases [3, n_heads, d_head]."""
         d = self.cfg.d_model
         ws, bs = [], []
         with torch.no_grad():
@@ -155,10 +161,10 @@ class GraphModel:
                 base = site.module(torch.zeros(1, d, device=eye.device, dtype=eye.dtype))
                 ws.append(site.read(site.module(eye) - base))
                 bs.append(site.read(base)[0])
-        return torch.stack(ws), torch.stack(bs)
+        return torch.stack(ws).permute(0, 2, 3, 1).contiguous(), torch.stack(bs)
 
     # -- source values -------------------------------------------------------------------------
-    def _head_values(self, layer: int, result: Tensor) -> Tensor:
+    def head_values(self, layer: int, result: Tensor) -> Tensor:
         """Per-head contributions [batch, pos, n_heads, d_model] that sum to the block's attention output."""
         if not self.post_norm:
             return result
@@ -174,8 +180,8 @@ class GraphModel:
     def sources(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Every source's value in a plain run: [batch, pos, n_sources, d_model] (no grad)."""
         state = _Run(self, None, None, None, record=True)
-        with torch.no_grad():
-            self._forward(state, ids, attention_mask, None)
+        with torch.no_grad(), contextlib.suppress(StopForward):
+            self._forward(state, ids, attention_mask, None, logits=False)
         return torch.cat(state.values, dim=2)
 
     def run(self, ids: Tensor, attention_mask: Tensor | None, mask: Tensor | None, corrupt: Tensor | None,
@@ -222,7 +228,8 @@ class GraphModel:
 
     # -- hooks ------------------------------------------------------------------------------------
     def _forward(self, state: _Run, ids: Tensor, attention_mask: Tensor | None, input_value: Tensor | None,
-                 first: int = 0) -> Tensor:
+                 first: int = 0, logits: bool = True) -> Tensor:
+        """The hooked run; `logits=False` stops it (`StopForward`) before the unembedding."""
         hooks: list[tuple[str, Callable]] = []
         g, n_layers = self.graph, self.cfg.n_layers
         for layer in range(first, n_layers):
@@ -238,6 +245,8 @@ class GraphModel:
         if first < n_layers:
             hooks.append((names.resid_post(n_layers - 1), self._keep(state, "final")))
         hooks.append((names.LN_FINAL_OUT, self._final_hook(state)))
+        if not logits:
+            hooks.append((names.UNEMBED_IN, _stop))
         with self.model.hooks(hooks):
             return self.model(ids, attention_mask)
 
@@ -260,7 +269,7 @@ class GraphModel:
                 x = act[:, :, None] - corr
                 normed = self.ln1[layer].forward(x).view(*x.shape[:2], 3, h, -1)
                 w, b = self.weights[layer], self.biases[layer]
-                state.qkv[layer] = torch.einsum("bpihm,imhd->bpihd", normed, w.to(normed.dtype)) + b
+                state.qkv[layer] = torch.einsum("bpihm,ihdm->bpihd", normed, w.to(normed.dtype)) + b
             return new
         return fn
 
@@ -273,7 +282,7 @@ class GraphModel:
     def _result_hook(self, state: _Run, layer: int) -> Callable:
         def fn(act: Tensor, hook: Any) -> None:
             state.qkv.pop(layer, None)
-            state.add_source(self.graph.layer_start(layer), self._head_values(layer, act))
+            state.add_source(self.graph.layer_start(layer), self.head_values(layer, act))
         return fn
 
     def _mlp_in_hook(self, state: _Run, layer: int) -> Callable:

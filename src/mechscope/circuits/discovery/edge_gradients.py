@@ -1,0 +1,176 @@
+"""Every edge's gradient from one plain forward and one backward (the fast path of EAP and EAP-IG).
+
+With every edge weight at one (the full circuit), `d metric / d mask[d, s] = sum g_d . delta_s`
+over positions, where `g_d` is the gradient of the metric with respect to destination `d`'s own
+input (the residual stream before its norm) and `delta_s = value_s - corrupt_s`. All
+destinations of a layer read the same residual, so the model runs as it is (no copy of the
+residual per destination) and `g_d` is read off the backward pass:
+
+- a head's q, k or v input: the gradient at that head's q, k or v, sent back through that
+  head's rows of the projection and the layer's norm (one vector-Jacobian product of the norm,
+  batched over the layer's `3 * n_heads` destinations);
+- an MLP's input: the gradient at the MLP norm's input (`hook_mlp_in`: the MLP branch alone);
+- the logits: the gradient at the final norm's input (the last block's output).
+
+Then `scores[layer's destinations, upstream sources] = g^T delta`, one matmul per layer, with
+the source differences kept detached as `[n_sources, batch * pos * d_model]`. The numbers are
+those of `eap.mask_gradient` at weight one (the reference formulation, which reruns every
+destination on its own rebuilt input).
+
+Example:
+    >>> from mechscope import HookedModel
+    >>> from mechscope.circuits.discovery.graph_run import GraphModel
+    >>> from mechscope.circuits.discovery.induction import induction_pairs
+    >>> from mechscope.toys.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
+    >>> toy = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=21, hidden_size=16, num_attention_heads=2))
+    >>> gm, pairs = GraphModel(HookedModel(toy, name="toy")), induction_pairs(n=4, span=6, n_tokens=20)
+    >>> grad = edge_gradient(gm, pairs, gm.sources(pairs.corrupt))
+    >>> grad.shape
+    torch.Size([13, 5])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.circuits.discovery.graph_run import GraphModel
+from mechscope.circuits.discovery.tasks import Pairs
+from mechscope.core import names
+from mechscope.core.errors import MechscopeError
+
+
+def flat_sources(values: Tensor) -> Tensor:
+    """Source values `[batch, pos, n_sources, d_model]` as `[n_sources, batch * pos * d_model]`.
+
+    Example:
+        >>> flat_sources(torch.zeros(2, 3, 5, 4)).shape
+        torch.Size([5, 24])
+    """
+    return values.permute(2, 0, 1, 3).reshape(values.shape[2], -1)
+
+
+def norm_vjp(norm: nn.Module, x: Tensor, cotangents: Tensor) -> Tensor:
+    """`J^T c` of `norm` at `x` [batch, pos, d] for every cotangent `c` in `cotangents` [n, batch, pos, d].
+
+    Example:
+        >>> ln = nn.LayerNorm(4)
+        >>> x, c = torch.randn(2, 3, 4), torch.randn(5, 2, 3, 4)
+        >>> xr = x.clone().requires_grad_(True)
+        >>> (one,) = torch.autograd.grad(ln(xr), xr, c[1])
+        >>> torch.allclose(norm_vjp(ln, x, c)[1], one)
+        True
+    """
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        y = norm(xr)
+        (out,) = torch.autograd.grad(y, xr, cotangents.to(y.dtype), is_grads_batched=True)
+    return out
+
+
+class _Recorder:
+    """Forward hooks of one run: the layers' residuals, the tensors whose gradients are the
+    destinations' (q/k/v, MLP inputs, final norm input), and, when asked, the source values
+    (written into `values` [n_sources, batch, pos, d_model])."""
+
+    def __init__(self, gm: GraphModel, input_value: Tensor | None, record: bool) -> None:
+        self.gm, self.input_value, self.record = gm, input_value, record
+        self.resid: dict[int, Tensor] = {}
+        self.nodes: dict[Any, Tensor] = {}
+        self.values: Tensor | None = None
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        g = self.gm.graph
+        out: list[tuple[str, Callable]] = []
+        for layer in range(g.n_layers):
+            out.append((names.resid_pre(layer), self._resid_pre(layer)))
+            for which in ("q", "k", "v"):
+                out.append((names.block(layer, f"attn.hook_{which}"), self._node((which, layer))))
+            if self.record:
+                out.append((names.block(layer, "attn.hook_result"), self._result(layer)))
+            if g.has_mlp:
+                out.append((names.block(layer, "hook_mlp_in"), self._node(("mlp", layer))))
+                if self.record:
+                    out.append((names.block(layer, "hook_mlp_out"), self._mlp_value(layer)))
+        out.append((names.resid_post(g.n_layers - 1), self._node("final")))
+        return out
+
+    def _resid_pre(self, layer: int) -> Callable:
+        def fn(act: Tensor, hook: Any) -> Tensor | None:
+            new = None
+            if layer == 0:
+                start = act if self.input_value is None else self.input_value.to(act.device, act.dtype)
+                new = act = start.detach().requires_grad_(True)  # the graph starts here: no weight gradients
+                if self.record:
+                    self.values = act.new_empty(self.gm.graph.n_sources, *act.shape)
+                    self.values[0] = act.detach()
+            self.resid[layer] = act.detach()
+            return new
+        return fn
+
+    def _node(self, key: Any) -> Callable:
+        def fn(act: Tensor, hook: Any) -> Tensor:
+            new = self.nodes[key] = act.clone()  # a node of its own: its gradient is this branch's alone
+            return new
+        return fn
+
+    def _result(self, layer: int) -> Callable:
+        def fn(act: Tensor, hook: Any) -> None:
+            start = self.gm.graph.layer_start(layer)
+            heads = self.gm.head_values(layer, act.detach())
+            self.values[start:start + heads.shape[2]] = heads.permute(2, 0, 1, 3)
+        return fn
+
+    def _mlp_value(self, layer: int) -> Callable:
+        def fn(act: Tensor, hook: Any) -> None:
+            self.values[self.gm.graph.mlp_source(layer)] = act.detach()
+        return fn
+
+
+def edge_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor | None, fixed_delta: Tensor | None = None,
+                  input_value: Tensor | None = None) -> Tensor:
+    """d (sum of the metric over `part`) / d edge weights at every weight one: [n_dests, n_sources].
+
+    `corrupt` [batch|1, pos|1, n_sources, d_model]: the corrupted sources (then `delta` is this
+    run's sources minus them); or `fixed_delta` [n_sources, batch * pos * d_model] (see
+    `flat_sources`) gives `delta` directly. `input_value` [batch, pos, d_model] replaces the input node.
+
+    Example:
+        >>> grad = edge_gradient(gm, pairs, Corruption(gm, pairs).values(slice(0, len(pairs))))   # doctest: +SKIP
+        >>> grad.shape == (gm.graph.n_dests, gm.graph.n_sources)                                   # doctest: +SKIP
+        True
+    """
+    g, model = gm.graph, gm.model
+    if (corrupt is None) == (fixed_delta is None):
+        raise MechscopeError("edge_gradient needs exactly one of `corrupt` and `fixed_delta`.")
+    rec = _Recorder(gm, input_value, record=fixed_delta is None)
+    with torch.enable_grad(), model.hooks(rec.hooks()):
+        logits = model(part.clean, part.attention_mask)
+        keys = list(rec.nodes)
+        grads = dict(zip(keys, torch.autograd.grad(part.metric(logits).sum(), [rec.nodes[k] for k in keys],
+                                                  allow_unused=True, materialize_grads=True), strict=True))
+    del logits, rec.nodes
+    if fixed_delta is None:
+        values = rec.values
+        values -= corrupt.to(values.device, values.dtype).permute(2, 0, 1, 3)
+        delta = values.view(g.n_sources, -1)
+    else:
+        delta = fixed_delta.to(model.device)
+    out = torch.zeros(g.n_dests, g.n_sources, device=delta.device, dtype=delta.dtype)
+    for layer in range(g.n_layers):
+        n_up = g.layer_start(layer)
+        per_head = torch.stack([grads.pop((w, layer)) for w in ("q", "k", "v")], dim=2)  # [b, p, 3, H, d_head]
+        b, p, _, h, d_head = per_head.shape
+        rows = gm.weights[layer].view(3 * h, d_head, -1)  # each destination's rows of its projection
+        normed = torch.bmm(per_head.reshape(b * p, 3 * h, d_head).transpose(0, 1), rows.to(per_head.dtype))
+        into = norm_vjp(gm.ln1[layer], rec.resid.pop(layer), normed.view(3 * h, b, p, -1))  # [3H, b, p, d_model]
+        out[g.attn_dests(layer), :n_up] = into.reshape(3 * h, -1).to(delta.dtype) @ delta[:n_up].T
+        if g.has_mlp:
+            dest = g.mlp_dest(layer)
+            up = g.n_upstream(dest)
+            out[dest, :up] = delta[:up] @ grads.pop(("mlp", layer)).reshape(-1).to(delta.dtype)
+    out[g.logits_dest] = delta @ grads.pop("final").reshape(-1).to(delta.dtype)
+    return out
