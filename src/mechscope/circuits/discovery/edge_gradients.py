@@ -120,8 +120,9 @@ class _Recorder:
     def _result(self, layer: int) -> Callable:
         def fn(act: Tensor, hook: Any) -> None:
             start = self.gm.graph.layer_start(layer)
-            heads = self.gm.head_values(layer, act.detach())
-            self.values[start:start + heads.shape[2]] = heads.permute(2, 0, 1, 3)
+            with torch.no_grad():  # norm weights may require grad (Gemma 2/3's post-attention norm)
+                heads = self.gm.head_values(layer, act.detach())
+                self.values[start:start + heads.shape[2]] = heads.permute(2, 0, 1, 3)
         return fn
 
     def _mlp_value(self, layer: int) -> Callable:
