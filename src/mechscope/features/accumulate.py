@@ -116,10 +116,40 @@ def bottom_k(group: np.ndarray, key: np.ndarray, index: np.ndarray, k: int) -> n
         >>> bottom_k(np.array([0, 0, 0, 1]), np.array([3.0, 1.0, 2.0, 5.0]), np.arange(4), k=2).tolist()
         [1, 2, 3]
     """
-    order = np.lexsort((index, key, group))
+    order = lexsort((index, key, group))
     g = group[order]
     rank = np.arange(len(g)) - np.searchsorted(g, g, side="left")
     return order[rank < k]
+
+
+def lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """`np.lexsort(keys)` (the last key primary) for int64, uint64 and float64 keys, by stable radix sorts.
+
+    Floats are ordered by their bits (so -0.0 sorts before 0.0; no NaN expected).
+
+    Example:
+        >>> lexsort((np.array([2, 1, 0]), np.array([0.5, -1.0, 0.5]))).tolist()
+        [1, 2, 0]
+    """
+    order: torch.Tensor | None = None
+    for key in keys:
+        sortable = torch.from_numpy(_as_sortable_int64(key))
+        if order is None:
+            order = torch.sort(sortable, stable=True).indices
+        else:
+            order = order[torch.sort(sortable[order], stable=True).indices]
+    assert order is not None
+    return order.numpy()
+
+
+def _as_sortable_int64(key: np.ndarray) -> np.ndarray:
+    """int64 values in the same order as `key`."""
+    if key.dtype == np.uint64:
+        return (key ^ np.uint64(1 << 63)).view(np.int64)
+    if key.dtype == np.float64:
+        bits = key.view(np.int64)
+        return bits ^ ((bits >> 63) & np.int64(0x7FFF_FFFF_FFFF_FFFF))
+    return key.astype(np.int64, copy=False)
 
 
 class Ranked:
@@ -158,7 +188,7 @@ class Ranked:
         self.kth_key = np.zeros(self.n_groups, self.key_dtype)
         self.kth_idx = np.zeros(self.n_groups, np.int64)
         if len(self.lat):
-            order = np.lexsort((self.idx, self.key, self.lat))
+            order = lexsort((self.idx, self.key, self.lat))
             last = order[np.r_[self.lat[order][1:] != self.lat[order][:-1], True]]
             self.kth_key[self.lat[last]], self.kth_idx[self.lat[last]] = self.key[last], self.idx[last]
 
@@ -214,7 +244,7 @@ class Ranked:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """Every entry, ordered by (group, key, index), with its slabs."""
-        order = np.lexsort((self.idx, self.key, self.lat))
+        order = lexsort((self.idx, self.key, self.lat))
         out = {name: getattr(self, name)[order] for name in self.KEYS}
         out.update({name: slab[self.slot[order]] for name, slab in self.slabs.items()})
         return out
