@@ -279,3 +279,26 @@ def test_non_finite_activations_are_refused(setup, bad: float, encode) -> None:
         sae.b_enc[5] = 0.0
     codes = encode(model, sae, ids)[0]
     assert torch.isfinite(codes if isinstance(codes, torch.Tensor) else codes.vals).all()
+
+
+def test_sparse_codes_in_any_order_equal_dense_activations() -> None:
+    from mechscope.dictionaries import SparseCodes
+    from mechscope.features.accumulate import Accumulator
+
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.relu(torch.randn(3, 8, 40, generator=gen) - 1.0)  # about 16% of entries fire
+    ids = torch.randint(0, 100, (3, 8), generator=gen)
+    keep = torch.ones(3, 8, dtype=torch.bool)
+    keep[:, 0] = False
+    rows, cols = acts.reshape(24, 40).nonzero(as_tuple=True)
+    shuffle = torch.randperm(len(rows), generator=gen)
+    vals = acts.reshape(24, 40)[rows, cols]
+    codes = SparseCodes(rows[shuffle], cols[shuffle], vals[shuffle], batch=24, d_sae=40)
+    cfg = CollectConfig(top_k=3, window_left=2, window_right=1, random_pool=5)
+    dense, sparse = Accumulator(40, cfg, 8), Accumulator(40, cfg, 8)
+    dense.update(ids, acts, first_context=0, keep=keep)
+    sparse.update(ids, codes, first_context=0, keep=keep)
+    assert dense.count.sum() > 20 and dense.cooc is not None and int(dense.cooc.sum()) > 20
+    assert dense.to_bytes() == sparse.to_bytes()
+    with pytest.raises(ValueError, match="codes of 24 tokens"):
+        Accumulator(40, cfg, 8).update(ids[:2], codes, first_context=0)

@@ -411,7 +411,7 @@ class Accumulator:
         self.contexts += n_ctx
 
     def _count_pairs(self, rows: np.ndarray, lat: np.ndarray) -> None:
-        """Add 1 to `cooc[i, j]` (i < j) for every token where latents i and j both fire (`rows` ascending)."""
+        """Add 1 to `cooc[i, j]` (i < j) for every token where latents i and j both fire (row-major entries)."""
         if len(rows) == 0:
             return
         counts = np.bincount(rows)
@@ -419,13 +419,14 @@ class Accumulator:
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         slot = np.arange(len(rows)) - starts[rows]
         table = np.full((len(counts), kmax), -1, np.int64)
-        table[rows, slot] = lat
+        table[rows, slot] = lat  # each row's latents ascending, then -1 padding
+        first, second = np.triu_indices(kmax, 1)
         assert self.cooc is not None
-        step = max(1, (1 << 22) // (kmax * kmax))  # bounds the [tokens, kmax, kmax] pair block
+        step = max(1, (1 << 22) // max(len(first), 1))  # bounds the [tokens, pairs] block
         for start in range(0, len(table), step):
             block = table[start:start + step]
-            a, b = block[:, :, None], block[:, None, :]
-            keys = (a * self.d_sae + b)[(a >= 0) & (a < b)]
+            b = block[:, second]
+            keys = (block[:, first] * self.d_sae + b)[b >= 0]
             self.cooc.view(-1).index_add_(0, torch.from_numpy(keys), torch.ones(len(keys), dtype=torch.int32))
 
     # -- serialisation -------------------------------------------------------------------------
