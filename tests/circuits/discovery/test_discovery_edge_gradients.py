@@ -9,9 +9,11 @@ import torch
 from _discovery_helpers import tiny64, tiny_pairs
 
 from mechscope.circuits.discovery.eap import mask_gradient
-from mechscope.circuits.discovery.edge_gradients import edge_gradient, flat_sources
+from mechscope.circuits.discovery.edge_gradients import edge_gradient, flat_sources, norm_vjp, norm_vjp_closed
 from mechscope.circuits.discovery.graph_run import GraphModel
 from mechscope.core.errors import MechscopeError
+from mechscope.core.families import get_module
+from mechscope.core.norms import norm_spec
 from tiny_models import CONFIGS
 
 
@@ -56,3 +58,19 @@ def test_fast_edge_gradient_needs_one_kind_of_delta():
     pairs = tiny_pairs()
     with pytest.raises(MechscopeError, match="exactly one"):
         edge_gradient(gm, pairs, None)
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_closed_form_norm_vjp_matches_autograd(kind):
+    """LayerNorm and RMSNorm (Gemma's 1 + w included), for several cotangents at once."""
+    model = tiny64(kind)
+    norm = get_module(model.layers[1], model.family.ln1)
+    spec = norm_spec(norm, model.family.norm_offset)
+    generator = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(2, 5, model.cfg.d_model, generator=generator, dtype=torch.float64) + 1
+    c = torch.randn(7, 2, 5, model.cfg.d_model, generator=generator, dtype=torch.float64)
+    want = norm_vjp(norm, x, c)
+    assert _relative(norm_vjp_closed(spec, norm.weight, x, c), want) < 1e-6  # HF's RMSNorm runs in float32
+    xr = x.clone().requires_grad_(True)
+    (one,) = torch.autograd.grad(norm(xr), xr, c[3])  # the batched autograd form, one cotangent at a time
+    torch.testing.assert_close(want[3], one)

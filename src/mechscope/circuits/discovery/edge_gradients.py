@@ -41,6 +41,7 @@ from mechscope.circuits.discovery.graph_run import GraphModel
 from mechscope.circuits.discovery.tasks import Pairs
 from mechscope.core import names
 from mechscope.core.errors import MechscopeError
+from mechscope.core.norms import NormSpec, norm_spec
 
 
 def flat_sources(values: Tensor) -> Tensor:
@@ -54,7 +55,8 @@ def flat_sources(values: Tensor) -> Tensor:
 
 
 def norm_vjp(norm: nn.Module, x: Tensor, cotangents: Tensor) -> Tensor:
-    """`J^T c` of `norm` at `x` [batch, pos, d] for every cotangent `c` in `cotangents` [n, batch, pos, d].
+    """`J^T c` of `norm` at `x` [batch, pos, d] for every cotangent `c` in `cotangents` [n, batch, pos, d],
+    by autograd (any norm module; `norm_vjp_closed` is the fast form for LayerNorm and RMSNorm).
 
     Example:
         >>> ln = nn.LayerNorm(4)
@@ -69,6 +71,33 @@ def norm_vjp(norm: nn.Module, x: Tensor, cotangents: Tensor) -> Tensor:
         y = norm(xr)
         (out,) = torch.autograd.grad(y, xr, cotangents.to(y.dtype), is_grads_batched=True)
     return out
+
+
+def norm_vjp_closed(spec: NormSpec, weight: Tensor, x: Tensor, cotangents: Tensor) -> Tensor:
+    """`norm_vjp` in closed form for a LayerNorm or RMSNorm described by `spec` with `weight` [d]:
+    with `r = 1 / scale`, `xh` the normalized input and `c' = c (weight + offset)`,
+    `J^T c = r (c' - xh mean(c' xh))`, minus `r mean(c')` for LayerNorm (a few passes over `c`).
+
+    Example:
+        >>> ln = nn.LayerNorm(4)
+        >>> x, c = torch.randn(2, 3, 4), torch.randn(5, 2, 3, 4)
+        >>> fast = norm_vjp_closed(norm_spec(ln), ln.weight.detach(), x, c)
+        >>> torch.allclose(fast, norm_vjp(ln, x, c), atol=1e-6)
+        True
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)  # HF norms compute in float32 at least
+    x, c = x.to(dtype), cotangents.to(dtype)
+    w = weight.detach().to(dtype) + spec.weight_offset
+    if spec.kind == "layer":
+        x = x - x.mean(-1, keepdim=True)
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + spec.eps)  # [b, p, 1]
+    xh = x * r
+    d = x.shape[-1]
+    dot = (c * (xh * w / d)).sum(-1, keepdim=True)  # mean(c' xh): [n, b, p, 1]
+    out = torch.addcmul(c * (w * r), dot, xh * r, value=-1)
+    if spec.kind == "layer":
+        out -= (c @ w)[..., None] * (r / d)
+    return out.to(cotangents.dtype)
 
 
 class _Recorder:
@@ -167,7 +196,7 @@ def edge_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor | None, fixed_del
         b, p, _, h, d_head = per_head.shape
         rows = gm.weights[layer].view(3 * h, d_head, -1)  # each destination's rows of its projection
         normed = torch.bmm(per_head.reshape(b * p, 3 * h, d_head).transpose(0, 1), rows.to(per_head.dtype))
-        into = norm_vjp(gm.ln1[layer], rec.resid.pop(layer), normed.view(3 * h, b, p, -1))  # [3H, b, p, d_model]
+        into = _ln1_vjp(gm, layer, rec.resid.pop(layer), normed.view(3 * h, b, p, -1))  # [3H, b, p, d_model]
         out[g.attn_dests(layer), :n_up] = into.reshape(3 * h, -1).to(delta.dtype) @ delta[:n_up].T
         if g.has_mlp:
             dest = g.mlp_dest(layer)
@@ -175,3 +204,12 @@ def edge_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor | None, fixed_del
             out[dest, :up] = delta[:up] @ grads.pop(("mlp", layer)).reshape(-1).to(delta.dtype)
     out[g.logits_dest] = delta @ grads.pop("final").reshape(-1).to(delta.dtype)
     return out
+
+
+def _ln1_vjp(gm: GraphModel, layer: int, x: Tensor, cotangents: Tensor) -> Tensor:
+    """`norm_vjp` of layer `layer`'s attention norm, in closed form where it is a LayerNorm or RMSNorm."""
+    norm = gm.ln1[layer]
+    spec = norm_spec(norm, gm.model.family.norm_offset)
+    if spec is None:
+        return norm_vjp(norm, x, cotangents)
+    return norm_vjp_closed(spec, norm.weight, x, cotangents)
