@@ -8,12 +8,13 @@ residual per destination) and `g_d` is read off the backward pass:
 
 - a head's q, k or v input: the gradient at that head's q, k or v, sent back through that
   head's rows of the projection and the layer's norm (one vector-Jacobian product of the norm,
-  batched over the layer's `3 * n_heads` destinations);
+  in closed form for LayerNorm and RMSNorm, batched over the layer's `3 * n_heads` destinations);
 - an MLP's input: the gradient at the MLP norm's input (`hook_mlp_in`: the MLP branch alone);
 - the logits: the gradient at the final norm's input (the last block's output).
 
 Then `scores[layer's destinations, upstream sources] = g^T delta`, one matmul per layer, with
-the source differences kept detached as `[n_sources, batch * pos * d_model]`. The numbers are
+the source differences kept detached as `[n_sources, batch * pos * d_model]` (`contract`; with a
+fixed delta, as in EAP-IG, the steps' gradients are added first and contracted once). The numbers are
 those of `eap.mask_gradient` at weight one (the reference formulation, which reruns every
 destination on its own rebuilt input).
 
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mechscope.circuits.discovery.component_graph import ComponentGraph
 from mechscope.circuits.discovery.graph_run import GraphModel
 from mechscope.circuits.discovery.tasks import Pairs
 from mechscope.core import names
@@ -173,36 +175,73 @@ def edge_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor | None, fixed_del
         >>> grad.shape == (gm.graph.n_dests, gm.graph.n_sources)                                   # doctest: +SKIP
         True
     """
-    g, model = gm.graph, gm.model
     if (corrupt is None) == (fixed_delta is None):
         raise MechscopeError("edge_gradient needs exactly one of `corrupt` and `fixed_delta`.")
-    rec = _Recorder(gm, input_value, record=fixed_delta is None)
+    grads, values = dest_gradients(gm, part, input_value, record=fixed_delta is None)
+    if values is None:
+        return contract(gm.graph, grads, fixed_delta)
+    values -= corrupt.to(values.device, values.dtype).permute(2, 0, 1, 3)
+    return contract(gm.graph, grads, values.view(values.shape[0], -1))
+
+
+def dest_gradients(gm: GraphModel, part: Pairs, input_value: Tensor | None = None,
+                   record: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Every destination's input gradient `g_d` of (sum of the metric over `part`) in a plain run, as
+    `[n_dests, batch * pos * d_model]`; with `record`, also the run's sources `[n_sources, batch, pos, d_model]`.
+
+    Example:
+        >>> grads, values = dest_gradients(gm, pairs, record=True)        # doctest: +SKIP
+        >>> contract(gm.graph, grads, flat_sources(corrupt_delta))          # doctest: +SKIP
+    """
+    g, model = gm.graph, gm.model
+    rec = _Recorder(gm, input_value, record=record)
     with torch.enable_grad(), model.hooks(rec.hooks()):
         logits = model(part.clean, part.attention_mask)
         keys = list(rec.nodes)
-        grads = dict(zip(keys, torch.autograd.grad(part.metric(logits).sum(), [rec.nodes[k] for k in keys],
-                                                  allow_unused=True, materialize_grads=True), strict=True))
-    del logits, rec.nodes
-    if fixed_delta is None:
-        values = rec.values
-        values -= corrupt.to(values.device, values.dtype).permute(2, 0, 1, 3)
-        delta = values.view(g.n_sources, -1)
-    else:
-        delta = fixed_delta.to(model.device)
-    out = torch.zeros(g.n_dests, g.n_sources, device=delta.device, dtype=delta.dtype)
+        found = torch.autograd.grad(part.metric(logits).sum(), [rec.nodes[k] for k in keys],
+                                    allow_unused=True, materialize_grads=True)
+    grads = dict(zip(keys, found, strict=True))
+    del logits, rec.nodes, found
+    b, p, d_model = rec.resid[0].shape
+    out = torch.empty(g.n_dests, b * p * d_model, device=rec.resid[0].device, dtype=rec.resid[0].dtype)
     for layer in range(g.n_layers):
-        n_up = g.layer_start(layer)
         per_head = torch.stack([grads.pop((w, layer)) for w in ("q", "k", "v")], dim=2)  # [b, p, 3, H, d_head]
-        b, p, _, h, d_head = per_head.shape
+        h, d_head = per_head.shape[3:]
         rows = gm.weights[layer].view(3 * h, d_head, -1)  # each destination's rows of its projection
         normed = torch.bmm(per_head.reshape(b * p, 3 * h, d_head).transpose(0, 1), rows.to(per_head.dtype))
         into = _ln1_vjp(gm, layer, rec.resid.pop(layer), normed.view(3 * h, b, p, -1))  # [3H, b, p, d_model]
-        out[g.attn_dests(layer), :n_up] = into.reshape(3 * h, -1).to(delta.dtype) @ delta[:n_up].T
+        out[g.attn_dests(layer)] = into.reshape(3 * h, -1)
         if g.has_mlp:
-            dest = g.mlp_dest(layer)
-            up = g.n_upstream(dest)
-            out[dest, :up] = delta[:up] @ grads.pop(("mlp", layer)).reshape(-1).to(delta.dtype)
-    out[g.logits_dest] = delta @ grads.pop("final").reshape(-1).to(delta.dtype)
+            out[g.mlp_dest(layer)] = grads.pop(("mlp", layer)).reshape(-1)
+    out[g.logits_dest] = grads.pop("final").reshape(-1)
+    return out, rec.values
+
+
+def contract(graph: ComponentGraph, grads: Tensor, delta: Tensor) -> Tensor:
+    """`scores[d, s] = grads[d] . delta[s]` on every edge (zero elsewhere): grads [n_dests, k], delta [n_sources, k].
+
+    One matmul per layer (its destinations against their upstream sources).
+
+    Example:
+        >>> g = ComponentGraph(n_layers=1, n_heads=1)
+        >>> contract(g, torch.ones(g.n_dests, 2), torch.ones(g.n_sources, 2))
+        tensor([[2., 0., 0.],
+                [2., 0., 0.],
+                [2., 0., 0.],
+                [2., 2., 0.],
+                [2., 2., 2.]])
+    """
+    grads = grads.to(delta.dtype)
+    out = torch.zeros(graph.n_dests, graph.n_sources, device=delta.device, dtype=delta.dtype)
+    for layer in range(graph.n_layers):
+        dests = graph.attn_dests(layer)
+        n_up = graph.layer_start(layer)
+        out[dests, :n_up] = grads[dests] @ delta[:n_up].T
+        if graph.has_mlp:
+            dest = graph.mlp_dest(layer)
+            up = graph.n_upstream(dest)
+            out[dest, :up] = delta[:up] @ grads[dest]
+    out[graph.logits_dest] = delta @ grads[graph.logits_dest]
     return out
 
 
