@@ -71,6 +71,10 @@ def test_closed_form_norm_vjp_matches_autograd(kind):
     c = torch.randn(7, 2, 5, model.cfg.d_model, generator=generator, dtype=torch.float64)
     want = norm_vjp(norm, x, c)
     assert _relative(norm_vjp_closed(spec, norm.weight, x, c), want) < 1e-6  # HF's RMSNorm runs in float32
+    inplace, narrow = c.clone(), torch.empty_like(c, dtype=torch.float32)
+    norm_vjp_closed(spec, norm.weight, x, inplace, out=inplace)
+    norm_vjp_closed(spec, norm.weight, x, c, out=narrow)
+    assert _relative(inplace, want) < 1e-6 and _relative(narrow.double(), want) < 1e-6
     xr = x.clone().requires_grad_(True)
     (one,) = torch.autograd.grad(norm(xr), xr, c[3])  # the batched autograd form, one cotangent at a time
     torch.testing.assert_close(want[3], one)

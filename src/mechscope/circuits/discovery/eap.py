@@ -99,8 +99,11 @@ def _chunk_scores(gm: GraphModel, part: Pairs, corrupt: Tensor, method: str, ste
     del clean
     alphas = [0.0, 1.0] if method == "clean-corrupted" else [k / steps for k in range(1, steps + 1)]
     # the contraction with the fixed delta is linear: contract the mean of the steps' gradients once
-    grads = sum(dest_gradients(gm, part, start - (1 - a) * diff)[0] for a in alphas)
-    return contract(gm.graph, grads / len(alphas), delta)
+    grads: Tensor | None = None
+    for a in alphas:
+        step = dest_gradients(gm, part, start - (1 - a) * diff)[0]
+        grads = step if grads is None else grads.add_(step)
+    return contract(gm.graph, grads.div_(len(alphas)), delta)
 
 
 def attribute(gm: GraphModel, pairs: Pairs, method: str = "eap-ig", steps: int = 5, corruption: str = "paired",

@@ -75,10 +75,12 @@ def norm_vjp(norm: nn.Module, x: Tensor, cotangents: Tensor) -> Tensor:
     return out
 
 
-def norm_vjp_closed(spec: NormSpec, weight: Tensor, x: Tensor, cotangents: Tensor) -> Tensor:
+def norm_vjp_closed(spec: NormSpec, weight: Tensor, x: Tensor, cotangents: Tensor,
+                    out: Tensor | None = None) -> Tensor:
     """`norm_vjp` in closed form for a LayerNorm or RMSNorm described by `spec` with `weight` [d]:
     with `r = 1 / scale`, `xh` the normalized input and `c' = c (weight + offset)`,
     `J^T c = r (c' - xh mean(c' xh))`, minus `r mean(c')` for LayerNorm (a few passes over `c`).
+    `out` (which may be `cotangents` itself) receives the result.
 
     Example:
         >>> ln = nn.LayerNorm(4)
@@ -95,11 +97,15 @@ def norm_vjp_closed(spec: NormSpec, weight: Tensor, x: Tensor, cotangents: Tenso
     r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + spec.eps)  # [b, p, 1]
     xh = x * r
     d = x.shape[-1]
-    dot = (c * (xh * w / d)).sum(-1, keepdim=True)  # mean(c' xh): [n, b, p, 1]
-    out = torch.addcmul(c * (w * r), dot, xh * r, value=-1)
-    if spec.kind == "layer":
-        out -= (c @ w)[..., None] * (r / d)
-    return out.to(cotangents.dtype)
+    dot = torch.linalg.vecdot(c, xh * (w / d)).unsqueeze(-1)  # mean(c' xh): [n, b, p, 1]
+    shift = (c @ w).unsqueeze(-1) * (r / d) if spec.kind == "layer" else None  # r mean(c')
+    inplace = out is not None and out.dtype == dtype
+    result = torch.mul(c, w * r, out=out if inplace else None).addcmul_(dot, xh * r, value=-1)
+    if shift is not None:
+        result -= shift
+    if out is None:
+        return result.to(cotangents.dtype)
+    return result if inplace else out.copy_(result)
 
 
 class _Recorder:
@@ -208,9 +214,10 @@ def dest_gradients(gm: GraphModel, part: Pairs, input_value: Tensor | None = Non
         per_head = torch.stack([grads.pop((w, layer)) for w in ("q", "k", "v")], dim=2)  # [b, p, 3, H, d_head]
         h, d_head = per_head.shape[3:]
         rows = gm.weights[layer].view(3 * h, d_head, -1)  # each destination's rows of its projection
-        normed = torch.bmm(per_head.reshape(b * p, 3 * h, d_head).transpose(0, 1), rows.to(per_head.dtype))
-        into = _ln1_vjp(gm, layer, rec.resid.pop(layer), normed.view(3 * h, b, p, -1))  # [3H, b, p, d_model]
-        out[g.attn_dests(layer)] = into.reshape(3 * h, -1)
+        into = out[g.attn_dests(layer)].view(3 * h, b, p, d_model)  # written in place
+        torch.bmm(per_head.reshape(b * p, 3 * h, d_head).transpose(0, 1), rows.to(out.dtype),
+                  out=into.view(3 * h, b * p, d_model))
+        _ln1_vjp(gm, layer, rec.resid.pop(layer), into)
         if g.has_mlp:
             out[g.mlp_dest(layer)] = grads.pop(("mlp", layer)).reshape(-1)
     out[g.logits_dest] = grads.pop("final").reshape(-1)
@@ -245,10 +252,12 @@ def contract(graph: ComponentGraph, grads: Tensor, delta: Tensor) -> Tensor:
     return out
 
 
-def _ln1_vjp(gm: GraphModel, layer: int, x: Tensor, cotangents: Tensor) -> Tensor:
-    """`norm_vjp` of layer `layer`'s attention norm, in closed form where it is a LayerNorm or RMSNorm."""
+def _ln1_vjp(gm: GraphModel, layer: int, x: Tensor, cotangents: Tensor) -> None:
+    """`cotangents` replaced in place by `norm_vjp` of layer `layer`'s attention norm (closed form where
+    it is a LayerNorm or RMSNorm)."""
     norm = gm.ln1[layer]
     spec = norm_spec(norm, gm.model.family.norm_offset)
     if spec is None:
-        return norm_vjp(norm, x, cotangents)
-    return norm_vjp_closed(spec, norm.weight, x, cotangents)
+        cotangents.copy_(norm_vjp(norm, x, cotangents))
+    else:
+        norm_vjp_closed(spec, norm.weight, x, cotangents, out=cotangents)
