@@ -14,6 +14,10 @@ metric with respect to destination `d`'s input (summed over positions):
 - `clean-corrupted`: the mean of the gradients at the clean and the corrupted input;
 - `exact`: remove each edge alone and measure (one forward per edge: small graphs only).
 
+`eap`, `eap-ig` and `clean-corrupted` read every `g_d` off plain runs of the model
+(`edge_gradients.py`); `eap-ig-act`, whose edges are weighted below one, differentiates the
+edge mask of `GraphModel.run` (`mask_gradient`, also the reference the fast path is tested against).
+
 Example:
     >>> scores = attribute(GraphModel(model), pairs, method="eap-ig", steps=5)   # doctest: +SKIP
     >>> scores.top(3)                                                            # doctest: +SKIP
