@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mechscope.circuits.discovery.component_graph import ComponentGraph
 from mechscope.circuits.discovery.ungroup import ungrouped
@@ -154,12 +154,19 @@ class GraphModel:
         """Per-head affine maps of q, k, v: weights [3, n_heads, d_head, d_model], biases [3, n_heads, d_head]."""
         d = self.cfg.d_model
         ws, bs = [], []
+        linear: dict[int, tuple[Tensor, Tensor]] = {}  # per module: its matrix and bias (fused q/k/v: once)
         with torch.no_grad():
             for which in ("q", "k", "v"):
                 site = self.model.sites[names.block(layer, f"attn.hook_{which}")]
-                eye = torch.eye(d, device=self.model.device, dtype=self.model.dtype)
-                base = site.module(torch.zeros(1, d, device=eye.device, dtype=eye.dtype))
-                ws.append(site.read(site.module(eye) - base))
+                if id(site.module) not in linear:
+                    base = site.module(torch.zeros(1, d, device=self.model.device, dtype=self.model.dtype))
+                    if isinstance(site.module, nn.Linear):  # its matrix as it is: what the identity would give
+                        matrix = site.module.weight.detach().T
+                    else:
+                        matrix = site.module(torch.eye(d, device=base.device, dtype=base.dtype)) - base
+                    linear[id(site.module)] = matrix, base
+                matrix, base = linear[id(site.module)]
+                ws.append(site.read(matrix))
                 bs.append(site.read(base)[0])
         return torch.stack(ws).permute(0, 2, 3, 1).contiguous(), torch.stack(bs)
 
