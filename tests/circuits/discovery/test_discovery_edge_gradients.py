@@ -24,8 +24,8 @@ def _relative(got, want):
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_fast_edge_gradient_equals_the_mask_formulation(kind):
     """Every family (grouped-query Llama/Mistral/Qwen2 ungrouped, Gemma 2/3 post-attention norms,
-    parallel GPT-NeoX): the same [n_dests, n_sources] gradient, with this run's sources and with
-    a fixed delta and a moved input node (EAP-IG's steps)."""
+    parallel GPT-NeoX): the same [n_dests, n_sources] gradient, with this run's sources, with a
+    fixed delta and a moved input node (EAP-IG's steps), and with every edge weighted below one."""
     gm = GraphModel(tiny64(kind))
     g, pairs = gm.graph, tiny_pairs()
     clean, corrupt = gm.sources(pairs.clean), gm.sources(pairs.corrupt)
@@ -39,6 +39,10 @@ def test_fast_edge_gradient_equals_the_mask_formulation(kind):
     want = mask_gradient(gm, pairs, corrupt, fixed_delta=clean - corrupt, input_value=start) * g.valid
     got = edge_gradient(gm, pairs, None, fixed_delta=flat_sources(clean - corrupt), input_value=start)
     assert _relative(got, want) < 1e-5
+
+    for weight in (0.25, 0.0):  # every edge weighted (EAP-IG on activations), down to the empty circuit
+        want = mask_gradient(gm, pairs, corrupt, weight=weight) * g.valid
+        assert _relative(edge_gradient(gm, pairs, corrupt, weight=weight), want) < 1e-5
 
 
 def test_fast_edge_gradient_with_broadcast_corruption_and_padding():
@@ -58,6 +62,9 @@ def test_fast_edge_gradient_needs_one_kind_of_delta():
     pairs = tiny_pairs()
     with pytest.raises(MechscopeError, match="exactly one"):
         edge_gradient(gm, pairs, None)
+    delta = flat_sources(gm.sources(pairs.clean) - gm.sources(pairs.corrupt))
+    with pytest.raises(MechscopeError, match="corrupted sources"):
+        edge_gradient(gm, pairs, None, fixed_delta=delta, weight=0.5)
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))

@@ -14,9 +14,9 @@ metric with respect to destination `d`'s input (summed over positions):
 - `clean-corrupted`: the mean of the gradients at the clean and the corrupted input;
 - `exact`: remove each edge alone and measure (one forward per edge: small graphs only).
 
-`eap`, `eap-ig` and `clean-corrupted` read every `g_d` off plain runs of the model
-(`edge_gradients.py`); `eap-ig-act`, whose edges are weighted below one, differentiates the
-edge mask of `GraphModel.run` (`mask_gradient`, also the reference the fast path is tested against).
+The gradient methods read every `g_d` off one run of the model (`edge_gradients.py`);
+`mask_gradient` differentiates the edge mask of `GraphModel.run` instead (one rebuilt input per
+destination: slow, kept as the reference the fast path is tested against).
 
 Example:
     >>> scores = attribute(GraphModel(model), pairs, method="eap-ig", steps=5)   # doctest: +SKIP
@@ -93,7 +93,7 @@ def _chunk_scores(gm: GraphModel, part: Pairs, corrupt: Tensor, method: str, ste
     if method == "eap":
         return edge_gradient(gm, part, corrupt)
     if method == "eap-ig-act":
-        return sum(mask_gradient(gm, part, corrupt, weight=k / steps) for k in range(1, steps + 1)) / steps
+        return sum(edge_gradient(gm, part, corrupt, weight=k / steps) for k in range(1, steps + 1)) / steps
     if method == "exact":
         return exact_scores(gm, part, corrupt)
     clean = gm.sources(part.clean, part.attention_mask)

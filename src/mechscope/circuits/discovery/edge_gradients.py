@@ -111,29 +111,48 @@ def norm_vjp_closed(spec: NormSpec, weight: Tensor, x: Tensor, cotangents: Tenso
 class _Recorder:
     """Forward hooks of one run: the layers' residuals, the tensors whose gradients are the
     destinations' (q/k/v, MLP inputs, final norm input), and, when asked, the source values
-    (written into `values` [n_sources, batch, pos, d_model])."""
+    (written into `values` [n_sources, batch, pos, d_model]).
 
-    def __init__(self, gm: GraphModel, input_value: Tensor | None, record: bool) -> None:
+    With `shrink = 1 - weight > 0` every edge is weighted `weight`: each destination reads the
+    residual minus `shrink` times the sum of its upstream sources' `value - corrupt` (kept in the
+    graph, as `GraphModel.run` does), the layer's attention norm its own rebuilt input."""
+
+    def __init__(self, gm: GraphModel, input_value: Tensor | None, record: bool, shrink: float = 0.0,
+                 corrupt: Tensor | None = None) -> None:
         self.gm, self.input_value, self.record = gm, input_value, record
+        self.shrink, self.corrupt = shrink, corrupt
         self.resid: dict[int, Tensor] = {}
         self.nodes: dict[Any, Tensor] = {}
         self.values: Tensor | None = None
+        self.delta_sum: Tensor | None = None  # sum of value - corrupt over the sources so far (shrink > 0)
+        self.delta_at_layer: dict[int, Tensor] = {}  # delta_sum entering each layer
+        self.attn_inputs: dict[int, Tensor] = {}  # each layer's rebuilt attention input
 
     def hooks(self) -> list[tuple[str, Callable]]:
         g = self.gm.graph
         out: list[tuple[str, Callable]] = []
         for layer in range(g.n_layers):
             out.append((names.resid_pre(layer), self._resid_pre(layer)))
+            if self.shrink:
+                out.append((names.block(layer, "ln1.hook_out"), self._attn_input(layer)))
             for which in ("q", "k", "v"):
                 out.append((names.block(layer, f"attn.hook_{which}"), self._node((which, layer))))
             if self.record:
                 out.append((names.block(layer, "attn.hook_result"), self._result(layer)))
             if g.has_mlp:
-                out.append((names.block(layer, "hook_mlp_in"), self._node(("mlp", layer))))
+                out.append((names.block(layer, "hook_mlp_in"), self._node(("mlp", layer), layer)))
                 if self.record:
                     out.append((names.block(layer, "hook_mlp_out"), self._mlp_value(layer)))
-        out.append((names.resid_post(g.n_layers - 1), self._node("final")))
+        out.append((names.resid_post(g.n_layers - 1), self._node("final", "final")))
         return out
+
+    def _add(self, first: int, value: Tensor) -> None:
+        """Record sources `first..` ([batch, pos, n, d_model], in the graph) and, with shrink, sum their deltas."""
+        if self.record:
+            self.values[first:first + value.shape[2]] = value.detach().permute(2, 0, 1, 3)
+        if self.shrink:
+            delta = (value - self.corrupt[:, :, first:first + value.shape[2]]).sum(2)
+            self.delta_sum = delta if self.delta_sum is None else self.delta_sum + delta
 
     def _resid_pre(self, layer: int) -> Callable:
         def fn(act: Tensor, hook: Any) -> Tensor | None:
@@ -143,38 +162,56 @@ class _Recorder:
                 new = act = start.detach().requires_grad_(True)  # the graph starts here: no weight gradients
                 if self.record:
                     self.values = act.new_empty(self.gm.graph.n_sources, *act.shape)
-                    self.values[0] = act.detach()
+                self._add(0, act[:, :, None])
+            if self.shrink:  # the layer's heads read every source before them
+                self.delta_at_layer[layer] = self.delta_sum
+                act = self.attn_inputs[layer] = act - self.shrink * self.delta_sum
             self.resid[layer] = act.detach()
             return new
         return fn
 
-    def _node(self, key: Any) -> Callable:
+    def _attn_input(self, layer: int) -> Callable:
         def fn(act: Tensor, hook: Any) -> Tensor:
-            new = self.nodes[key] = act.clone()  # a node of its own: its gradient is this branch's alone
+            return self.gm.ln1[layer].forward(self.attn_inputs.pop(layer)).to(act.dtype)
+        return fn
+
+    def _node(self, key: Any, reads: Any = None) -> Callable:
+        """The tensor at this hook, as a node of its own (its gradient is this branch's alone); with
+        shrink, the MLP (`reads` its layer) and the logits (`reads` "final") read their rebuilt inputs."""
+        def fn(act: Tensor, hook: Any) -> Tensor:
+            if self.shrink and reads is not None:  # parallel MLPs do not read their own layer's heads
+                parallel = reads != "final" and self.gm.graph.parallel
+                new = act - self.shrink * (self.delta_at_layer[reads] if parallel else self.delta_sum)
+            else:
+                new = act.clone()
+            self.nodes[key] = new
             return new
         return fn
 
     def _result(self, layer: int) -> Callable:
         def fn(act: Tensor, hook: Any) -> None:
             start = self.gm.graph.layer_start(layer)
+            if self.shrink:
+                self._add(start, self.gm.head_values(layer, act))
+                return
             with torch.no_grad():  # norm weights may require grad (Gemma 2/3's post-attention norm)
-                heads = self.gm.head_values(layer, act.detach())
-                self.values[start:start + heads.shape[2]] = heads.permute(2, 0, 1, 3)
+                self._add(start, self.gm.head_values(layer, act.detach()))
         return fn
 
     def _mlp_value(self, layer: int) -> Callable:
         def fn(act: Tensor, hook: Any) -> None:
-            self.values[self.gm.graph.mlp_source(layer)] = act.detach()
+            self._add(self.gm.graph.mlp_source(layer), act[:, :, None])
         return fn
 
 
 def edge_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor | None, fixed_delta: Tensor | None = None,
-                  input_value: Tensor | None = None) -> Tensor:
-    """d (sum of the metric over `part`) / d edge weights at every weight one: [n_dests, n_sources].
+                  input_value: Tensor | None = None, weight: float = 1.0) -> Tensor:
+    """d (sum of the metric over `part`) / d edge weights at every weight `weight`: [n_dests, n_sources].
 
     `corrupt` [batch|1, pos|1, n_sources, d_model]: the corrupted sources (then `delta` is this
     run's sources minus them); or `fixed_delta` [n_sources, batch * pos * d_model] (see
-    `flat_sources`) gives `delta` directly. `input_value` [batch, pos, d_model] replaces the input node.
+    `flat_sources`) gives `delta` directly (at weight one only). `input_value` [batch, pos, d_model]
+    replaces the input node.
 
     Example:
         >>> grad = edge_gradient(gm, pairs, Corruption(gm, pairs).values(slice(0, len(pairs))))   # doctest: +SKIP
@@ -183,24 +220,31 @@ def edge_gradient(gm: GraphModel, part: Pairs, corrupt: Tensor | None, fixed_del
     """
     if (corrupt is None) == (fixed_delta is None):
         raise MechscopeError("edge_gradient needs exactly one of `corrupt` and `fixed_delta`.")
-    grads, values = dest_gradients(gm, part, input_value, record=fixed_delta is None)
+    if weight != 1 and corrupt is None:
+        raise MechscopeError(f"Edges weighted {weight} need the corrupted sources (`corrupt`), not a fixed delta.")
+    grads, values = dest_gradients(gm, part, input_value, record=fixed_delta is None, weight=weight, corrupt=corrupt)
     if values is None:
         return contract(gm.graph, grads, fixed_delta)
     values -= corrupt.to(values.device, values.dtype).permute(2, 0, 1, 3)
     return contract(gm.graph, grads, values.view(values.shape[0], -1))
 
 
-def dest_gradients(gm: GraphModel, part: Pairs, input_value: Tensor | None = None,
-                   record: bool = False) -> tuple[Tensor, Tensor | None]:
+def dest_gradients(gm: GraphModel, part: Pairs, input_value: Tensor | None = None, record: bool = False,
+                   weight: float = 1.0, corrupt: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Every destination's input gradient `g_d` of (sum of the metric over `part`) in a plain run, as
     `[n_dests, batch * pos * d_model]`; with `record`, also the run's sources `[n_sources, batch, pos, d_model]`.
+    With `weight` below one, every edge is weighted `weight` (a destination reads `weight` of each
+    upstream source's `value - corrupt` on top of `corrupt`), which needs `corrupt`.
 
     Example:
         >>> grads, values = dest_gradients(gm, pairs, record=True)        # doctest: +SKIP
         >>> contract(gm.graph, grads, flat_sources(corrupt_delta))          # doctest: +SKIP
     """
     g, model = gm.graph, gm.model
-    rec = _Recorder(gm, input_value, record=record)
+    if weight != 1 and corrupt is None:
+        raise MechscopeError(f"Edges weighted {weight} need the corrupted sources (`corrupt`).")
+    shrink = 1.0 - float(weight)
+    rec = _Recorder(gm, input_value, record, shrink, None if corrupt is None else corrupt.to(gm.model.device))
     with torch.enable_grad(), model.hooks(rec.hooks()):
         logits = model(part.clean, part.attention_mask)
         keys = list(rec.nodes)
