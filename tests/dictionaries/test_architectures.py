@@ -188,7 +188,8 @@ def test_jumprelu_loss_is_mse_plus_l0():
     pre = (x - d.b_dec) @ d.W_enc + d.b_enc
     fires = pre > d.threshold
     out = d(x)
-    torch.testing.assert_close(out.losses["l0"], 0.3 * fires.sum(-1).double().mean())
+    unit = (x - d.b_dec).pow(2).mean()  # the squared error per dimension of an empty code
+    torch.testing.assert_close(out.losses["l0"], 0.3 * unit * fires.sum(-1).double().mean())
     assert float(out.l0) == pytest.approx(float(fires.sum(-1).double().mean()))
 
 
