@@ -2,10 +2,9 @@
 a dictionary recovers at least 90% of the true features above cosine 0.9 on the synthetic family
 (mechscope.dictionaries.synthetic.FAMILY) and ends at the asked sparsity.
 
-Every architecture passes on the built-in member; ReLU-L1, TopK, BatchTopK and Gated on at least
-three others, JumpReLU on one (docs/dictionaries.md has the full table, made by
-scripts/synthetic_family.py, failures marked); the pairs below are those that pass there, kept here
-so they stay passing."""
+Every architecture passes on the built-in member and on at least three others (docs/dictionaries.md
+has the full table, made by scripts/synthetic_family.py, failures marked); the pairs below are those
+that pass there, kept here so they stay passing."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ PASSING = {
     "topk": ("builtin", "power-l4-offset", "wide-l2", "dense-l16", "dense-l32"),
     "batchtopk": ("builtin", "power-l4-offset", "wide-l2", "dense-l16", "dense-l32"),
     "gated": ("builtin", "power-l4-offset", "dense-l16", "dense-l32"),
-    "jumprelu": ("builtin", "power-l4-offset"),
+    "jumprelu": ("builtin", "power-l4-offset", "dense-l16", "dense-l32"),
 }
 CASES = [(member, arch) for arch, members in PASSING.items() for member in members]
 
