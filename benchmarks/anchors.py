@@ -109,3 +109,11 @@ def tl_recovery(tl: Any, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, met
         return normalized_recovery(metric(logits).mean(), clean_value, corrupt_value)
 
     return clean_cache, recovery
+
+
+def optional_anchor(build, model: Any):
+    """`build(model)` (an anchor from this module), or None with a reason when its library is not installed."""
+    try:
+        return build(model), ""
+    except ImportError as err:
+        return None, f"not installed ({err})"

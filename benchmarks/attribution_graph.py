@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import mechscope
 from common import add_arguments, goal, setup, summarize, write_result
@@ -33,6 +35,7 @@ from mechscope.core import names
 from mechscope.dictionaries import make_dictionary
 from mechscope.dictionaries.transcoder_set import PerLayerTranscoders, load_transcoder_set
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The capital of the state containing Dallas is the city of"  # 12 tokens with the BOS attribute() prepends
 
 
@@ -66,7 +69,8 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     expected = math.ceil(graph.n_logits / args.batch_size) + math.ceil(graph.n_features / args.batch_size)
     scores = graph_scores(graph)
-    source = args.transcoders or f"untrained, {args.d_sae} wide"
+    source = (os.path.relpath(Path(args.transcoders).resolve(), ROOT) if args.transcoders
+              else f"untrained, {args.d_sae} wide")
     print(f"model {model.cfg.name}, {graph.n_pos} tokens, transcoders: {source}")
     print(f"active features {graph.info['n_active_features']}, feature nodes {graph.n_features}, "
           f"logit targets {graph.n_logits}, adjacency {tuple(graph.adjacency.shape)}")

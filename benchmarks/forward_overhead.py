@@ -12,17 +12,9 @@ import argparse
 import torch
 
 import mechscope
-from anchors import hooked_transformer, nnsight_model
+from anchors import hooked_transformer, nnsight_model, optional_anchor
 from common import add_arguments, cell, goal, print_table, setup, time_interleaved, write_result
 from mechscope.core.attention import using_implementation
-
-
-def optional_anchor(build, model: mechscope.HookedModel):
-    """`build(model)` (an anchor from anchors.py), or None with a reason when its library is not installed."""
-    try:
-        return build(model), ""
-    except ImportError as err:
-        return None, f"not installed ({err})"
 
 
 def main() -> None:

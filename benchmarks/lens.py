@@ -19,8 +19,8 @@ import argparse
 import torch
 
 import mechscope
+from anchors import hooked_transformer, optional_anchor
 from common import add_arguments, cell, print_table, setup, time_interleaved, write_result
-from forward_overhead import transformer_lens_model
 from mechscope.methods.lens import iter_lens_logits
 
 
@@ -47,7 +47,7 @@ def main() -> None:
         return torch.stack([torch.log_softmax(r[0], -1) for r in rows])
 
     candidates = {"hand-written (HF hidden states)": hand, "mechscope iter_lens_logits": ours}
-    tl, why = transformer_lens_model(model)
+    tl, why = optional_anchor(hooked_transformer, model)
     if tl is not None:
         def transformer_lens() -> torch.Tensor:
             _, cache = tl.run_with_cache(ids, names_filter=lambda n: "resid" in n or "ln_final" in n)
