@@ -64,9 +64,11 @@ def summarize(times: list[float]) -> Timing:
 def peak_memory_mb(fn: Callable[[], object], device: str = "cpu", interval_s: float = 0.002) -> float:
     """Extra memory `fn()` needs at its peak, in MiB.
 
-    CUDA: `torch.cuda.max_memory_allocated` above what was allocated before. CPU: the
-    process's resident set, sampled every `interval_s` by a thread, above its size before
-    the call (an estimate: the allocator may keep freed pages).
+    CUDA: `torch.cuda.max_memory_allocated` above what was allocated before. CPU on Linux: the
+    process's peak resident set (`VmHWM`, reset through `/proc/self/clear_refs`) above its size
+    before the call, after the heap's free pages are handed back (`malloc_trim`), so memory
+    that earlier calls freed counts when this call reuses it; elsewhere the resident set
+    sampled every `interval_s` by a thread.
     """
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -75,6 +77,41 @@ def peak_memory_mb(fn: Callable[[], object], device: str = "cpu", interval_s: fl
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
+    import gc
+
+    gc.collect()
+    _release_free_heap()
+    status = Path("/proc/self/status")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    except OSError:
+        return _sampled_peak_mb(fn, interval_s)
+    before = _status_kb(status, "VmRSS")
+    fn()
+    return (_status_kb(status, "VmHWM") - before) / 1024
+
+
+def _release_free_heap() -> None:
+    """Give the heap's free pages back to the OS (glibc `malloc_trim`), so reusing them shows in the resident set."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _status_kb(status: Path, field: str) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _sampled_peak_mb(fn: Callable[[], object], interval_s: float) -> float:
     import psutil
 
     process = psutil.Process()
