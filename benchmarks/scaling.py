@@ -184,7 +184,9 @@ def main() -> None:
                               "peak MiB fwd", "peak MiB cache"],
                   "rows": table_rows,
                   "caption": f"Cost against the plain forward as prompts grow; median of {repeats} interleaved repeats, "
-                             f"{torch.get_num_threads()} threads. Plot: benchmarks/results/scaling.png"}})
+                             f"{torch.get_num_threads()} threads; resid sweeps up to {args.sweep_max_len} tokens; peak MiB: "
+                             "the resident set's peak above its size before the call, measured once per operation "
+                             "after the heap's free pages are handed back. Plot: benchmarks/results/scaling.png"}})
 
 
 if __name__ == "__main__":
