@@ -232,8 +232,10 @@ def write_json(path: PathLike, result: dict[str, Any], force: bool = False) -> P
     return write_bytes(path, (json.dumps(result, indent=2, default=_jsonable) + "\n").encode(), force)
 
 
-def figure_png(fig: Any, dpi: int = 110) -> bytes:
+def figure_png(fig: Any, dpi: int = 110, close: bool = False) -> bytes:
     """A matplotlib figure as PNG bytes, tagged `Software: mechscope` so later runs know it is ours.
+
+    `close=True` closes the figure afterwards (pyplot keeps every open figure alive).
 
     Example:
         >>> import matplotlib
@@ -246,6 +248,10 @@ def figure_png(fig: Any, dpi: int = 110) -> bytes:
     """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": "mechscope"})
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return buffer.getvalue()
 
 

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json_path, record, force=args.force)
     if args.png_path:
         title = f"{args.task}: {args.method}, {int(mask.sum())} edges, faithfulness {record['circuit']['faithfulness']:.2f}"
-        write_bytes(args.png_path, figure_png(circuit_figure(scores, mask, title)), force=args.force)
+        write_bytes(args.png_path, figure_png(circuit_figure(scores, mask, title), close=True), force=args.force)
     if args.scores:
         scores.save(args.scores, record["provenance"], force=args.force)
     c = record["circuit"]

@@ -308,5 +308,5 @@ def run_match(args: argparse.Namespace) -> int:
     if args.json_path:
         write_json(args.json_path, {**result, "provenance": provenance}, args.force)
     if args.png_path:
-        write_bytes(args.png_path, figure_png(plot_match(result, f"{args.a} vs {args.b}")), args.force)
+        write_bytes(args.png_path, figure_png(plot_match(result, f"{args.a} vs {args.b}"), close=True), args.force)
     return 0

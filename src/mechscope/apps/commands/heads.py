@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json_path:
         write_json(args.json_path, data, force=args.force)
     if args.png_path:
-        write_bytes(args.png_path, figure_png(heads_figure(table)), force=args.force)
+        write_bytes(args.png_path, figure_png(heads_figure(table), close=True), force=args.force)
     icl = data["icl"]
     print(f"in-context learning: loss {icl['loss_first_half']:.3f} (first copy) -> {icl['loss_second_half']:.3f} "
           f"(second copy), score {icl['icl_score']:+.3f}, chance {icl['chance']:.3f}")

@@ -104,7 +104,7 @@ def run_view(args: argparse.Namespace) -> int:
     if args.json_path:
         write_json(args.json_path, data, force=args.force)
     if args.png_path:
-        write_bytes(args.png_path, figure_png(lens_grid_figure(result)), force=args.force)
+        write_bytes(args.png_path, figure_png(lens_grid_figure(result), close=True), force=args.force)
     last = len(result.tokens) - 1
     print(f"{result.lens} lens, last position {result.tokens[last]!r}: top token per layer")
     for row, site in enumerate(result.layers):
@@ -148,7 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json_path:
         write_json(args.json_path, data, force=args.force)
     if args.png_path and rows:
-        write_bytes(args.png_path, figure_png(lens_kl_figure(rows)), force=args.force)
+        write_bytes(args.png_path, figure_png(lens_kl_figure(rows), close=True), force=args.force)
     print(f"tuned lens saved to {args.out}; held-out KL(final || lens) in nats ({held.numel()} tokens):")
     print(f"  {'site':32s} {'logit':>8} {'tuned':>8} {'ppl logit':>10} {'ppl tuned':>10}")
     for r in rows:

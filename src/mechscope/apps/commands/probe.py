@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json_path, data, force=args.force)
     if args.png_path:
         fig = plot_probe_report(report, title=f"{args.site} probes on {model.cfg.name}")
-        write_bytes(args.png_path, figure_png(fig), force=args.force)
+        write_bytes(args.png_path, figure_png(fig, close=True), force=args.force)
     metric = report.metric
     print(f"{len(dataset)} examples, {report.task}; held-out {metric} per layer (control, selectivity):")
     for layer, row in sorted(report.layers.items()):

@@ -386,7 +386,7 @@ def run_eval(args: argparse.Namespace) -> int:
         write_json(args.json_path, {"sae": str(args.sae_dir), **data, "provenance": provenance(model)},
                    force=args.force)
     if args.png_path:
-        write_bytes(args.png_path, figure_png(density_figure(result)), force=args.force)
+        write_bytes(args.png_path, figure_png(density_figure(result), close=True), force=args.force)
     return 0
 
 

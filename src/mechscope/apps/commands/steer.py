@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json_path, data, force=args.force)
     if args.png_path:
         title = f"{direction.source.get('kind')} at {direction.hook_name} on {model.cfg.name}"
-        write_bytes(args.png_path, figure_png(plot_sweep(result, title)), force=args.force)
+        write_bytes(args.png_path, figure_png(plot_sweep(result, title), close=True), force=args.force)
     label = "clamp" if args.clamp is not None else ("coef" if args.coef is not None else "ablate")
     for p in result.points:
         name = "unsteered" if p.coef is None else (f"{label} {p.coef:g}" if label != "ablate" else "ablate")

@@ -94,7 +94,7 @@ def run_induction(args: argparse.Namespace) -> int:
     if args.json_path:
         write_json(args.json_path, data, force=args.force)
     if args.png_path:
-        write_bytes(args.png_path, figure_png(toy_history_figure(result.history, result.chance_loss)), force=args.force)
+        write_bytes(args.png_path, figure_png(toy_history_figure(result.history, result.chance_loss), close=True), force=args.force)
     print(f"induction toy saved to {args.out} ({result.seconds:.0f} s); phase change at step {result.phase_change_step}")
     print(f"previous-token head {tuple(summary['previous_token_head'])}, induction head {tuple(summary['induction_head'])}")
     print(f"loss on the repeated copy: {summary['repeated_loss']:.3f}; with the induction head ablated: "
@@ -148,7 +148,7 @@ def run_superposition(args: argparse.Namespace) -> int:
     if args.json_path:
         write_json(args.json_path, result.to_dict(), force=args.force)
     if args.png_path:
-        write_bytes(args.png_path, figure_png(plot_norms_and_superposition(result)), force=args.force)
+        write_bytes(args.png_path, figure_png(plot_norms_and_superposition(result), close=True), force=args.force)
     print(f"{cfg.n_features} features through {cfg.d_hidden} dimensions:")
     print(f"  {'sparsity':>8} {'represented':>11} {'dims/feature':>12} {'loss':>10}")
     for row in result.summary():

@@ -87,8 +87,7 @@ def resid_norms_section(model: HookedModel, context: dict[str, Any]) -> Section:
     ax.set_ylabel("L2 norm")
     ax.set_yscale("log")
     ax.legend(fontsize=6, ncol=2)
-    png = figure_png(fig)
-    plt.close(fig)
+    png = figure_png(fig, close=True)
     data = {"layers": layers, "tokens": pieces, "norms": [[round(v, 5) for v in row] for row in norms.tolist()],
             "mean_norm": [round(v, 5) for v in norms.mean(dim=1).tolist()]}
     return Section("resid_norms", "Residual-stream norms", f"<img alt='residual norms' src='{png_data_uri(png)}'>", data)

@@ -34,7 +34,7 @@ def lens_section(model: HookedModel, context: dict[str, Any]) -> Section:
     """
     targets = [context["answer"]] if context.get("answer") else []
     result = logit_lens(model, context["prompt"], k=3, targets=targets)
-    image = png_data_uri(figure_png(lens_grid_figure(result)))
+    image = png_data_uri(figure_png(lens_grid_figure(result), close=True))
     caption = ("Each cell: the top token when the residual stream before that block (last row: after the last "
                "block) is read through the model's final norm and unembedding.")
     body = f"<p>{html.escape(caption)}</p><img src='{image}' alt='logit lens grid'>"
@@ -56,7 +56,7 @@ def heads_section(model: HookedModel, context: dict[str, Any]) -> Section:
     ids = repeated_random_tokens(model, seq_len, int(context.get("heads_batch", 8)), seed=0)
     table = detect_heads(model, ids=ids)
     icl = icl_score(model, ids)
-    image = png_data_uri(figure_png(heads_figure(table)))
+    image = png_data_uri(figure_png(heads_figure(table), close=True))
     labelled = [r for r in table if r.label != "other"]
     rows = "".join(
         f"<tr><td>{r.layer}.{r.head}</td><td>{html.escape(r.label)}</td><td>{r.prev_token:.2f}</td>"
