@@ -264,13 +264,8 @@ class AttnOnlyModel(AttnOnlyPreTrainedModel):
         hidden = self.embed_tokens(input_ids)
         if self.config.positions == "learned":
             hidden = hidden + self.embed_positions(positions)
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=None,
-            position_ids=positions,
-        )
+        # no cache: passed by position, as transformers renamed the argument (past_key_values -> cache)
+        mask = create_causal_mask(self.config, hidden, attention_mask, None, position_ids=positions)
         for layer in self.layers:
             hidden = layer(hidden, mask)
         return self.norm(hidden)
