@@ -108,7 +108,6 @@ def test_export_of_a_100k_latent_database(page, tmp_path) -> None:
 
     sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
     from dashboard_search import synthetic_database
-
     from mechscope.apps.dashboard.api import Sources
 
     n = 100_000

@@ -13,7 +13,13 @@ import torch
 from mechscope.core.corpus import token_contexts
 from mechscope.core.errors import MechscopeError
 from mechscope.dictionaries import make_dictionary
-from mechscope.features import CollectConfig, FeatureDatabase, collect_features, encode_contexts, encode_contexts_sparse
+from mechscope.features import (
+    CollectConfig,
+    FeatureDatabase,
+    collect_features,
+    encode_contexts,
+    encode_contexts_sparse,
+)
 from mechscope.features.accumulate import mix_hash
 from tiny_lm import tiny_lm, write_corpus
 
