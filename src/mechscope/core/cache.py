@@ -151,12 +151,8 @@ class ActivationCache(Mapping[str, Tensor]):
 
         Example:
             >>> import torch
-            >>> from transformers import LlamaConfig, LlamaForCausalLM
-            >>> from mechscope.core.hooked import HookedModel
-            >>> _ = torch.manual_seed(0)
-            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-            ...                   num_attention_heads=2, num_key_value_heads=1)
-            >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+            >>> from mechscope.core.examples import tiny_model
+            >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
             >>> _, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]))
             >>> resid, labels = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)
             >>> resid.shape, labels
@@ -274,12 +270,8 @@ class ActivationCache(Mapping[str, Tensor]):
 
         Example:
             >>> import torch
-            >>> from transformers import LlamaConfig, LlamaForCausalLM
-            >>> from mechscope.core.hooked import HookedModel
-            >>> _ = torch.manual_seed(0)
-            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-            ...                   num_attention_heads=2, num_key_value_heads=1)
-            >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+            >>> from mechscope.core.examples import tiny_model
+            >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
             >>> _, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]))
             >>> stack, labels = cache.decompose_resid(pos_slice=-1, return_labels=True)
             >>> cache.logit_attrs(stack, 6, 7, pos_slice=-1).shape      # slice the same position as the stack

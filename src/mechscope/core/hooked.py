@@ -49,12 +49,8 @@ class HookedModel(nn.Module):
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> logits, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]), names=lambda n: "resid_post" in n)
         >>> logits.shape, cache["blocks.1.hook_resid_post"].shape
         (torch.Size([1, 3, 50]), torch.Size([1, 3, 16]))
@@ -168,12 +164,8 @@ class HookedModel(nn.Module):
 
         Example:
             >>> import torch
-            >>> from transformers import LlamaConfig, LlamaForCausalLM
-            >>> from mechscope.core.hooked import HookedModel
-            >>> _ = torch.manual_seed(0)
-            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-            ...                   num_attention_heads=2, num_key_value_heads=1)
-            >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+            >>> from mechscope.core.examples import tiny_model
+            >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
             >>> ids, mask = model.prepare_inputs(torch.tensor([1, 2, 3]))
             >>> ids.tolist(), mask
             ([[1, 2, 3]], None)
@@ -232,12 +224,8 @@ class HookedModel(nn.Module):
 
         Example:
             >>> import torch
-            >>> from transformers import LlamaConfig, LlamaForCausalLM
-            >>> from mechscope.core.hooked import HookedModel
-            >>> _ = torch.manual_seed(0)
-            >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-            ...                   num_attention_heads=2, num_key_value_heads=1)
-            >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+            >>> from mechscope.core.examples import tiny_model
+            >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
             >>> ids = torch.tensor([[1, 2, 3]])
             >>> with model.hooks([("blocks.0.hook_resid_pre", lambda act, hook: act * 0)]):
             ...     zeroed = model(ids)

@@ -49,12 +49,8 @@ def replay_prefix(model: Any, start: int, resid: Tensor | None) -> Iterator[None
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> ids = torch.tensor([[1, 2, 3]])
         >>> full, cache = model.run_with_cache(ids, names=["blocks.1.hook_resid_pre"])
         >>> with replay_prefix(model, 1, cache["blocks.1.hook_resid_pre"]):     # layer 0 is not run
@@ -84,12 +80,8 @@ def layers_return_tensors(model: Any, tokens: TokenBatch | Tensor) -> bool:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> isinstance(layers_return_tensors(model, torch.tensor([[1, 2]])), bool)
         True
     """

@@ -37,12 +37,8 @@ def provenance(model: Any, seed: int | None = None, **extra: Any) -> dict[str, A
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> block = provenance(model, seed=0, prompts=3)
         >>> block["model"], block["family"], block["seed"], block["prompts"], len(block["weights_sha256"])
         ('tiny', 'llama', 0, 3, 64)

@@ -63,12 +63,8 @@ class StopForward(Exception):
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> _, cache = model.run_with_cache(torch.tensor([[1, 2]]), stop_at_layer=1)   # raised and caught inside
         >>> sorted(n for n in cache if n.endswith("resid_pre"))
         ['blocks.0.hook_resid_pre']
@@ -88,12 +84,8 @@ class HookRun:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> ids, seen = torch.tensor([[1, 2, 3]]), []
         >>> fwd = {"blocks.0.hook_resid_post": [lambda act, hook: seen.append(hook.name)]}
         >>> with HookRun(model.hf_model, model.sites, fwd):

@@ -45,12 +45,8 @@ class Site:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> site = model.sites["blocks.1.attn.hook_z"]
         >>> site.layer, site.event, site.read(torch.zeros(1, 3, 16)).shape      # [batch, pos, n_heads, d_head]
         (1, 'pre', torch.Size([1, 3, 2, 8]))
@@ -123,12 +119,8 @@ def o_proj_heads_weight(o_proj: nn.Module, cfg: ModelConfig, transposed: bool) -
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> o_proj = model.layers[0].self_attn.o_proj
         >>> o_proj_heads_weight(o_proj, model.cfg, transposed=False).shape
         torch.Size([2, 8, 16])
@@ -160,12 +152,8 @@ def build_sites(hf_model: nn.Module, family: Family, cfg: ModelConfig) -> dict[s
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> sites = build_sites(model.hf_model, model.family, model.cfg)
         >>> list(sites)[:3]
         ['hook_embed', 'blocks.0.hook_resid_pre', 'blocks.0.hook_q_input']

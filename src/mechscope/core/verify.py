@@ -66,12 +66,8 @@ def run_checks(model: HookedModel, ids: Tensor, padded_texts: list[str] | None =
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> checks = run_checks(model, torch.randint(0, 50, (1, 5)))
         >>> all(c.passed for c in checks), checks[0].name
         (True, 'logits, no hooks (bit-exact)')

@@ -42,12 +42,8 @@ class LayerWeights(NamedTuple):
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> w = layer_weights(model, 0)
         >>> w.W_Q.shape, w.W_K.shape, w.W_O.shape, w.W_in.shape    # K/V keep n_kv_heads = 1
         (torch.Size([2, 16, 8]), torch.Size([1, 16, 8]), torch.Size([2, 8, 16]), torch.Size([16, 32]))
@@ -109,12 +105,8 @@ def layer_weights(model: Any, index: int) -> LayerWeights:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> w = layer_weights(model, 1)
         >>> w.W_gate.shape, w.W_out.shape, w.b_Q.shape
         (torch.Size([16, 32]), torch.Size([32, 16]), torch.Size([2, 8]))
@@ -140,12 +132,8 @@ def stacked(model: Any, name: str) -> Tensor:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> stacked(model, "W_K").shape                       # repeated per query head: [n_layers, n_heads, d_model, d_head]
         torch.Size([2, 2, 16, 8])
     """
@@ -167,12 +155,8 @@ def embedding(model: Any) -> Tensor:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> embedding(model).shape
         torch.Size([50, 16])
     """
@@ -184,12 +168,8 @@ def unembedding(model: Any) -> tuple[Tensor, Tensor]:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> W_U, b_U = unembedding(model)
         >>> W_U.shape, b_U.abs().sum()
         (torch.Size([16, 50]), tensor(0.))
@@ -203,12 +183,8 @@ def positions(model: Any) -> Tensor:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> positions(model)
         Traceback (most recent call last):
         ...

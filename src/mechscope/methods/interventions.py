@@ -71,12 +71,8 @@ def replacement_values(model: Any, tokens: TokenBatch, names: Sequence[str], kin
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> from mechscope.core.tokens import TokenBatch
         >>> ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
         >>> tokens = TokenBatch(ids, torch.ones_like(ids))
@@ -155,12 +151,8 @@ def ablate(model: Any, inputs: Prompts, targets: Sequence[Target], kind: Kind = 
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> ids = torch.tensor([[1, 2, 3]])
         >>> logits = ablate(model, ids, [Target("blocks.1.attn.hook_z", head=0)], kind="zero")
         >>> logits.shape, bool((logits - model(ids)).abs().max() > 0)
@@ -185,12 +177,8 @@ def ablation_sweep(model: Any, inputs: Prompts, metric: Metric | str | None = No
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> result = ablation_sweep(model, torch.tensor([[1, 2, 3, 4]]), answer=6, wrong=7)   # every head, zeroed
         >>> result.shape, result.method, result.by
         ((2, 2), 'zero_ablation', ('layer', 'head'))

@@ -23,12 +23,8 @@ def site_hook_names(model: Any, site: str, layers: list[int] | None = None) -> d
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> site_hook_names(model, "resid_post"), site_hook_names(model, "mlp_out", layers=[1])
         ({0: 'blocks.0.hook_resid_post', 1: 'blocks.1.hook_resid_post'}, {1: 'blocks.1.hook_mlp_out'})
     """

@@ -45,12 +45,8 @@ def lens_grid_figure(result: LensResult, max_rows: int = 40) -> Figure:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> from mechscope.methods.lens import logit_lens
         >>> fig = lens_grid_figure(logit_lens(model, torch.tensor([[1, 2, 3]]), k=1))
         >>> type(fig).__name__

@@ -74,12 +74,8 @@ class TrainRun:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> run = TrainRun(TunedLens.for_model(model), losses=[3.2, 2.9])
         >>> run.losses[-1], run.resumed_from
         (2.9, 0)
@@ -131,12 +127,8 @@ def train_tuned_lens(model: HookedModel, settings: TrainSettings | None = None, 
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> ids = torch.randint(0, 50, (4, 8))                   # the contexts, given (a file corpus names their source)
         >>> settings = TrainSettings(steps=3, batch_size=2, context_length=8, source="my_corpus.txt")
         >>> run = train_tuned_lens(model, settings, ids=ids)
@@ -205,12 +197,8 @@ def save_checkpoint(folder: Path, lens: TunedLens, optimizer: torch.optim.Optimi
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> from pathlib import Path
         >>> lens = TunedLens.for_model(model)
         >>> optimizer = torch.optim.Adam(lens.parameters())

@@ -398,12 +398,8 @@ def steering(model: Any, interventions: Sequence[Intervention],
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> ids = torch.tensor([[1, 2, 3]])
         >>> with steering(model, [Add(torch.ones(16), 2.0, hook_name="blocks.1.hook_resid_pre")]) as state:
         ...     steered = model(ids)

@@ -108,12 +108,8 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> from mechscope.core.tokens import TokenBatch
         >>> from mechscope.methods.metrics import LogitDiff
         >>> ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
@@ -184,12 +180,8 @@ def row_bytes(model: Any, n_pos: int, n_keep: int, n_context: int | None = None)
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> row_bytes(model, n_pos=9, n_keep=1) < row_bytes(model, n_pos=90, n_keep=1)
         True
         >>> 2**30 // row_bytes(model, n_pos=9, n_keep=1) > 1000          # rows that fit in 1 GiB
@@ -305,12 +297,8 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
         >>> from mechscope.core import names
         >>> from mechscope.core.tokens import TokenBatch
@@ -369,12 +357,8 @@ def cached_runs(model: Any, tokens: TokenBatch, names: Sequence[str], metric: Me
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
         >>> from mechscope.core.tokens import TokenBatch
         >>> from mechscope.methods.metrics import LogitDiff

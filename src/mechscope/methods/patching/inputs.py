@@ -97,12 +97,8 @@ def prepare_pair(model: Any, clean: Prompts, corrupt: Prompts) -> PromptPair:
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> pair = prepare_pair(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 8, 3]]))
         >>> pair.clean.ids.shape == pair.corrupt.ids.shape
         True
@@ -179,12 +175,8 @@ def resolve_metric(model: Any, pair: PromptPair, metric: Metric | str | None,
 
     Example:
         >>> import torch
-        >>> from transformers import LlamaConfig, LlamaForCausalLM
-        >>> from mechscope.core.hooked import HookedModel
-        >>> _ = torch.manual_seed(0)
-        >>> cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        ...                   num_attention_heads=2, num_key_value_heads=1)
-        >>> model = HookedModel(LlamaForCausalLM(cfg), name="tiny")
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
         >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
         >>> pair = prepare_pair(model, clean, corrupt)
         >>> metric = resolve_metric(model, pair, None, answer=6, wrong=7)
