@@ -20,7 +20,7 @@ from mechscope.features import (
     encode_contexts,
     encode_contexts_sparse,
 )
-from mechscope.features.accumulate import mix_hash
+from mechscope.features.ranking import mix_hash
 from tiny_lm import tiny_lm, write_corpus
 
 T = 24

@@ -14,9 +14,10 @@ import torch
 
 from mechscope.core import names as hook_names
 from mechscope.dictionaries import Dictionary
-from mechscope.features.accumulate import Accumulator, mix_hash
+from mechscope.features.accumulate import Accumulator
 from mechscope.features.database import FeatureDatabase
 from mechscope.features.effects import cooccurrence_neighbours, decoder_neighbours, logit_effects
+from mechscope.features.ranking import mix_hash
 
 _RESIDUAL_SITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 
