@@ -1,12 +1,15 @@
 """A sweep over a 512-token prompt stays within the memory cap a user sets (`memory_mb`).
 
-Peak memory is the process's resident set sampled during the sweep (benchmarks/common.py
-`peak_memory_mb`), above its size before. The same sweep with a 16x larger cap must use more
-memory, so the measurement can tell the cap apart from nothing.
+Peak memory is the process's peak resident set during the sweep (benchmarks/common.py
+`peak_memory_mb`), above its size before, measured in a fresh process. The same sweep with a
+16x larger cap must use more memory, so the measurement can tell the cap apart from nothing.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +34,8 @@ def _long_context_model() -> HookedModel:
     return HookedModel(AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval(), name="tiny-llama-1k")
 
 
-def test_512_token_sweep_stays_within_the_cap():
+def _measure() -> dict[str, float]:
+    """Peak MiB of the 512-token sweep under caps of 24 and 384 MiB, and the largest score difference."""
     model = _long_context_model()
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(4, 90, (1, N_POS), generator=g)
@@ -43,10 +47,23 @@ def test_512_token_sweep_stays_within_the_cap():
     peaks = {cap: peak_memory_mb(lambda cap=cap: results.setdefault(cap, patch_sweep(model, clean, corrupt,
                                                                                     memory_mb=cap, **kw)))
              for cap in (24, 384)}
-    assert peaks[24] <= 24 * 1.25, peaks
-    scale = abs(results[24].clean - results[24].corrupt)  # compare in metric units
-    assert float((results[24].scores - results[384].scores).abs().max()) * scale < 1e-5
     assert results[24].shape == (2, N_POS)
+    scale = abs(results[24].clean - results[24].corrupt)  # compare in metric units
+    return {"peak_24": peaks[24], "peak_384": peaks[384],
+            "max_diff": float((results[24].scores - results[384].scores).abs().max()) * scale}
+
+
+def test_512_token_sweep_stays_within_the_cap():
+    # Measured in a fresh process: in a long test session the heap is fragmented by earlier tests,
+    # and the resident set then grows by pages unrelated to the sweep.
+    code = f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
+           "import test_patching_memory as t; print(json.dumps(t._measure()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["peak_24"] <= 24 * 1.25, found
+    assert found["peak_384"] > found["peak_24"], found
+    assert found["max_diff"] < 1e-5, found
 
 
 def test_a_cap_below_one_row_still_runs_one_row_at_a_time():
