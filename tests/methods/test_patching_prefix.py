@@ -83,6 +83,15 @@ def test_sweep_work_lies_between_the_floor_and_layer_skipping_alone(monkeypatch)
     floor = floor_work(cells, starts, model.cfg.n_layers, N_POS)
     layers_only = sum((model.cfg.n_layers - c.layer) * N_POS for c in cells)  # without reusing keys and values
     assert floor <= work() < layers_only
+    # Rows join the batch at their own layer: with a fixed cost per pass too large to pay twice,
+    # one pass per suffix start still does exactly the floor's work.
+    by_start = {}
+    for cell, start in zip(cells, starts, strict=True):
+        by_start.setdefault(start, []).append(cell)
+    for start, group in by_start.items():
+        assert _layer_tokens(model, lambda group=group: run_cells(
+            model, runs.pair.corrupt, runs.clean_acts, group, runs.metric, runs.corrupt_resid,
+            base_acts=runs.corrupt_acts)) == floor_work(group, [start] * len(group), model.cfg.n_layers, N_POS)
     # With no fixed cost per pass the planner runs every cell on exactly its own suffix and layers.
     monkeypatch.setattr(engine, "PASS_COST_TOKENS", 0)
     assert work() == floor

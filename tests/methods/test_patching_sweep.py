@@ -98,6 +98,21 @@ def test_plan_groups_cells_by_layer_within_budget():
     assert all(len({layers[i] for i in range(a, b)}) == 1 for a, b in chunks)
 
 
+def test_staggered_plan_runs_one_pass_per_suffix_when_rows_join_at_their_own_layer():
+    layers = [0] * 4 + [1] * 4 + [2] * 4
+    assert _plan(layers, n_layers=3, n_pairs=2, n_pos=5, max_rows=24, staggered=True) == [(0, 12)]
+    assert len(_plan(layers, n_layers=3, n_pairs=2, n_pos=5, max_rows=8, staggered=True)) == 3  # the budget still holds
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2"])
+def test_sweep_without_layer_skipping_equals_one_forward_per_cell(kind):
+    model = tiny_model(kind)
+    clean, corrupt = pair_ids()
+    result = patch_sweep(model, clean, corrupt, site="z", by="layer,head", skip_layers=False, **KW)
+    reference = patch_loop(model, clean, corrupt, site="z", by="layer,head", **KW)
+    _close_in_metric(result, reference)
+
+
 def test_result_labels_top_json_and_pictures(tmp_path):
     model = char_model("llama")
     result = patch_sweep(model, "abcdefg", "abXYefg", answer="a", wrong="b", by="layer,pos")

@@ -8,6 +8,11 @@ Nothing before an edit differs from the run without it, so later runs may skip i
   computed by the model itself). It needs decoder layers that return a bare tensor
   (`layers_return_tensors`). The swap mutates `model.layers` during the pass: do not run the
   same model from another thread meanwhile.
+- **Rows joining at their own layer.** `replay_prefix(..., later=...)` also appends, before
+  decoder layer `l`, rows that start there (their `resid_pre[l]`), so a batch of edits at
+  different layers runs each row only from its own layer up: the batch grows on the way.
+  Per-row arguments the model hands its layers (masks, positions) are tiled to the grown
+  batch, which assumes every row block of `n_pairs` rows has the same ones.
 - **From position `p`.** Attention is causal, so positions before `p` are unchanged at every
   layer; `prefix_cache` turns their cached keys and values into Hugging Face's KV cache,
   passed under the argument name `cache_kwarg` gives.
@@ -20,7 +25,8 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,11 +47,44 @@ class _Replay(nn.Module):
         return self.resid
 
 
+def _tile(value: Any, first: int, after: int, n_pairs: int) -> Any:
+    """`value` with its per-row leading dimension (`first` rows) tiled to `after` rows, from its first row block."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_tile(v, first, after, n_pairs) for v in value)
+    if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == first > 1 and first != after:
+        return value[:n_pairs].repeat(after // n_pairs, *([1] * (value.dim() - 1)))
+    return value
+
+
+class _Join(nn.Module):
+    """Runs a decoder layer after appending the rows that start at it (if any); per-row arguments tiled to match.
+
+    The model hands every layer arguments sized for the batch it started with (`sizes["first"]`,
+    seen by the first layer after the start); rows joined since then are tiled into them.
+    """
+
+    def __init__(self, layer: nn.Module, rows: Tensor | None, n_pairs: int, sizes: dict[str, int]) -> None:
+        super().__init__()
+        self.layer, self.rows, self.n_pairs, self.sizes = layer, rows, n_pairs, sizes
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        first = self.sizes.setdefault("first", hidden_states.shape[0])
+        hidden = hidden_states if self.rows is None else torch.cat([hidden_states, self.rows.to(hidden_states.dtype)])
+        after = hidden.shape[0]
+        args = tuple(_tile(a, first, after, self.n_pairs) for a in args)
+        kwargs = {k: _tile(v, first, after, self.n_pairs) for k, v in kwargs.items()}
+        return self.layer(hidden, *args, **kwargs)
+
+
 @contextmanager
-def replay_prefix(model: Any, start: int, resid: Tensor | None) -> Iterator[None]:
+def replay_prefix(model: Any, start: int, resid: Tensor | None, later: Mapping[int, Tensor] | None = None,
+                  n_pairs: int = 1) -> Iterator[None]:
     """Run `model` with decoder layers `0..start-1` replaced by the residual `resid` (= resid_pre[start]).
 
-    `start <= 0` changes nothing. Layers are restored afterwards, whatever happens.
+    `later` maps a layer `l > start` to rows joining the batch there (their `resid_pre[l]`,
+    positions as the run's); the batch is then made of row blocks of `n_pairs` rows that share
+    masks and positions. `start <= 0` replays nothing. Layers are restored afterwards,
+    whatever happens.
 
     Example:
         >>> import torch
@@ -57,26 +96,37 @@ def replay_prefix(model: Any, start: int, resid: Tensor | None) -> Iterator[None
         ...     replayed = model(ids)
         >>> torch.allclose(replayed, full, atol=1e-5)
         True
+        >>> with replay_prefix(model, 0, None, later={1: cache["blocks.1.hook_resid_pre"]}):
+        ...     grown = model(ids)                  # row 2 joins at layer 1
+        >>> grown.shape[0], torch.allclose(grown[1], full[0], atol=1e-5)
+        (2, True)
     """
-    if start <= 0:
-        yield
-        return
     layers = model.layers
-    originals = [layers[i] for i in range(start)]
-    replay = _Replay(resid)  # type: ignore[arg-type]
+    originals = list(layers)
     try:
-        for i in range(start):
-            layers[i] = replay
+        if start > 0:
+            replay = _Replay(resid)  # type: ignore[arg-type]
+            for i in range(start):
+                layers[i] = replay
+        if later:
+            if min(later) <= max(start, 0):
+                raise ValueError(f"rows may join after layer {start}, not at {min(later)}")
+            sizes: dict[str, int] = {}
+            for layer in range(max(start, 0) + 1, len(originals)):
+                layers[layer] = _Join(originals[layer], later.get(layer), n_pairs, sizes)
         yield
     finally:
         for i, module in enumerate(originals):
             layers[i] = module
 
 
+_RETURNS_TENSORS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()  # per model, asked once
+
+
 def layers_return_tensors(model: Any, tokens: TokenBatch | Tensor) -> bool:
     """True when decoder layers return a bare tensor (what `replay_prefix`'s stand-in imitates).
 
-    Runs the model on one token of `tokens` (a `TokenBatch` or ids `[batch, pos]`).
+    Runs the model on one token of `tokens` (a `TokenBatch` or ids `[batch, pos]`), once per model.
 
     Example:
         >>> import torch
@@ -85,6 +135,8 @@ def layers_return_tensors(model: Any, tokens: TokenBatch | Tensor) -> bool:
         >>> isinstance(layers_return_tensors(model, torch.tensor([[1, 2]])), bool)
         True
     """
+    if model.hf_model in _RETURNS_TENSORS:
+        return _RETURNS_TENSORS[model.hf_model]
     ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
     seen: list[bool] = []
     handle = model.layers[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, Tensor)))
@@ -93,7 +145,8 @@ def layers_return_tensors(model: Any, tokens: TokenBatch | Tensor) -> bool:
             model.hf_model(input_ids=ids[:1, :1].to(model.device), use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
-    return bool(seen) and all(seen)
+    _RETURNS_TENSORS[model.hf_model] = answer = bool(seen) and all(seen)
+    return answer
 
 
 def cache_kwarg(hf_model: nn.Module) -> str:
@@ -122,22 +175,23 @@ def cache_tensors(output: Any) -> list[tuple[Tensor, Tensor]]:
     return [(layer.keys, layer.values) for layer in layers if getattr(layer, "keys", None) is not None]
 
 
-def prefix_cache(kv: Sequence[tuple[Tensor, Tensor]], offset: int, start: int, copies: int) -> Any:
-    """A fresh KV cache holding positions `0..offset-1`, tiled `copies` times for the layers from `start` on.
+def prefix_cache(kv: Sequence[tuple[Tensor, Tensor]], offset: int, copies: Sequence[int]) -> Any:
+    """A fresh KV cache holding positions `0..offset-1`, tiled `copies[l]` times at layer `l`.
 
     `kv` holds one `(keys, values)` pair of `[batch, kv_heads, pos, d_head]` per layer.
 
     Example:
         >>> k = torch.zeros(1, 1, 4, 2)
-        >>> prefix_cache([(k, k)], offset=3, start=0, copies=2).get_seq_length()
-        3
+        >>> cache = prefix_cache([(k, k), (k, k)], offset=3, copies=[1, 2])
+        >>> cache.get_seq_length(), cache.layers[1].keys.shape[0]
+        (3, 2)
     """
     from transformers import DynamicCache
 
     data = []
-    for layer, (k, v) in enumerate(kv):
+    for (k, v), n in zip(kv, copies, strict=True):
         k, v = k[:, :, :offset], v[:, :, :offset]
-        if layer >= start and copies > 1:
-            k, v = k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1)
+        if n > 1:
+            k, v = k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)
         data.append((k, v))
     return DynamicCache(ddp_cache_data=data)

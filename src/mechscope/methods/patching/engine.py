@@ -5,13 +5,16 @@ head) by the same slice from a source run. `run_cells` lays cells side by side i
 batch (row `c * n_pairs + i` is cell `c` on pair `i`), so one forward pass scores a whole
 chunk of cells. Three exact savings:
 
-- **Start at the patched layer.** Nothing before a chunk's first patched layer `s`
-  differs from the base run, so the decoder layers `0..s-1` are swapped, for that one
-  pass, for a module that returns the base run's cached `resid_pre[s]`; the Hugging Face
-  forward then runs layers `s..n-1` as usual (masks, rotary and per-layer attention types
-  are still computed by the model itself). It is turned off where a decoder layer does
-  not return a bare tensor (`layers_return_tensors`). The swap mutates `model.layers` for
-  the length of one pass: do not run the same model from another thread during a sweep.
+- **Start each row at its patched layer.** Nothing before a cell's layer `l` differs from
+  the base run, so its row joins the batch just before decoder layer `l`, as the base
+  run's cached `resid_pre[l]`: a pass grows from the rows of its lowest layer to all of
+  them, and decoder layers below the lowest are swapped for a module that returns the
+  cached residual. The Hugging Face forward still runs the layers (masks, rotary and
+  per-layer attention types are computed by the model itself). It is turned off where a
+  decoder layer does not return a bare tensor (`layers_return_tensors`), and with
+  `extra_hooks` (every row then starts at the pass's lowest layer). The swap mutates
+  `model.layers` for the length of one pass: do not run the same model from another
+  thread during a sweep.
 - **Start at the patched position.** Attention is causal, so a patch at position `p`
   leaves every position before `p` (at every layer) as in the base run. The base run's
   keys and values are kept (`BaseStates.kv`), and a pass whose cells all patch at `p` or
@@ -24,14 +27,15 @@ chunk of cells. Three exact savings:
 The floor of a sweep, `floor_work`, is the layer x token work that no exact method can
 skip: for each cell, its suffix length times the layers from its own layer up.
 
-Cells are grouped by suffix start, then into chunks by a small dynamic programme over
-layers that trades one pass's fixed cost against rows run through layers they did not
-need (`_plan`), within a memory budget (`memory_mb`).
+Cells are grouped by suffix start, then into chunks by a small dynamic programme that
+trades one pass's fixed cost against positions (and, without staggered rows, layers) run
+that a cell did not need (`_plan`), within a memory budget (`memory_mb`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,13 +102,17 @@ def metric_positions(metric: Metric, n_pos: int) -> Tensor | None:
 
 def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Sequence[Any] = (),
                    start: int = 0, resid: Tensor | None = None, kv: Sequence[tuple[Tensor, Tensor]] | None = None,
-                   offset: int = 0, keep_kv: list | None = None, bwd_hooks: Sequence[Any] = ()) -> Tensor:
+                   offset: int = 0, keep_kv: list | None = None, bwd_hooks: Sequence[Any] = (),
+                   later: Mapping[int, Tensor] | None = None, n_pairs: int = 1) -> Tensor:
     """Per-row metric of one (hooked) run; logits only where a `PositionMetric` reads them.
 
     `resid` (resid_pre[start] at positions `offset..`) starts the run at layer `start`;
-    `kv` (the base run's keys and values, one pair of `[n_pairs, kv_heads, pos, d_head]` per
-    layer) with `offset > 0` runs positions `offset..` only. `keep_kv`, a list, receives the
-    run's own keys and values. `bwd_hooks` go into the same hook context as `fwd_hooks`.
+    `later` adds rows that start at a later layer (`{layer: resid_pre[layer]}`, appended after
+    the rows of `tokens`, in layer order; see `replay_prefix`; all rows come in blocks of
+    `n_pairs` that share masks and positions). `kv` (the base run's keys and
+    values, one pair of `[n_pairs, kv_heads, pos, d_head]` per layer) with `offset > 0` runs
+    positions `offset..` only. `keep_kv`, a list, receives the run's own keys and values.
+    `bwd_hooks` go into the same hook context as `fwd_hooks`.
 
     Example:
         >>> import torch
@@ -123,9 +131,13 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
     mask = tokens.attention_mask.to(model.device)
     mask = None if bool(mask.all()) else mask
     kwargs: dict[str, Any] = {"use_cache": False}
+    later = dict(sorted((later or {}).items()))
     if offset > 0:
-        copies = ids.shape[0] // kv[0][0].shape[0]
-        kwargs.update({cache_kwarg(model.hf_model): prefix_cache(kv, offset, start, copies), "use_cache": True})
+        rows, copies = ids.shape[0], []
+        for layer in range(len(kv)):
+            rows += later[layer].shape[0] if layer in later else 0
+            copies.append(rows // kv[0][0].shape[0] if layer >= start else 1)
+        kwargs.update({cache_kwarg(model.hf_model): prefix_cache(kv, offset, copies), "use_cache": True})
     elif keep_kv is not None:
         from transformers import DynamicCache
 
@@ -135,7 +147,8 @@ def forward_metric(model: Any, tokens: TokenBatch, metric: Metric, fwd_hooks: Se
         positions = positions.to(ids.device) - offset
         keep = positions.unique()
         kwargs["logits_to_keep"] = keep
-    with model.hooks(list(fwd_hooks), list(bwd_hooks)), replay_prefix(model, start if resid is not None else 0, resid):
+    with (model.hooks(list(fwd_hooks), list(bwd_hooks)),
+          replay_prefix(model, start if resid is not None else 0, resid, later, n_pairs)):
         out = model.hf_model(input_ids=ids, attention_mask=mask, **kwargs)
     if keep_kv is not None:
         keep_kv.extend(cache_tensors(out))
@@ -196,13 +209,15 @@ def row_bytes(model: Any, n_pos: int, n_keep: int, n_context: int | None = None)
 
 
 def _plan(layers: list[int], n_layers: int, n_pairs: int, n_pos: int, max_rows: int,
-          offsets: list[int] | None = None) -> list[tuple[int, int]]:
-    """Split cells into chunks [i, j) minimising sum (n_layers - first layer) * (fixed + rows * suffix length).
+          offsets: list[int] | None = None, staggered: bool = False) -> list[tuple[int, int]]:
+    """Split cells into chunks [i, j) of least total cost: work plus a fixed cost per pass and layer.
 
     Cells come sorted by (offset descending, layer); a chunk runs from its lowest layer and its
-    lowest offset (the suffix of its earliest patched position), so merging cells trades
-    wasted rows against the fixed cost of another pass. Boundaries fall only between runs of
-    equal (offset, layer) unless one run alone exceeds `max_rows`.
+    lowest offset (the suffix of its earliest patched position). Without `staggered` every
+    row runs from the chunk's lowest layer, so merging cells trades rows run through layers
+    they did not need against the fixed cost of another pass; `staggered` rows join at their
+    own layer, and only the suffix is shared. Boundaries fall only between runs of equal
+    (offset, layer) unless one run alone exceeds `max_rows`.
     """
     offsets = offsets or [0] * len(layers)
     groups: list[tuple[int, int]] = []  # (start index, end index) of runs of equal (offset, layer), split to fit
@@ -218,15 +233,17 @@ def _plan(layers: list[int], n_layers: int, n_pairs: int, n_pos: int, max_rows: 
     best = [0.0] + [float("inf")] * len(groups)
     choice = [0] * (len(groups) + 1)
     for end in range(1, len(groups) + 1):
-        suffix = n_pos - offsets[groups[end - 1][1] - 1]
-        fixed = PASS_COST_TOKENS / max(suffix, 1)
-        lowest = n_layers
+        suffix = max(n_pos - offsets[groups[end - 1][1] - 1], 1)
+        lowest, own_layers = n_layers, 0
         for begin in range(end - 1, -1, -1):
             cells = groups[end - 1][1] - groups[begin][0]
             if cells > cells_per_chunk and begin < end - 1:
                 break
-            lowest = min(lowest, layers[groups[begin][0]])
-            cost = best[begin] + (n_layers - lowest) * suffix * (fixed + cells * n_pairs)
+            first, last = groups[begin]
+            lowest = min(lowest, layers[first])
+            own_layers += (last - first) * (n_layers - layers[first])
+            row_layers = own_layers if staggered else cells * (n_layers - lowest)
+            cost = best[begin] + (n_layers - lowest) * PASS_COST_TOKENS + suffix * n_pairs * row_layers
             if cost < best[end]:
                 best[end], choice[end] = cost, begin
     chunks, end = [], len(groups)
@@ -314,39 +331,43 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
         raise MechscopeError(f"memory_mb must be a positive number of MiB (the cap on one batched pass), not {memory_mb}.")
     n_pairs, n_pos = base.ids.shape
     kv = getattr(base_resid, "kv", None) if not extra_hooks else None
+    staggered = base_resid is not None and not extra_hooks
     offsets = suffix_starts(cells, metric, n_pos, sources, base_acts) if kv is not None else [0] * len(cells)
     keep = 1 if isinstance(metric, PositionMetric) else n_pos
     order = sorted(range(len(cells)), key=lambda c: (-offsets[c], cells[c].layer))
     out = torch.empty(len(cells), n_pairs)
     max_rows = max(n_pairs, int(memory_mb * 2**20 // row_bytes(model, n_pos, keep)))
     plan = _plan([cells[c].layer for c in order], model.cfg.n_layers, n_pairs, n_pos, max_rows,
-                 [offsets[c] for c in order])
+                 [offsets[c] for c in order], staggered)
     for begin, end in plan:
-        chunk = order[begin:end]
+        chunk = sorted(order[begin:end], key=lambda c: cells[c].layer)  # rows join in layer order
         offset = min(offsets[c] for c in chunk)
         out[chunk] = _run_chunk(model, base, sources, [cells[c] for c in chunk], metric, base_resid, kv, offset,
-                                extra_hooks)
-    passes = len(plan)
-    log.debug("patching %d cells in %d passes", len(cells), passes)
+                                extra_hooks, staggered)
+    log.debug("patching %d cells in %d passes", len(cells), len(plan))
     return out
 
 
 def _run_chunk(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], chunk: list[Cell], metric: Metric,
-               base_resid: Sequence[Tensor] | None, kv: Any, offset: int, extra_hooks: Sequence[Any]) -> Tensor:
+               base_resid: Sequence[Tensor] | None, kv: Any, offset: int, extra_hooks: Sequence[Any],
+               staggered: bool) -> Tensor:
+    """Metric of the cells of `chunk` (sorted by layer), one row block each, in one pass from `offset` on."""
     n_pairs = base.ids.shape[0]
     entries: dict[str, list[tuple[int, Cell]]] = {}
     for slot, cell in enumerate(chunk):
         entries.setdefault(cell.name, []).append((slot * n_pairs, cell))
     hooks = [(name, _patch_hook(e, sources[name], n_pairs, offset)) for name, e in entries.items()]
-    rows = len(chunk)
-    batch = TokenBatch(base.ids.repeat(rows, 1), base.attention_mask.repeat(rows, 1))
-    start = min(cell.layer for cell in chunk)
+    start = chunk[0].layer
+    blocks = Counter(cell.layer for cell in chunk) if staggered else Counter({start: len(chunk)})
+    batch = TokenBatch(base.ids.repeat(blocks[start], 1), base.attention_mask.repeat(blocks[start], 1))
     resid = None
     if base_resid is not None and start > 0:
-        resid = base_resid[start][:, offset:].repeat(rows, 1, 1)
+        resid = base_resid[start][:, offset:].repeat(blocks[start], 1, 1)
+    later = {layer: base_resid[layer][:, offset:].repeat(n, 1, 1) for layer, n in blocks.items() if layer > start}
     with torch.no_grad():
-        values = forward_metric(model, batch, metric, [*extra_hooks, *hooks], start, resid, kv, offset)
-    return values.float().reshape(rows, n_pairs).cpu()
+        values = forward_metric(model, batch, metric, [*extra_hooks, *hooks], start, resid, kv, offset,
+                                later=later, n_pairs=n_pairs)
+    return values.float().reshape(len(chunk), n_pairs).cpu()
 
 
 def cached_runs(model: Any, tokens: TokenBatch, names: Sequence[str], metric: Metric,
@@ -382,3 +403,36 @@ def cached_runs(model: Any, tokens: TokenBatch, names: Sequence[str], metric: Me
     usable = len(kv) == model.cfg.n_layers and all(k.shape[0] == n_pairs and k.dim() == 4 and k.shape[-2] == n_pos
                                                    for k, _ in kv)
     return value.float().cpu(), {n: store[n] for n in names}, BaseStates(resid, kv if usable else None)
+
+
+def cached_pair_runs(model: Any, first: TokenBatch, second: TokenBatch, names: Sequence[str], metric: Metric
+                     ) -> tuple[tuple[Tensor, dict[str, Tensor], BaseStates], ...]:
+    """`cached_runs` of two batches of the same shape (say clean and corrupted) in one batched pass.
+
+    One pass of twice the rows costs far less than two on short prompts, where reading the
+    weights dominates.
+
+    Example:
+        >>> import torch
+        >>> from mechscope.core.examples import tiny_model
+        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
+        >>> from mechscope.core.tokens import TokenBatch
+        >>> from mechscope.methods.metrics import LogitDiff
+        >>> clean, corrupt = (TokenBatch(torch.tensor([ids]), torch.ones(1, 5, dtype=torch.long))
+        ...                   for ids in ([1, 2, 3, 4, 5], [1, 2, 9, 4, 5]))
+        >>> (value, acts, states), _ = cached_pair_runs(model, clean, corrupt, ["blocks.1.hook_attn_out"],
+        ...                                             LogitDiff(answer=6, wrong=7))
+        >>> alone, _, _ = cached_runs(model, clean, ["blocks.1.hook_attn_out"], LogitDiff(answer=6, wrong=7))
+        >>> torch.allclose(value, alone, atol=1e-5), states[0].shape[0], states.kv[0][0].shape[0]
+        (True, 1, 1)
+    """
+    n = first.ids.shape[0]
+    both = TokenBatch(torch.cat([first.ids, second.ids]), torch.cat([first.attention_mask, second.attention_mask]))
+    value, acts, states = cached_runs(model, both, names, metric)
+
+    def half(part: slice) -> tuple[Tensor, dict[str, Tensor], BaseStates]:
+        kv = None if states.kv is None else [(k[part], v[part]) for k, v in states.kv]
+        return (value[part], {name: act[part] for name, act in acts.items()},
+                BaseStates([resid[part] for resid in states], kv))
+
+    return half(slice(0, n)), half(slice(n, 2 * n))

@@ -31,7 +31,7 @@ from mechscope.core.partial_runs import layers_return_tensors
 from mechscope.core.provenance import provenance
 from mechscope.core.scores import check_recoverable, normalized_recovery
 from mechscope.methods.metrics import Metric
-from mechscope.methods.patching.engine import Cell, cached_runs, run_cells
+from mechscope.methods.patching.engine import Cell, cached_pair_runs, run_cells
 from mechscope.methods.patching.inputs import (
     Answers,
     PromptPair,
@@ -159,9 +159,8 @@ class PairRuns:
         self.pair = prepare_pair(model, clean, corrupt)
         self.metric = resolve_metric(model, self.pair, metric, answer, wrong)
         self.names = list(names)
-        clean_value, self.clean_acts, self.clean_resid = cached_runs(model, self.pair.clean, self.names, self.metric)
-        corrupt_value, self.corrupt_acts, self.corrupt_resid = cached_runs(
-            model, self.pair.corrupt, self.names, self.metric)
+        (clean_value, self.clean_acts, self.clean_resid), (corrupt_value, self.corrupt_acts, self.corrupt_resid) = (
+            cached_pair_runs(model, self.pair.clean, self.pair.corrupt, self.names, self.metric))
         self.clean_value, self.corrupt_value = clean_value.mean().item(), corrupt_value.mean().item()
         self.skip = layers_return_tensors(model, self.pair.clean)
         check_recoverable(self.clean_value, self.corrupt_value)
