@@ -13,7 +13,7 @@ from _patching_helpers import ANSWER, WRONG, pair_ids
 
 from mechscope.core import names
 from mechscope.core.tokens import TokenBatch
-from mechscope.methods.patching import PairRuns, engine, patch_loop, patch_sweep
+from mechscope.methods.patching import PairRuns, engine, packing, patch_loop, patch_sweep
 from mechscope.methods.patching.engine import floor_work, run_cells, suffix_starts
 from mechscope.methods.patching.sweep import site_cells
 from tiny_models import CONFIGS, tiny_model
@@ -43,6 +43,23 @@ def test_suffix_passes_equal_one_forward_per_cell(kind):
         result = patch_sweep(model, clean, corrupt, site="resid_pre", by="layer,pos", mode=mode, **KW)
         reference = patch_loop(model, clean, corrupt, site="resid_pre", by="layer,pos", mode=mode, **KW)
         assert _gap(result, reference) <= 1e-5, (mode, _gap(result, reference))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2", "mistral"])
+def test_packed_rows_split_by_length_and_memory_equal_loop(kind, monkeypatch):
+    """Cells of one layer dealt over several packed rows, and layers over several passes, still equal the loop."""
+    model = tiny_model(kind)
+    clean, corrupt = _padded_pair()
+    passes = []
+    run_packed = packing.run_packed
+    monkeypatch.setattr(packing, "run_packed", lambda *args: passes.append(1) or run_packed(*args))
+    monkeypatch.setattr(packing, "PACK_MAX_TOKENS", 10)
+    result = patch_sweep(model, clean, corrupt, site="resid_pre", by="layer,pos", memory_mb=2, **KW)
+    reference = patch_loop(model, clean, corrupt, site="resid_pre", by="layer,pos", **KW)
+    assert len(passes) >= 2 and _gap(result, reference) <= 1e-5
+    passes.clear()  # a cap below one layer's packed rows falls back to unpacked passes
+    result = patch_sweep(model, clean, corrupt, site="resid_pre", by="layer,pos", memory_mb=0.2, **KW)
+    assert not passes and _gap(result, reference) <= 1e-5
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3", "gpt2", "gpt_neox"])
@@ -82,6 +99,9 @@ def test_sweep_work_lies_between_the_floor_and_layer_skipping_alone(monkeypatch)
     starts = suffix_starts(cells, runs.metric, N_POS, runs.clean_acts, runs.corrupt_acts)
     floor = floor_work(cells, starts, model.cfg.n_layers, N_POS)
     layers_only = sum((model.cfg.n_layers - c.layer) * N_POS for c in cells)  # without reusing keys and values
+    # Packed rows share one layout per pass, so a segment may start a little before its cell.
+    assert floor <= work() <= 1.25 * floor < layers_only
+    monkeypatch.setattr(packing, "packable", lambda *args: False)
     assert floor <= work() < layers_only
     # Rows join the batch at their own layer: with a fixed cost per pass too large to pay twice,
     # one pass per suffix start still does exactly the floor's work.

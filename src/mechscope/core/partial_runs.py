@@ -60,30 +60,42 @@ class _Join(nn.Module):
     """Runs a decoder layer after appending the rows that start at it (if any); per-row arguments tiled to match.
 
     The model hands every layer arguments sized for the batch it started with (`sizes["first"]`,
-    seen by the first layer after the start); rows joined since then are tiled into them.
+    seen by the first wrapped layer); rows joined since then are tiled into them. `mask`, when
+    given, is `(stand_in, own)`: the attention mask handed to the model is swapped for this
+    layer's own (one row block, tiled).
     """
 
-    def __init__(self, layer: nn.Module, rows: Tensor | None, n_pairs: int, sizes: dict[str, int]) -> None:
+    def __init__(self, layer: nn.Module, rows: Tensor | None, n_pairs: int, sizes: dict[str, int],
+                 mask: tuple[Tensor, Tensor] | None = None) -> None:
         super().__init__()
-        self.layer, self.rows, self.n_pairs, self.sizes = layer, rows, n_pairs, sizes
+        self.layer, self.rows, self.n_pairs, self.sizes, self.mask = layer, rows, n_pairs, sizes, mask
+
+    def _argument(self, value: Any, first: int, after: int) -> Any:
+        if self.mask is not None and value is self.mask[0]:
+            own = self.mask[1]
+            return own.repeat(after // own.shape[0], *([1] * (own.dim() - 1)))
+        return _tile(value, first, after, self.n_pairs)
 
     def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
         first = self.sizes.setdefault("first", hidden_states.shape[0])
         hidden = hidden_states if self.rows is None else torch.cat([hidden_states, self.rows.to(hidden_states.dtype)])
         after = hidden.shape[0]
-        args = tuple(_tile(a, first, after, self.n_pairs) for a in args)
-        kwargs = {k: _tile(v, first, after, self.n_pairs) for k, v in kwargs.items()}
+        args = tuple(self._argument(a, first, after) for a in args)
+        kwargs = {k: self._argument(v, first, after) for k, v in kwargs.items()}
         return self.layer(hidden, *args, **kwargs)
 
 
 @contextmanager
 def replay_prefix(model: Any, start: int, resid: Tensor | None, later: Mapping[int, Tensor] | None = None,
-                  n_pairs: int = 1) -> Iterator[None]:
+                  n_pairs: int = 1, layer_masks: tuple[Tensor, Sequence[Tensor]] | None = None) -> Iterator[None]:
     """Run `model` with decoder layers `0..start-1` replaced by the residual `resid` (= resid_pre[start]).
 
     `later` maps a layer `l > start` to rows joining the batch there (their `resid_pre[l]`,
     positions as the run's); the batch is then made of row blocks of `n_pairs` rows that share
-    masks and positions. `start <= 0` replays nothing. Layers are restored afterwards,
+    masks and positions. `layer_masks = (stand_in, masks)`: where the model hands a layer the
+    4-D attention mask `stand_in` (pass it as the run's `attention_mask`; a 4-D mask is used
+    as given), layer `l` gets `masks[l]` (one row block) instead, so each layer may have its
+    own (sliding windows). `start <= 0` replays nothing. Layers are restored afterwards,
     whatever happens.
 
     Example:
@@ -108,12 +120,13 @@ def replay_prefix(model: Any, start: int, resid: Tensor | None, later: Mapping[i
             replay = _Replay(resid)  # type: ignore[arg-type]
             for i in range(start):
                 layers[i] = replay
-        if later:
-            if min(later) <= max(start, 0):
-                raise ValueError(f"rows may join after layer {start}, not at {min(later)}")
+        if later and min(later) <= max(start, 0):
+            raise ValueError(f"rows may join after layer {start}, not at {min(later)}")
+        if later or layer_masks:
             sizes: dict[str, int] = {}
-            for layer in range(max(start, 0) + 1, len(originals)):
-                layers[layer] = _Join(originals[layer], later.get(layer), n_pairs, sizes)
+            for layer in range(max(start, 0), len(originals)):
+                mask = None if layer_masks is None else (layer_masks[0], layer_masks[1][layer])
+                layers[layer] = _Join(originals[layer], (later or {}).get(layer), n_pairs, sizes, mask)
         yield
     finally:
         for i, module in enumerate(originals):

@@ -21,6 +21,10 @@ chunk of cells. Three exact savings:
   later runs only the suffix `p..` with the prefix's keys and values as Hugging Face's KV
   cache. Needs a metric read at known positions (`PositionMetric`), all of them `>= p`.
   (Both mechanisms live in `mechscope.core.partial_runs`.)
+- **Cells of different starts in one row.** Cells whose suffixes start at different
+  positions are laid end to end in one row, each segment attending to the cached prefix
+  before its own start (`packing`), so a layer x position sweep needs one pass, not one per
+  start.
 - **Logits at the metric's positions only** (`logits_to_keep`), not over the whole vocabulary
   at every position.
 
@@ -35,6 +39,7 @@ that a cell did not need (`_plan`), within a memory budget (`memory_mb`).
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +53,7 @@ from mechscope.core.errors import MechscopeError
 from mechscope.core.partial_runs import cache_kwarg, cache_tensors, prefix_cache, replay_prefix
 from mechscope.core.tokens import TokenBatch
 from mechscope.methods.metrics import Metric, PositionMetric
+from mechscope.methods.patching import packing
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +340,11 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
     staggered = base_resid is not None and not extra_hooks
     offsets = suffix_starts(cells, metric, n_pos, sources, base_acts) if kv is not None else [0] * len(cells)
     keep = 1 if isinstance(metric, PositionMetric) else n_pos
-    order = sorted(range(len(cells)), key=lambda c: (-offsets[c], cells[c].layer))
     out = torch.empty(len(cells), n_pairs)
+    if (staggered and kv is not None and packing.packable(model, cells, metric, offsets)
+            and _run_packed_passes(model, base, sources, cells, offsets, metric, base_resid, memory_mb, out)):
+        return out
+    order = sorted(range(len(cells)), key=lambda c: (-offsets[c], cells[c].layer))
     max_rows = max(n_pairs, int(memory_mb * 2**20 // row_bytes(model, n_pos, keep)))
     plan = _plan([cells[c].layer for c in order], model.cfg.n_layers, n_pairs, n_pos, max_rows,
                  [offsets[c] for c in order], staggered)
@@ -346,6 +355,29 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
                                 extra_hooks, staggered)
     log.debug("patching %d cells in %d passes", len(cells), len(plan))
     return out
+
+
+def _run_packed_passes(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells: Sequence[Cell],
+                       starts: list[int], metric: Metric, base_resid: Any, memory_mb: float, out: Tensor) -> bool:
+    """Packed passes (`packing`) over consecutive layers, as many layers per pass as `memory_mb` allows.
+
+    False (nothing run) when one layer's packed rows alone would not fit in `memory_mb`.
+    """
+    n_pairs, n_pos = base.ids.shape
+    end = int(metric_positions(metric, n_pos).max()) + 1
+    n_rows, rows = packing.deal_rows(cells, starts, end)
+    layout = packing.shared_layout([row for layer_rows in rows.values() for row in layer_rows], starts, end)
+    per_row = row_bytes(model, layout.length, 1, max(layout.starts) + layout.length)
+    layers_per_pass = int(memory_mb * 2**20 // (per_row * n_pairs * n_rows))
+    if layers_per_pass < 1:
+        return False
+    layers = list(rows)
+    for i in range(0, len(layers), layers_per_pass):
+        chunk = {layer: rows[layer] for layer in layers[i:i + layers_per_pass]}
+        for c, value in packing.run_packed(model, base, sources, cells, chunk, starts, metric, base_resid).items():
+            out[c] = value
+    log.debug("patching %d cells in %d packed passes", len(cells), math.ceil(len(layers) / layers_per_pass))
+    return True
 
 
 def _run_chunk(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], chunk: list[Cell], metric: Metric,
