@@ -24,11 +24,31 @@ from mechscope.methods.patching.engine import floor_work, suffix_starts
 from mechscope.methods.patching.sweep import site_cells, site_name
 
 
-def hf_forward(model: Any, ids: torch.Tensor) -> Callable[[], object]:
-    """A call of the plain Hugging Face forward over `ids` (no hooks, no KV cache, no autograd): the unit."""
+def hf_forward(model: Any, ids: torch.Tensor, logits_to_keep: int = 0) -> Callable[[], object]:
+    """A call of the plain Hugging Face forward over `ids` (no hooks, no KV cache, no autograd): the unit.
+
+    `logits_to_keep=1` unembeds the last position only (0: every position)."""
     def run() -> object:
         with torch.no_grad():
-            return model.hf_model(input_ids=ids, use_cache=False)
+            return model.hf_model(input_ids=ids, use_cache=False, logits_to_keep=logits_to_keep)
+    return run
+
+
+def floor_forward(model: Any, ids: torch.Tensor, n_logits: int = 1) -> Callable[[], object]:
+    """The floor of a sweep, timed: a plain forward over `ids` (as many rows as `floor_rows` says)
+    unembedding its last position, plus the unembedding of `n_logits - rows` more final residuals,
+    so that every cell gets the one logits row its metric reads (`n_logits`, from `floor_rows`).
+    Unembedding the whole vocabulary at every position instead would count more than a sweep
+    needs when cells are fewer than rows x positions."""
+    hf = model.hf_model
+    extra = torch.randn(max(0, n_logits - ids.shape[0]), model.cfg.d_model, dtype=model.dtype)
+
+    def run() -> object:
+        with torch.no_grad():
+            out = hf(input_ids=ids, use_cache=False, logits_to_keep=1)
+            if extra.shape[0]:
+                hf.get_output_embeddings()(extra)
+        return out
     return run
 
 
@@ -46,16 +66,17 @@ def hf_forward_backward(model: Any, ids: torch.Tensor, metric: Callable[[torch.T
 
 
 def floor_rows(model: Any, clean: Any, corrupt: Any, site: str = "resid_pre", by: Sequence[str] = ("layer", "pos"),
-               **answers: Any) -> tuple[int, int]:
+               **answers: Any) -> tuple[int, int, int]:
     """The floor of a patching sweep of `site` by `by`: (its work in layer x token units, `engine.floor_work`,
-    and how many rows of one full plain forward hold that much work)."""
+    how many rows of one full plain forward hold that much work, and how many logits rows it reads:
+    one per cell and pair)."""
     n_layers = model.cfg.n_layers
     runs = PairRuns(model, clean, corrupt, names=[site_name(site, i) for i in range(n_layers)], **answers)
     n_pos = runs.pair.n_pos
     cells, _ = site_cells(model, site, tuple(by), n_pos)
     starts = suffix_starts(cells, runs.metric, n_pos, runs.clean_acts, runs.corrupt_acts)
     work = floor_work(cells, starts, n_layers, n_pos, runs.pair.n_pairs)
-    return work, max(1, math.ceil(work / (n_layers * n_pos)))
+    return work, max(1, math.ceil(work / (n_layers * n_pos))), len(cells) * runs.pair.n_pairs
 
 
 def hooked_transformer(model: Any) -> Any:

@@ -5,7 +5,8 @@ at the last token, scores = normalized recovery. Timed interleaved in one run:
 
 - mechscope `patch_sweep` (resid_pre by layer x position) and `patch_heads` (z by layer x head),
   and attribution patching of every site (`attribution_every_site`);
-- the floor of each sweep: one plain HF forward over a batch holding as many layer x token
+- the floor of each sweep: one plain HF forward (logits at the last position only, the one
+  the metric reads) over a batch holding as many layer x token
   units as the sweep strictly needs (`engine.floor_work`: the suffix from each patched
   position, from the patched layer up);
 - the plain HF forward, and forward + backward (to the input embeddings, no weight gradients);
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from anchors import (
+    floor_forward,
     floor_rows,
     hf_forward,
     hf_forward_backward,
@@ -64,8 +66,8 @@ def main() -> None:
     candidates: dict[str, Callable[[], object]] = {
         "HF forward": hf_forward(model, clean_ids),
         "HF forward + backward": hf_forward_backward(model, clean_ids, metric),
-        "floor resid_pre": hf_forward(model, corrupt_ids.repeat(floors["resid_pre"][1], 1)),
-        "floor z": hf_forward(model, corrupt_ids.repeat(floors["z"][1], 1)),
+        "floor resid_pre": floor_forward(model, corrupt_ids.repeat(floors["resid_pre"][1], 1), floors["resid_pre"][2]),
+        "floor z": floor_forward(model, corrupt_ids.repeat(floors["z"][1], 1), floors["z"][2]),
         "mechscope resid_pre": lambda: patch_sweep(model, CLEAN, CORRUPT, site="resid_pre", by="layer,pos", **KW),
         "mechscope z": lambda: patch_heads(model, CLEAN, CORRUPT, by="layer,head", **KW),
         "mechscope attribution": lambda: attribution_every_site(model, CLEAN, CORRUPT, **KW),
@@ -146,7 +148,7 @@ def main() -> None:
     write_result("patching", args, model, {
         "settings": {"clean": CLEAN, "corrupt": CORRUPT, "answer": ANSWER, "wrong": WRONG},
         "timings": times, "goals": goals, "table": table, "anchors_failed": anchors_failed,
-        "floor_work": {name: {"layer_tokens": w, "forward_rows": r} for name, (w, r) in floors.items()},
+        "floor_work": {name: {"layer_tokens": w, "forward_rows": r, "logits_rows": k} for name, (w, r, k) in floors.items()},
         "max_abs_diff": {f"{a} vs {b}": diff(a, b) for a in scores for b in scores if a < b},
         "resid_pre_scores": resid.scores.tolist(), "labels": resid.labels,
     })

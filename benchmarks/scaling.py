@@ -9,7 +9,8 @@ tokens) and batch size (1, 4), timed interleaved in one run:
 - SAE encoding of every position: the residual stream at the middle layer (run stopped
   there) through a TopK SAE of 16 x d_model latents, k = 32;
 - a resid_pre layer x position sweep (`patch_sweep`) with its floor (one plain forward over
-  as many layer x token units as the sweep strictly needs), for prompts up to
+  as many layer x token units as the sweep strictly needs, unembedding the last position
+  only, `anchors.floor_forward`), for prompts up to
   `--sweep-max-len` tokens (default 128; its cost grows with the square of the length) and
   batch 1; at 512 tokens a resid_pre sweep by layer (all positions) under a memory cap.
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from anchors import floor_rows, hf_forward, hf_forward_backward
+from anchors import floor_forward, floor_rows, hf_forward, hf_forward_backward
 from common import (
     RESULTS,
     add_arguments,
@@ -82,8 +83,8 @@ def candidates_for(model: Any, batch: int, n_pos: int, sweep: bool, memory_mb: f
            "SAE encode every position": sae_encode}
     if sweep:
         out["resid_pre sweep"] = lambda: patch_sweep(model, clean, corrupt, by="layer,pos", memory_mb=memory_mb, **kw)
-        rows = floor_rows(model, clean, corrupt, "resid_pre", ("layer", "pos"), **kw)[1]
-        out["resid_pre sweep floor"] = hf_forward(model, corrupt[:1].repeat(rows, 1))
+        _, rows, n_logits = floor_rows(model, clean, corrupt, "resid_pre", ("layer", "pos"), **kw)
+        out["resid_pre sweep floor"] = floor_forward(model, corrupt[:1].repeat(rows, 1), n_logits)
     return out
 
 
