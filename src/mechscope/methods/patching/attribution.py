@@ -37,7 +37,8 @@ from mechscope.core.errors import MechscopeError
 from mechscope.core.provenance import provenance
 from mechscope.core.scores import check_recoverable, normalized_recovery
 from mechscope.methods.metrics import Metric
-from mechscope.methods.patching.engine import cached_runs, forward_metric, row_bytes
+from mechscope.methods.patching.base_runs import cached_runs
+from mechscope.methods.patching.engine import forward_metric, row_bytes
 from mechscope.methods.patching.inputs import Answers, Prompts, describe_metric, prepare_pair, resolve_metric
 from mechscope.methods.patching.result import PatchResult
 from mechscope.methods.patching.sweep import (

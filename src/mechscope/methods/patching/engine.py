@@ -17,7 +17,7 @@ chunk of cells. Three exact savings:
   thread during a sweep.
 - **Start at the patched position.** Attention is causal, so a patch at position `p`
   leaves every position before `p` (at every layer) as in the base run. The base run's
-  keys and values are kept (`BaseStates.kv`), and a pass whose cells all patch at `p` or
+  keys and values are kept (`base_runs.BaseStates.kv`), and a pass whose cells all patch at `p` or
   later runs only the suffix `p..` with the prefix's keys and values as Hugging Face's KV
   cache. Needs a metric read at known positions (`PositionMetric`), all of them `>= p`.
   (Both mechanisms live in `mechscope.core.partial_runs`.)
@@ -48,7 +48,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechscope.core import names as hook_names
 from mechscope.core.errors import MechscopeError
 from mechscope.core.partial_runs import cache_kwarg, cache_tensors, prefix_cache, replay_prefix
 from mechscope.core.tokens import TokenBatch
@@ -74,21 +73,6 @@ class Cell:
     layer: int
     pos: int | None = None
     head: int | None = None
-
-
-class BaseStates(list):
-    """The base run's `resid_pre` at every layer (a list), plus its keys and values per layer (`kv`, or None).
-
-    Example:
-        >>> import torch
-        >>> states = BaseStates([torch.zeros(1, 4, 8), torch.ones(1, 4, 8)])
-        >>> len(states), states.kv is None
-        (2, True)
-    """
-
-    def __init__(self, resid: Sequence[Tensor], kv: list[tuple[Tensor, Tensor]] | None = None) -> None:
-        super().__init__(resid)
-        self.kv = kv
 
 
 def metric_positions(metric: Metric, n_pos: int) -> Tensor | None:
@@ -314,7 +298,7 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
 
     `base_resid[l]` (the base run's `resid_pre` at layer l, `[n_pairs, pos, d_model]`) turns
     on starting each chunk at its first patched layer; None runs every layer. When it is a
-    `BaseStates` with keys and values and there are no `extra_hooks`, each chunk also starts
+    `base_runs.BaseStates` with keys and values and there are no `extra_hooks`, each chunk also starts
     at its first patched position (see `suffix_starts`; `base_acts`, the base run's
     activations at the cells' names, lets it skip positions where source and base agree).
 
@@ -327,6 +311,7 @@ def run_cells(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], cells
         >>> from mechscope.core.tokens import TokenBatch
         >>> from mechscope.methods.metrics import LogitDiff
         >>> metric, mask = LogitDiff(answer=6, wrong=7), torch.ones_like(clean)
+        >>> from mechscope.methods.patching.base_runs import cached_runs
         >>> clean_value, clean_acts, _ = cached_runs(model, TokenBatch(clean, mask), [names.resid_pre(0)], metric)
         >>> cells = [Cell(names.resid_pre(0), 0, pos=p) for p in range(5)]
         >>> values = run_cells(model, TokenBatch(corrupt, mask), clean_acts, cells, metric)
@@ -400,71 +385,3 @@ def _run_chunk(model: Any, base: TokenBatch, sources: Mapping[str, Tensor], chun
         values = forward_metric(model, batch, metric, [*extra_hooks, *hooks], start, resid, kv, offset,
                                 later=later, n_pairs=n_pairs)
     return values.float().reshape(len(chunk), n_pairs).cpu()
-
-
-def cached_runs(model: Any, tokens: TokenBatch, names: Sequence[str], metric: Metric,
-                extra_hooks: Sequence[Any] = (), keep_kv: bool = True) -> tuple[Tensor, dict[str, Tensor], BaseStates]:
-    """One run: (per-pair metric, activations at `names`, resid_pre at every layer with the run's keys and values).
-
-    `keep_kv=False` keeps no keys and values (`BaseStates.kv` is None).
-
-    Example:
-        >>> import torch
-        >>> from mechscope.core.examples import tiny_model
-        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
-        >>> clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 9, 4, 5]])
-        >>> from mechscope.core.tokens import TokenBatch
-        >>> from mechscope.methods.metrics import LogitDiff
-        >>> value, acts, states = cached_runs(model, TokenBatch(clean, torch.ones_like(clean)),
-        ...                                   ["blocks.1.hook_attn_out"], LogitDiff(answer=6, wrong=7))
-        >>> value.shape, list(acts), len(states), len(states.kv)
-        (torch.Size([1]), ['blocks.1.hook_attn_out'], 2, 2)
-    """
-    wanted = list(dict.fromkeys([*names, *(hook_names.resid_pre(layer) for layer in range(model.cfg.n_layers))]))
-    store: dict[str, Tensor] = {}
-
-    def keep(act: Tensor, point: Any) -> None:
-        store[point.name] = act.detach().clone()
-
-    kv: list[tuple[Tensor, Tensor]] = []
-    with torch.no_grad():
-        value = forward_metric(model, tokens, metric, [*extra_hooks, *((n, keep) for n in wanted)],
-                               keep_kv=kv if keep_kv else None)
-    resid = [store[hook_names.resid_pre(layer)] for layer in range(model.cfg.n_layers)]
-    n_pairs, n_pos = tokens.ids.shape
-    usable = len(kv) == model.cfg.n_layers and all(k.shape[0] == n_pairs and k.dim() == 4 and k.shape[-2] == n_pos
-                                                   for k, _ in kv)
-    return value.float().cpu(), {n: store[n] for n in names}, BaseStates(resid, kv if usable else None)
-
-
-def cached_pair_runs(model: Any, first: TokenBatch, second: TokenBatch, names: Sequence[str], metric: Metric
-                     ) -> tuple[tuple[Tensor, dict[str, Tensor], BaseStates], ...]:
-    """`cached_runs` of two batches of the same shape (say clean and corrupted) in one batched pass.
-
-    One pass of twice the rows costs far less than two on short prompts, where reading the
-    weights dominates.
-
-    Example:
-        >>> import torch
-        >>> from mechscope.core.examples import tiny_model
-        >>> model = tiny_model(vocab_size=50)       # 2-layer random Llama, width 16
-        >>> from mechscope.core.tokens import TokenBatch
-        >>> from mechscope.methods.metrics import LogitDiff
-        >>> clean, corrupt = (TokenBatch(torch.tensor([ids]), torch.ones(1, 5, dtype=torch.long))
-        ...                   for ids in ([1, 2, 3, 4, 5], [1, 2, 9, 4, 5]))
-        >>> (value, acts, states), _ = cached_pair_runs(model, clean, corrupt, ["blocks.1.hook_attn_out"],
-        ...                                             LogitDiff(answer=6, wrong=7))
-        >>> alone, _, _ = cached_runs(model, clean, ["blocks.1.hook_attn_out"], LogitDiff(answer=6, wrong=7))
-        >>> torch.allclose(value, alone, atol=1e-5), states[0].shape[0], states.kv[0][0].shape[0]
-        (True, 1, 1)
-    """
-    n = first.ids.shape[0]
-    both = TokenBatch(torch.cat([first.ids, second.ids]), torch.cat([first.attention_mask, second.attention_mask]))
-    value, acts, states = cached_runs(model, both, names, metric)
-
-    def half(part: slice) -> tuple[Tensor, dict[str, Tensor], BaseStates]:
-        kv = None if states.kv is None else [(k[part], v[part]) for k, v in states.kv]
-        return (value[part], {name: act[part] for name, act in acts.items()},
-                BaseStates([resid[part] for resid in states], kv))
-
-    return half(slice(0, n)), half(slice(n, 2 * n))

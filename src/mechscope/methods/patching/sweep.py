@@ -31,7 +31,8 @@ from mechscope.core.partial_runs import layers_return_tensors
 from mechscope.core.provenance import provenance
 from mechscope.core.scores import check_recoverable, normalized_recovery
 from mechscope.methods.metrics import Metric
-from mechscope.methods.patching.engine import Cell, cached_pair_runs, run_cells
+from mechscope.methods.patching.base_runs import cached_pair_runs
+from mechscope.methods.patching.engine import Cell, run_cells
 from mechscope.methods.patching.inputs import (
     Answers,
     PromptPair,
